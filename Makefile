@@ -1,0 +1,48 @@
+# One command each for a fresh machine: `make demo` runs the product on the
+# shipped demo clip, `make test` runs the whole test suite. Both set up
+# everything they need first (a .venv, and Debian packages when root).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build on this machine's disk; a GPU user sets TORCH_SPEC to the
+# CUDA build they want (`make TORCH_SPEC="torch==2.13.0 --index-url ..."`).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+APT_PKGS := obs-studio xvfb chromium chromium-driver libportaudio2 xdotool x11-apps imagemagick fonts-noto-color-emoji
+
+.PHONY: setup system-deps demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+# Real OBS, Xvfb and Chromium for the integration tests. Installed only when
+# we are root (CI, containers); otherwise those tests skip and say why.
+system-deps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: skipping Debian packages ($(APT_PKGS)); tests that need them will skip"; fi
+
+demo: $(STAMP)
+	$(BIN)/merlb demo
+
+test: $(STAMP) system-deps
+	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not obs and not browser and not slow"
+
+bench: $(STAMP)
+	$(BIN)/merlb bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from obs_merlb.cli import main
+
+raise SystemExit(main())

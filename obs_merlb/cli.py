@@ -1,0 +1,87 @@
+"""The `merlb` command.
+
+Each command lives in its own module exposing
+`add_arguments(parser: argparse.ArgumentParser) -> None` and
+`run(args: argparse.Namespace) -> int`. The module is imported only when its
+command is chosen, so `merlb --help` answers at once instead of paying for
+torch and mediapipe imports.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("obs_merlb.demo", "run the model on the shipped demo clip and print what it sees"),
+    "bench": ("obs_merlb.bench", "CPU latency per model part, TT fusion vs outer product, live path"),
+    "export": ("obs_merlb.model.export", "export a saved model to ONNX (whole model and each part)"),
+    "preprocess": ("obs_merlb.train.preprocess", "turn videos/audio/images into cached step features"),
+    "train": ("obs_merlb.train.loop", "train a MERLB model (any fusion type, task, modalities)"),
+    "eval": ("obs_merlb.train.evaluate", "evaluate a model: per-class F1, accuracy, confusion matrices"),
+    "experiments": ("obs_merlb.train.experiments", "run fusion types x tasks and write the paper's table"),
+    "live": ("obs_merlb.engine", "run the live engine and serve events to the overlay and panel"),
+    "analyze": ("obs_merlb.report", "analyse a recording: timeline CSV/JSON and an HTML report"),
+    "panel": ("obs_merlb.panel.app", "open the PyQt control panel"),
+    "install-obs": ("obs_merlb.install", "install the OBS script and enable obs-websocket"),
+    "personalize": ("obs_merlb.train.personalize", "retrain on your own past streams"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Commands whose module exists in this checkout (unbuilt ones are not offered)."""
+    out = {}
+    for name, (module, help_) in COMMANDS.items():
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        out[name] = (module, help_)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    # mediapipe's C++ side (glog, TFLite) prints start-up chatter to stderr
+    # that buries our own messages; keep its warnings, drop its info lines.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _available()
+    top = argparse.ArgumentParser(
+        prog="merlb",
+        description="obs-merlb: multimodal emotion recognition for live streamers.",
+        epilog="Run `merlb COMMAND --help` for a command's options.",
+    )
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in commands.items():
+        sub.add_parser(name, help=help_, add_help=False)
+
+    # First pass: find the command without importing anything heavy.
+    known, _ = top.parse_known_args(argv)
+    if known.command is None:
+        top.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+
+    module = importlib.import_module(commands[known.command][0])
+    parser = argparse.ArgumentParser(prog=f"merlb {known.command}",
+                                     description=commands[known.command][1])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.add_arguments(parser)
+    rest = argv[argv.index(known.command) + 1:]
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.DEBUG if (args.verbose or known.verbose) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # obsws-python logs the password at INFO; never let its records through.
+    logging.getLogger("obsws_python").setLevel(logging.WARNING)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
