@@ -1,0 +1,170 @@
+"""The OBS script's supervisor, outside OBS (no obspython): fast checks of
+the worker contract with a stand-in worker. The same script inside real OBS
+is tested in test_obs.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from obs_merlb import obs_script
+from obs_merlb.obs_script import Supervisor, WorkerConfig, websocket_connection
+
+FAKE = Path(__file__).with_name("fake_worker.py")
+
+
+def fake_python(folder: Path) -> Path:
+    """An executable that stands in for the worker's Python."""
+    p = folder / "fake-python"
+    p.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    p.chmod(0o755)
+    return p
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or cond}")
+
+
+def read_json(p: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Any]:
+    obs_cfg = tmp_path / "obs"
+    obs_cfg.mkdir()
+    (obs_cfg / "global.ini").write_text(
+        "[General]\nFirstRun=true\n\n[OBSWebSocket]\nServerEnabled=true\nServerPort=4461\n"
+        "AuthRequired=true\nServerPassword=s3cret-pw\n")
+    data = tmp_path / "data"
+    cfg = WorkerConfig(python=str(fake_python(tmp_path)), camera="Camera", data_dir=str(data),
+                       obs_config_dir=str(obs_cfg), overlay="text", rate=6)
+    logs: list[str] = []
+    sup = Supervisor(log=logs.append, poll_s=0.05)
+    yield {"sup": sup, "cfg": cfg, "data": data, "logs": logs}
+    sup.shutdown()
+    sup.thread.join(15)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
+def test_worker_lifecycle(setup: dict[str, Any]) -> None:
+    sup, cfg, data = setup["sup"], setup["cfg"], setup["data"]
+    sup.configure(cfg)
+    sup.start()
+    argv = wait_for(lambda: read_json(data / "fake-argv.json"), what="worker start")
+    a = argv["argv"]
+    assert a[:3] == ["-m", "obs_merlb", "live"]
+    assert a[a.index("--obs-source") + 1] == "Camera"
+    assert a[a.index("--obs-port") + 1] == "4461"
+    assert a[a.index("--overlay-text-source") + 1] == obs_script.TEXT_SOURCE
+    assert argv["password_in_env"] and not argv["password_in_argv"]
+    assert not any("s3cret-pw" in line for line in setup["logs"])
+    wait_for(lambda: sup.state == "running", what="running state")
+    assert "8.0 fps" in sup.status_line()
+    st = wait_for(lambda: read_json(data / "script-status.json"), what="script status")
+    assert st["pid"] == argv["pid"]
+
+    # commands reach the worker's stdin
+    sup.send({"cmd": "tag", "name": "hype", "source": "hotkey"})
+    stdin_log = data / "fake-stdin.jsonl"
+    wait_for(lambda: stdin_log.is_file() and "hype" in stdin_log.read_text(), what="tag line")
+
+    # a live setting goes as `set`, without a restart
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "rate": 10.0}))
+    wait_for(lambda: '"rate"' in stdin_log.read_text(), what="set rate")
+    assert read_json(data / "fake-argv.json")["pid"] == argv["pid"]
+
+    # killed: restarted (first backoff 1 s)
+    os.kill(argv["pid"], signal.SIGKILL)
+    new = wait_for(lambda: (j := read_json(data / "fake-argv.json")) and j["pid"] != argv["pid"]
+                   and j, timeout=10, what="restart")
+    assert sup.restarts == 1
+    wait_for(lambda: sup.state == "running", what="running again")
+
+    # stop: {"cmd":"stop"} and the worker exits by itself
+    sup.stop()
+    wait_for(lambda: sup.state == "stopped", what="stopped")
+    wait_for(lambda: not _alive(new["pid"]), what="worker exit")
+    assert '"stop"' in stdin_log.read_text()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
+def test_shutdown_stops_worker_without_blocking(setup: dict[str, Any]) -> None:
+    sup, cfg, data = setup["sup"], setup["cfg"], setup["data"]
+    sup.configure(cfg)
+    sup.start()
+    argv = wait_for(lambda: read_json(data / "fake-argv.json"), what="worker start")
+    t = time.monotonic()
+    sup.shutdown()
+    assert time.monotonic() - t < 0.05
+    wait_for(lambda: not _alive(argv["pid"]), timeout=10, what="worker exit")
+    sup.thread.join(10)
+    assert not sup.thread.is_alive()
+
+
+def test_unstartable_config_gives_clear_status(setup: dict[str, Any], tmp_path: Path) -> None:
+    sup, cfg = setup["sup"], setup["cfg"]
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "python": str(tmp_path / "nope")}))
+    sup.start()
+    wait_for(lambda: sup.state == "error", what="error state")
+    assert "worker Python not found" in sup.status_line()
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "camera": ""}))
+    wait_for(lambda: "choose a camera source" in sup.status_line(), what="camera hint")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
+def test_crashing_worker_backs_off(setup: dict[str, Any], tmp_path: Path) -> None:
+    sup, cfg = setup["sup"], setup["cfg"]
+    bad = tmp_path / "bad-python"
+    bad.write_text("#!/bin/sh\necho 'cannot connect to OBS: wrong password' >&2\nexit 3\n")
+    bad.chmod(0o755)
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "python": str(bad)}))
+    sup.start()
+    wait_for(lambda: sup.restarts >= 2, timeout=10, what="two restarts")
+    assert "exited with code 3: cannot connect to OBS: wrong password" in sup.status_line()
+    # backoff grows: 1 s then 2 s, so no more than 3 restarts in ~4 s
+    time.sleep(2)
+    assert sup.restarts <= 3
+
+
+def test_websocket_connection_sources(tmp_path: Path) -> None:
+    obs_cfg = tmp_path / "obs"
+    (obs_cfg / "plugin_config" / "obs-websocket").mkdir(parents=True)
+    (obs_cfg / "global.ini").write_text("[OBSWebSocket]\nServerPort=4456\nAuthRequired=true\n"
+                                        "ServerPassword=ini-pw\n")
+    assert websocket_connection(str(obs_cfg), "", obs_major=29)[1:3] == (4456, "ini-pw")
+    (obs_cfg / "plugin_config" / "obs-websocket" / "config.json").write_text(json.dumps(
+        {"server_port": 4457, "auth_required": True, "server_password": "json-pw"}))
+    assert websocket_connection(str(obs_cfg), "", obs_major=30)[1:3] == (4457, "json-pw")
+    assert websocket_connection(str(obs_cfg), "", obs_major=29)[1:3] == (4456, "ini-pw")
+    toml = tmp_path / "config.toml"
+    toml.write_text('[obs]\nhost = "127.0.0.1"\nport = 4999\npassword = "toml-pw"\n')
+    assert websocket_connection(str(tmp_path / "none"), str(toml))[1:3] == (4999, "toml-pw")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it has exited for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
