@@ -1,0 +1,195 @@
+"""Voice: log-mel per step, silero-vad speech probability, key-segment selection.
+
+The log-mel follows docs/ARCHITECTURE.md: 16 kHz mono, 64 mel bands (HTK
+mel scale, 0-8 kHz, triangular filters without area normalisation, as
+torchaudio's MelSpectrogram defaults), n_fft 400 with a periodic Hann
+window, hop 160, power spectrum, ``log(mel + 1e-6)``. One step's feature is
+the 1.0 s of audio *ending* at the step's end: 100 frames whose last frame
+ends exactly at that end, so it uses no audio from the future (live and
+offline see the same samples). The 240 samples before the second that the
+first frame reaches back into are taken when they exist, zeros otherwise.
+"""
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_MELS = 64
+N_FFT = 400
+HOP = 160
+N_FRAMES = 100
+WINDOW_S = 1.0
+WINDOW = int(WINDOW_S * SAMPLE_RATE)            # 16000 samples: 100 hops
+CONTEXT = N_FFT - HOP                            # 240 samples before the window
+NEEDED = WINDOW + CONTEXT                        # samples a step's feature reads
+LOG_EPS = 1e-6
+VAD_CHUNK = 512                                  # silero-vad's frame at 16 kHz
+VAD_CONTEXT = 64
+SPEECH_THRESHOLD = 0.5
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + f / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE,
+                   f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
+    """(n_fft//2+1, n_mels) triangular filters on the HTK mel scale."""
+    f_max = sr / 2 if f_max is None else f_max
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    m_pts = np.linspace(_hz_to_mel(np.array(f_min)), _hz_to_mel(np.array(f_max)), n_mels + 2)
+    f_pts = _mel_to_hz(m_pts)
+    diff = np.diff(f_pts)
+    slopes = f_pts[None, :] - freqs[:, None]                 # (n_freqs, n_mels+2)
+    down = -slopes[:, :-2] / diff[:-1]
+    up = slopes[:, 2:] / diff[1:]
+    return np.maximum(0.0, np.minimum(down, up)).astype(np.float32)
+
+
+_FB = mel_filterbank()
+_HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+
+
+def window_ending(audio: np.ndarray, end: int) -> np.ndarray:
+    """The NEEDED samples ending at index ``end`` (zeros outside the signal)."""
+    start = end - NEEDED
+    out = np.zeros(NEEDED, dtype=np.float32)
+    lo, hi = max(start, 0), min(end, len(audio))
+    if hi > lo:
+        out[lo - start:hi - start] = audio[lo:hi]
+    return out
+
+
+def log_mel(window: np.ndarray) -> np.ndarray:
+    """(NEEDED,) or (WINDOW,) samples -> (1, 64, 100) float32 log-mel.
+
+    Given exactly 1.0 s (no 240-sample lead-in), zeros stand in for it, as
+    at the very start of a stream.
+    """
+    x = np.asarray(window, dtype=np.float32).reshape(-1)
+    if len(x) == WINDOW:
+        x = np.concatenate([np.zeros(CONTEXT, dtype=np.float32), x])
+    if len(x) != NEEDED:
+        raise ValueError(f"log_mel wants {WINDOW} or {NEEDED} samples at 16 kHz, got {len(x)}")
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]   # (100, 400)
+    spec = np.fft.rfft(frames * _HANN, axis=1)
+    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    mel = power @ _FB                                                    # (100, 64)
+    return np.log(mel.T + LOG_EPS)[None].astype(np.float32)
+
+
+def step_window(audio: np.ndarray, step_end_s: float, audio_t0: float = 0.0) -> np.ndarray:
+    """The samples a step ending at ``step_end_s`` reads; ``audio[0]`` is at ``audio_t0``."""
+    end = int(round((step_end_s - audio_t0) * SAMPLE_RATE))
+    return window_ending(audio, end)
+
+
+def rms(window: np.ndarray) -> float:
+    """RMS of the last 1.0 s (the lead-in belongs to the previous second)."""
+    x = np.asarray(window, dtype=np.float32)[-WINDOW:]
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
+
+
+def _silero_data() -> Path:
+    """silero-vad's model folder, found without importing the package: its
+    __init__ imports torch (seconds, and memory the worker does not need)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("voice activity detection needs the silero-vad package: "
+                           "pip install silero-vad")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+class VAD:
+    """silero-vad through onnxruntime, from the model files in its wheel
+(no torch, no download).
+
+    Speech probability of a 1.0 s window: the model runs over the window's
+    31 chunks of 32 ms from a fresh state (so a step's value does not depend
+    on what came before: the same offline and live, whatever the frame
+    rate), and the window scores the mean of its 3 highest chunks, which
+    needs ~0.1 s of speech and ignores a single-chunk click.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        data = _silero_data()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        # The "ifless" export gives the same probabilities (within 1e-7) as
+        # silero_vad.onnx, whose If-branches make onnxruntime's full graph
+        # optimisation take ~8 s at load; older wheels lack it, and then the
+        # main model loads with basic optimisation (0.2 s).
+        ifless = data / "silero_vad_op18_ifless.onnx"
+        if ifless.exists():
+            path = ifless
+        else:
+            path = data / "silero_vad.onnx"
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self._sess = ort.InferenceSession(str(path), sess_options=opts,
+                                          providers=["CPUExecutionProvider"])
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        self._lock = threading.Lock()
+
+    def chunk_probs(self, audio: np.ndarray) -> np.ndarray:
+        """Per-32 ms speech probabilities over ``audio``, newest chunk last."""
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        n = len(x) // VAD_CHUNK
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        x = x[len(x) - n * VAD_CHUNK:]
+        state = np.zeros((2, 1, 128), dtype=np.float32)
+        ctx = np.zeros((1, VAD_CONTEXT), dtype=np.float32)
+        out = np.empty(n, dtype=np.float32)
+        with self._lock:
+            if self._sess is None:
+                raise RuntimeError("VAD is closed")
+            for i in range(n):
+                inp = np.concatenate([ctx, x[None, i * VAD_CHUNK:(i + 1) * VAD_CHUNK]], axis=1)
+                p, state = self._sess.run(None, {"input": inp, "state": state, "sr": self._sr})
+                out[i] = p[0, 0]
+                ctx = inp[:, -VAD_CONTEXT:]
+        return out
+
+    def speech_prob(self, window: np.ndarray) -> float:
+        """Speech probability of the last 1.0 s of ``window``."""
+        x = np.asarray(window, dtype=np.float32)[-WINDOW:]
+        if not np.any(x):
+            return 0.0   # digital silence: skip the model (a muted mic costs nothing)
+        p = self.chunk_probs(x)
+        if len(p) == 0:
+            return 0.0
+        return float(np.mean(np.sort(p)[-3:]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._sess = None
+
+
+def key_segment_mask(speech_prob: np.ndarray, energy: np.ndarray, *,
+                     threshold: float = SPEECH_THRESHOLD, k: int | None = None) -> np.ndarray:
+    """Voice mask over steps: speech above ``threshold``, then the ``k`` most salient.
+
+    Saliency is speech probability x RMS energy: of the steps that hold
+    speech, the loud, clearly voiced ones carry the most emotion (a shout, a
+    laugh) and a murmur under game noise the least. Ties keep the earlier step.
+    """
+    p = np.asarray(speech_prob, dtype=np.float32)
+    keep = p >= threshold
+    if k is not None and k >= 0 and keep.sum() > k:
+        sal = np.where(keep, p * np.asarray(energy, dtype=np.float32), -np.inf)
+        order = np.argsort(-sal, kind="stable")[:k]
+        keep = np.zeros_like(keep)
+        keep[order] = True
+    return keep.astype(np.float32)
