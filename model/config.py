@@ -1,0 +1,116 @@
+"""MERLBConfig: every size and switch of the model, saved beside its weights.
+
+The config is plain JSON (`to_dict` / `from_dict`) so a saved model folder
+is readable without running code, and label names travel with the weights:
+a model trained with custom behaviour names keeps them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from obs_merlb.labels import AROUSAL, BEHAVIOURS, EMOTIONS, MODALITIES, VALENCE
+
+CONFIG_FILE = "config.json"
+FUSIONS = ("tt", "early", "late", "joint", "deep")
+
+
+def default_heads() -> dict[str, list[str]]:
+    return {"emotion": list(EMOTIONS), "valence": list(VALENCE),
+            "arousal": list(AROUSAL), "behaviour": list(BEHAVIOURS)}
+
+
+@dataclass
+class MERLBConfig:
+    # Time grid (docs/ARCHITECTURE.md): T steps of step_s seconds.
+    steps: int = 8
+    step_s: float = 0.25
+    # Per-step input shapes.
+    face_size: int = 64
+    n_mels: int = 64
+    voice_frames: int = 100
+    pose_dim: int = 132
+    scene_size: int = 128
+    # Which modalities the model has encoders for (order is always MODALITIES).
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    # Per-step embedding sizes.
+    face_dim: int = 128
+    voice_dim: int = 128
+    body_dim: int = 64
+    scene_dim: int = 64
+    # Bi-LSTM hidden size per direction.
+    lstm_hidden: int = 64
+    fusion: str = "tt"
+    tt_rank: int = 8
+    # One output mode per enabled modality; empty = derived from fused_dim.
+    tt_out_modes: list[int] = field(default_factory=list)
+    fused_dim: int = 256
+    heads: dict[str, list[str]] = field(default_factory=default_heads)
+    # "multi" trains every head; a head name trains (and outputs) that head only.
+    task: str = "multi"
+    dropout: float = 0.3
+    modality_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.modalities = [m for m in MODALITIES if m in self.modalities]
+        if not self.modalities:
+            raise ValueError("MERLBConfig needs at least one modality")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.task != "multi" and self.task not in self.heads:
+            raise ValueError(f"task {self.task!r} is neither 'multi' nor a head ({list(self.heads)})")
+        if not self.active_heads:
+            raise ValueError("MERLBConfig needs at least one head")
+        if self.tt_out_modes and len(self.tt_out_modes) != len(self.modalities):
+            raise ValueError("tt_out_modes needs one entry per enabled modality")
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+
+    @property
+    def active_heads(self) -> dict[str, list[str]]:
+        """The heads the model actually has (all of them, or the single task's)."""
+        if self.task == "multi":
+            return {k: list(v) for k, v in self.heads.items() if v}
+        return {self.task: list(self.heads[self.task])}
+
+    @property
+    def embed_dims(self) -> dict[str, int]:
+        dims = {"face": self.face_dim, "voice": self.voice_dim,
+                "body": self.body_dim, "scene": self.scene_dim}
+        return {m: dims[m] for m in self.modalities}
+
+    @property
+    def out_modes(self) -> list[int]:
+        """TT output modes; by default equal modes whose product is about fused_dim."""
+        if self.tt_out_modes:
+            return list(self.tt_out_modes)
+        k = len(self.modalities)
+        mode = max(2, round(self.fused_dim ** (1.0 / k)))
+        return [mode] * k
+
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        """Shape of one step of one modality (without batch and time)."""
+        return {"face": (1, self.face_size, self.face_size),
+                "voice": (1, self.n_mels, self.voice_frames),
+                "body": (self.pose_dim,),
+                "scene": (3, self.scene_size, self.scene_size)}[modality]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MERLBConfig":
+        known = {f.name for f in fields(cls)}
+        # Unknown keys come from newer versions; ignoring them keeps old code loading new configs.
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "heads" in kwargs:
+            kwargs["heads"] = {k: list(v) for k, v in kwargs["heads"].items()}
+        return cls(**kwargs)
+
+
+def load_config(directory: str | Path) -> tuple[MERLBConfig, dict[str, Any]]:
+    """(config, training metadata) of a saved model folder; needs no torch."""
+    doc = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    return MERLBConfig.from_dict(doc["config"]), doc.get("meta", {})

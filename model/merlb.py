@@ -1,0 +1,135 @@
+"""MERLB: per-step encoders -> per-modality Bi-LSTMs -> fusion -> heads.
+
+Inputs are aligned on one time grid (docs/ARCHITECTURE.md): face
+(B,T,1,64,64), voice (B,T,1,64,100), body (B,T,132), scene (B,T,3,128,128),
+mask (B,T,4) in the order face, voice, body, scene. Any T >= 1 works (FER
+images train with T=1). A modality's input may be None: it is then missing
+at every step, whatever the mask says.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from obs_merlb.labels import MODALITIES
+
+from .config import MERLBConfig
+from .encoders import build_encoder
+from .fusion import build_fusion
+
+IGNORE = -100
+
+
+class MERLB(nn.Module):
+    def __init__(self, cfg: MERLBConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or MERLBConfig()
+        c = self.cfg
+        self.encoders = nn.ModuleDict({
+            m: build_encoder(m, d, c.n_mels, c.pose_dim, c.dropout * 0.5) for m, d in c.embed_dims.items()})
+        self.fusion = build_fusion(c)
+        # Columns of the 4-wide mask that belong to the enabled modalities.
+        self.register_buffer("mask_cols", torch.tensor([MODALITIES.index(m) for m in c.modalities]),
+                             persistent=False)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg.modalities)
+
+    @property
+    def head_names(self) -> list[str]:
+        return list(self.cfg.active_heads)
+
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """One encoder on (N, *step_shape) -> (N, D)."""
+        return self.encoders[modality](x)
+
+    def _encode_steps(self, modality: str, x: torch.Tensor | None, m: torch.Tensor) -> torch.Tensor:
+        b, t = m.shape
+        dim = self.cfg.embed_dims[modality]
+        if x is None:
+            return m.new_zeros(b, t, dim)
+        flat = x.reshape(b * t, *x.shape[2:])
+        if self.training:
+            # Only present steps go through the encoder: no wasted compute, and
+            # batch-norm statistics never see the zero filler of missing steps.
+            idx = torch.nonzero(m.reshape(-1) > 0).squeeze(1)
+            out = m.new_zeros(b * t, dim)
+            if idx.numel():
+                out = out.index_copy(0, idx, self.encoders[modality](flat.index_select(0, idx)))
+        else:
+            # Eval: encoders are per-sample, so encoding everything and zeroing
+            # the missing steps gives the same result with static shapes (ONNX).
+            out = self.encoders[modality](flat) * m.reshape(-1, 1)
+        return out.reshape(b, t, dim)
+
+    def _select(self, mask: torch.Tensor, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """The enabled modalities' mask columns, with None inputs marked missing."""
+        m = mask.to(torch.float32).index_select(-1, self.mask_cols)
+        missing = [i for i, name in enumerate(self.modalities) if inputs.get(name) is None]
+        if missing:
+            keep = torch.ones(len(self.modalities), device=m.device)
+            keep[missing] = 0.0
+            m = m * keep
+        return m
+
+    def modality_dropout(self, m: torch.Tensor) -> torch.Tensor:
+        """Drop whole modalities per sample so the model learns to do without them.
+        A sample that would lose every modality it has keeps them all instead:
+        an empty sample teaches nothing but the heads' biases."""
+        p = self.cfg.modality_dropout
+        if not self.training or p <= 0 or m.shape[-1] < 2:
+            return m
+        keep = (torch.rand(m.shape[0], 1, m.shape[-1], device=m.device) >= p).to(m.dtype)
+        dropped = m * keep
+        empty = dropped.amax(dim=(1, 2)) == 0
+        return torch.where(empty[:, None, None], m, dropped)
+
+    def _sequence(self, embs: list[torch.Tensor], m: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fusion(embs, m)
+
+    def sequence(self, face_e: torch.Tensor | None, voice_e: torch.Tensor | None,
+                 body_e: torch.Tensor | None, scene_e: torch.Tensor | None,
+                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """LSTMs + fusion + heads on per-step embeddings (B, T, D_m) -> {head: logits}."""
+        given = {"face": face_e, "voice": voice_e, "body": body_e, "scene": scene_e}
+        m = self.modality_dropout(self._select(mask, given))
+        b, t = m.shape[:2]
+        embs = [given[name] if given[name] is not None else m.new_zeros(b, t, self.cfg.embed_dims[name])
+                for name in self.modalities]
+        return self._sequence(embs, m)
+
+    def forward(self, face: torch.Tensor | None, voice: torch.Tensor | None,
+                body: torch.Tensor | None, scene: torch.Tensor | None,
+                mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        given = {"face": face, "voice": voice, "body": body, "scene": scene}
+        m = self.modality_dropout(self._select(mask, given))
+        embs = [self._encode_steps(name, given[name], m[..., i]) for i, name in enumerate(self.modalities)]
+        return self._sequence(embs, m)
+
+
+def multitask_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                   class_weights: dict[str, torch.Tensor] | None = None,
+                   task_weights: dict[str, float] | None = None,
+                   label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of per-head cross-entropies; -100 marks a missing label.
+
+    A head with no labelled sample in the batch adds nothing (plain
+    cross-entropy would return NaN for it). Single-task training is this with
+    one head. Returns (total loss, {head: loss value}).
+    """
+    class_weights = class_weights or {}
+    task_weights = task_weights or {}
+    total = sum(lg.sum() * 0.0 for lg in logits.values())  # keeps the graph when nothing is labelled
+    parts: dict[str, float] = {}
+    for head, lg in logits.items():
+        y = targets.get(head)
+        if y is None or not bool((y != IGNORE).any()):
+            continue
+        w = class_weights.get(head)
+        loss = F.cross_entropy(lg, y.to(lg.device), weight=None if w is None else w.to(lg),
+                               ignore_index=IGNORE, label_smoothing=label_smoothing)
+        total = total + task_weights.get(head, 1.0) * loss
+        parts[head] = float(loss.detach())
+    return total, parts

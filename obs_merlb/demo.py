@@ -1,0 +1,138 @@
+"""`merlb demo`: the whole path on the shipped CREMA-D clip, stage by stage.
+
+Decode the clip (PyAV), perceive every step (face mesh crop, log-mel +
+silero-vad), run the MERLB model through the onnxruntime backend on sliding
+2 s windows, and print what it sees next to the clip's true labels with the
+time each stage took. It then runs `merlb analyze` on the clip for the
+HTML report when the live engine is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_VIDEO = ASSETS / "demo.mp4"
+SHIPPED_MODEL = ASSETS / "model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--video", type=Path, default=DEMO_VIDEO, help="clip to run on (default: the shipped demo)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="saved model folder (default: assets/model, else a freshly initialised one)")
+    parser.add_argument("--hop", type=int, default=2, help="steps between printed windows (0.25 s each)")
+    parser.add_argument("--no-report", action="store_true", help="skip the `merlb analyze` HTML report")
+
+
+def _labels_at(video: Path) -> list[tuple[float, float, str]]:
+    """True labels from the CSV beside the demo clip, if there is one."""
+    table = video.with_suffix(".csv")
+    if not table.exists():
+        return []
+    with open(table, newline="") as f:
+        return [(float(r["start"]), float(r["end"]), r["label"]) for r in csv.DictReader(f)]
+
+
+def _model_dir(requested: Path | None, tmp: Path) -> tuple[Path, str]:
+    if requested is not None:
+        return requested, f"model {requested}"
+    if (SHIPPED_MODEL / "config.json").exists():
+        return SHIPPED_MODEL, "shipped model assets/model"
+    import torch
+
+    from obs_merlb.model import MERLB, MERLBConfig
+    from obs_merlb.model.io import save_model
+
+    torch.manual_seed(0)
+    save_model(MERLB(MERLBConfig(modalities=["face", "voice"])).eval(), tmp / "model", onnx=True)
+    return tmp / "model", "a freshly initialised model (no trained weights in assets/model: outputs are not meaningful)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from obs_merlb.capture.file import MediaError
+    from obs_merlb.inference import load_backend
+    from obs_merlb.perception.steps import clip_steps
+
+    console = Console()
+    if not args.video.exists():
+        console.print(f"[red]no such video: {args.video}[/red]")
+        return 2
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        model_dir, what = _model_dir(args.model, Path(tmp))
+        backend = load_backend(model_dir)
+        timings["load model (onnxruntime)"] = time.perf_counter() - t0
+        console.print(f"model: {what}; backend {backend.name}; modalities {', '.join(backend.modalities)}")
+
+        t0 = time.perf_counter()
+        try:
+            steps = clip_steps(args.video, face=True, voice=True)
+        except MediaError as e:
+            console.print(f"[red]{e}[/red]")
+            return 2
+        timings["decode + perceive (face mesh, log-mel, VAD)"] = time.perf_counter() - t0
+        duration = len(steps) * steps.step_s
+        console.print(f"clip: {args.video.name}, {duration:.2f} s = {len(steps)} steps of {steps.step_s} s; "
+                      f"face in {int(steps.mask[:, 0].sum())} steps, speech in {int(steps.mask[:, 1].sum())}")
+
+        cfg = backend.cfg
+        t0 = time.perf_counter()
+        embs = {}
+        for m in backend.modalities:
+            x = getattr(steps, m)
+            embs[m] = backend.encode(m, x)
+        timings["encoders (all steps, batch)"] = time.perf_counter() - t0
+
+        truth = _labels_at(args.video)
+        table = Table(title="MERLB on the demo clip, sliding 2 s windows")
+        for col in ("window", "true", "face", "speech", "emotion", "p", "valence", "arousal"):
+            table.add_column(col)
+        t0, n_windows = time.perf_counter(), 0
+        T = cfg.steps
+        for start in range(0, max(1, len(steps) - T + 1), max(1, args.hop)):
+            w = steps.window(start, T)
+            idx = np.clip(np.arange(start, start + T), 0, len(steps) - 1)
+            win_embs = {m: e[idx] * w.mask[:, [("face", "voice", "body", "scene").index(m)]] for m, e in embs.items()}
+            probs = backend.sequence(win_embs, w.mask)
+            n_windows += 1
+            mid = (start + T / 2) * steps.step_s
+            true = next((lab for s, e, lab in truth if s <= mid < e), "")
+            emo = probs.get("emotion")
+            heads = backend.labels
+            row = [f"{start * steps.step_s:5.2f}-{(start + T) * steps.step_s:5.2f}s", true,
+                   f"{int(w.mask[:, 0].sum())}/{T}", f"{int(w.mask[:, 1].sum())}/{T}"]
+            row += ([heads["emotion"][int(emo.argmax())], f"{emo.max():.2f}"] if emo is not None else ["-", "-"])
+            for h in ("valence", "arousal"):
+                p = probs.get(h)
+                row.append(heads[h][int(p.argmax())] if p is not None else "-")
+            table.add_row(*row)
+        timings[f"sequence model ({n_windows} windows)"] = time.perf_counter() - t0
+        console.print(table)
+
+        tt = Table(title="timings")
+        tt.add_column("stage")
+        tt.add_column("total ms", justify="right")
+        tt.add_column("ms per step", justify="right")
+        for k, v in timings.items():
+            tt.add_row(k, f"{1000 * v:.1f}", f"{1000 * v / max(1, len(steps)):.2f}")
+        console.print(tt)
+        console.print(f"{len(steps) * steps.step_s / sum(v for k, v in timings.items() if 'load' not in k):.1f}x "
+                      "faster than real time on this machine")
+
+    if not args.no_report:
+        import importlib.util
+
+        if importlib.util.find_spec("obs_merlb.report") is not None:
+            from obs_merlb.cli import main as merlb
+            cmd = ["analyze", str(args.video)] + (["--model", str(args.model)] if args.model else [])
+            return merlb(cmd)
+    return 0

@@ -1,0 +1,261 @@
+"""Inference backends behind one interface: onnxruntime on CPU, torch on CUDA.
+
+    backend = load_backend(model_dir, device="cpu" | "cuda" | "cuda:N")
+    backend.encode("face", x)            # (N, 1, 64, 64) -> (N, D)
+    backend.sequence({"face": e, ...}, mask) -> {head: probs}
+    backend.predict(face, voice, body, scene, mask) -> {head: probs}
+
+Arrays are batched (B, T, ...) with mask (B, T, 4); or unbatched (T, ...)
+with mask (T, 4), and then the probabilities come back unbatched too. A
+modality given as None (or left out of `embs`) is missing at every step.
+
+The CPU backend caps onnxruntime's threads (one by default): the streamer's
+game and encoder own the CPU. The CUDA backend falls back to CPU on any
+error, once, with a warning. Every call is timed: a call longer than
+`stall_s` counts as slow, and `stalled` is true while a call has been running
+longer than that or the last one took longer (a watchdog thread may poll it).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from obs_merlb.labels import MODALITIES
+from obs_merlb.model.config import MERLBConfig, load_config
+
+log = logging.getLogger(__name__)
+
+ONNX_SEQUENCE = "sequence.onnx"
+ONNX_WHOLE = "merlb.onnx"
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def onnx_files(cfg: MERLBConfig) -> list[str]:
+    return [ONNX_WHOLE, ONNX_SEQUENCE] + [f"{m}_encoder.onnx" for m in cfg.modalities]
+
+
+def _cache_root() -> Path:
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("obs-merlb")) / "onnx"
+
+
+def ensure_onnx(model_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A folder holding the model's ONNX files: model_dir itself if it has them,
+    else a cache folder keyed by the weights' hash, exported there on first use."""
+    model_dir = Path(model_dir)
+    cfg, _ = load_config(model_dir)
+    if all((model_dir / f).is_file() for f in onnx_files(cfg)):
+        return model_dir
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "config.json"):
+        h.update((model_dir / name).read_bytes())
+    target = Path(cache_dir or _cache_root()) / h.hexdigest()[:20]
+    if not all((target / f).is_file() for f in onnx_files(cfg)):
+        from obs_merlb.model.export import export_onnx
+        from obs_merlb.model.io import load_model
+        log.info("exporting %s to ONNX in %s", model_dir, target)
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + "."))
+        export_onnx(load_model(model_dir), tmp)
+        # Rename last, so a crash mid-export never leaves a folder that looks complete.
+        try:
+            tmp.rename(target)
+        except OSError:  # another worker finished the same export first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _batched(mask: np.ndarray) -> bool:
+    return np.asarray(mask).ndim == 3
+
+
+class _Ort:
+    """onnxruntime sessions for the whole model, the sequence part and each encoder."""
+
+    def __init__(self, onnx_dir: Path, cfg: MERLBConfig, threads: int) -> None:
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        def session(name: str) -> Any:
+            return ort.InferenceSession(str(onnx_dir / name), opts, providers=["CPUExecutionProvider"])
+
+        self.whole = session(ONNX_WHOLE)
+        self.seq = session(ONNX_SEQUENCE)
+        self.encoders = {m: session(f"{m}_encoder.onnx") for m in cfg.modalities}
+        self.heads = [o.name for o in self.whole.get_outputs()]
+        self.name = "onnxruntime-cpu"
+
+    def encode(self, modality: str, x: np.ndarray) -> np.ndarray:
+        return self.encoders[modality].run(None, {"x": x})[0]
+
+    def sequence(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.heads, self.seq.run(None, inputs)))
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.heads, self.whole.run(None, inputs)))
+
+
+class _Torch:
+    """The torch model on a CUDA device."""
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        import torch
+        from obs_merlb.model.io import load_model
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch.cuda is not available (CPU-only torch build, or no driver)")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = load_model(model_dir, device=str(self.device))
+        self.name = f"torch-{self.device.type}:{self.device.index if self.device.index is not None else 0}"
+
+    def _t(self, x: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+    def encode(self, modality: str, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model.encode(modality, self._t(x)).float().cpu().numpy()
+
+    def _run(self, fn: Callable[..., dict], inputs: dict[str, np.ndarray], suffix: str) -> dict[str, np.ndarray]:
+        with self.torch.inference_mode():
+            args = [self._t(inputs[m + suffix]) if m + suffix in inputs else None for m in MODALITIES]
+            out = fn(*args, self._t(inputs["mask"]))
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def sequence(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(self.model.sequence, inputs, "_e")
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(self.model, inputs, "")
+
+
+class Backend:
+    """One interface over the onnxruntime and torch implementations, with
+    CUDA-to-CPU fallback and stall detection."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int = 1,
+                 stall_s: float = 2.0, cache_dir: str | Path | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.cfg, self.meta = load_config(self.model_dir)
+        self.labels: dict[str, list[str]] = self.cfg.active_heads
+        self.threads = threads
+        self.stall_s = stall_s
+        self.cache_dir = cache_dir
+        self.slow_calls = 0
+        self.calls = 0
+        self.last_ms = 0.0
+        self.last_error: str | None = None
+        self._inflight_since: float | None = None
+        self._impl: _Ort | _Torch
+        if device.startswith("cuda"):
+            try:
+                self._impl = _Torch(self.model_dir, device)
+            except Exception as e:  # noqa: BLE001 - any CUDA trouble means: use the CPU
+                self._fall_back(e)
+        else:
+            self._impl = self._cpu()
+
+    def _cpu(self) -> _Ort:
+        return _Ort(ensure_onnx(self.model_dir, self.cache_dir), self.cfg, self.threads)
+
+    def _fall_back(self, error: BaseException) -> None:
+        self.last_error = f"{type(error).__name__}: {error}"
+        log.warning("GPU backend failed (%s); using onnxruntime on the CPU from now on", self.last_error)
+        self._impl = self._cpu()
+
+    @property
+    def name(self) -> str:
+        return self._impl.name
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg.modalities)
+
+    @property
+    def stalled(self) -> bool:
+        since = self._inflight_since
+        running_long = since is not None and time.monotonic() - since > self.stall_s
+        return running_long or self.last_ms > 1000.0 * self.stall_s
+
+    def _call(self, method: str, *args: Any) -> Any:
+        start = time.monotonic()
+        self._inflight_since = start
+        try:
+            try:
+                return getattr(self._impl, method)(*args)
+            except Exception as e:  # noqa: BLE001
+                if isinstance(self._impl, _Ort):
+                    raise
+                self._fall_back(e)
+                return getattr(self._impl, method)(*args)
+        finally:
+            self._inflight_since = None
+            elapsed = time.monotonic() - start
+            self.last_ms = 1000.0 * elapsed
+            self.calls += 1
+            if elapsed > self.stall_s:
+                self.slow_calls += 1
+                log.warning("inference call %s took %.1f s (slow calls: %d)", method, elapsed, self.slow_calls)
+
+    def encode(self, modality: str, x: np.ndarray) -> np.ndarray:
+        """(N, *step_shape) -> (N, D) embeddings."""
+        return self._call("encode", modality, np.ascontiguousarray(x, dtype=np.float32))
+
+    def _inputs(self, arrays: dict[str, np.ndarray | None], mask: np.ndarray, suffix: str,
+                dims: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], bool]:
+        mask = np.asarray(mask, dtype=np.float32)
+        batched = _batched(mask)
+        if not batched:
+            mask = mask[None]
+            arrays = {k: None if v is None else np.asarray(v)[None] for k, v in arrays.items()}
+        mask = mask.copy()
+        b, t = mask.shape[:2]
+        feed = {}
+        for m in self.modalities:
+            x = arrays.get(m)
+            if x is None:
+                # Missing for the whole window: zeros behind a zero mask.
+                mask[..., MODALITIES.index(m)] = 0.0
+                x = np.zeros((b, t, *dims[m]), np.float32)
+            feed[m + suffix] = np.ascontiguousarray(x, dtype=np.float32)
+        feed["mask"] = mask
+        return feed, batched
+
+    def _probs(self, logits: dict[str, np.ndarray], batched: bool) -> dict[str, np.ndarray]:
+        return {k: softmax(v) if batched else softmax(v)[0] for k, v in logits.items()}
+
+    def sequence(self, embs: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-step embeddings {modality: (B, T, D)} and mask -> {head: probs}."""
+        dims = {m: (d,) for m, d in self.cfg.embed_dims.items()}
+        feed, batched = self._inputs(dict(embs), mask, "_e", dims)
+        return self._probs(self._call("sequence", feed), batched)
+
+    def predict(self, face: np.ndarray | None, voice: np.ndarray | None, body: np.ndarray | None,
+                scene: np.ndarray | None, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw per-step inputs -> {head: probs}."""
+        dims = {m: self.cfg.input_shape(m) for m in self.modalities}
+        arrays = {"face": face, "voice": voice, "body": body, "scene": scene}
+        feed, batched = self._inputs(arrays, mask, "", dims)
+        return self._probs(self._call("predict", feed), batched)
+
+
+def load_backend(model_dir: str | Path, device: str = "cpu", threads: int = 1,
+                 stall_s: float = 2.0, cache_dir: str | Path | None = None) -> Backend:
+    """A ready backend for the saved model in model_dir (see the module docstring)."""
+    return Backend(model_dir, device, threads, stall_s, cache_dir)
