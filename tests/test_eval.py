@@ -1,0 +1,57 @@
+"""`merlb eval`: per-class F1 in the paper's layout, --json, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from obs_merlb.cli import main
+from obs_merlb.train.loop import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("eval")
+    cfg = TrainConfig.from_toml(ROOT / "train" / "recipes" / "tiny.toml")
+    cfg.out, cfg.cache, cfg.epochs = str(tmp / "run"), str(tmp / "cache"), 1
+    train(cfg, quiet=True)
+    return tmp / "run" / "model", tmp / "cache"
+
+
+def test_eval_json_one_object_per_head(tiny_model, tmp_path: Path, capsys) -> None:
+    model, cache = tiny_model
+    out = tmp_path / "out"
+    assert main(["eval", str(FIX / "fer2013"), "--model", str(model), "--cache", str(cache),
+                 "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)     # stdout holds exactly one JSON object
+    assert set(result) == {"emotion", "valence", "arousal"}   # behaviour: no labels, not scored
+    emo = result["emotion"]
+    assert emo["n"] == 14 and 0 <= emo["accuracy"] <= 1 and 0 <= emo["balanced_accuracy"] <= 1
+    assert set(emo["per_class_f1"]) == {"angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"}
+    assert (out / "confusion_emotion.png").exists() and (out / "table.csv").exists()
+    header = (out / "table.csv").read_text().splitlines()[0].split(",")
+    paper = ["Rou", "Pro", "Res", "Exp", "Fig", "Pun", "Def", "Dft", "VNeg", "VNeut", "VPos", "ALow", "ANeut", "AHigh"]
+    assert header[header.index("Rou"):header.index("AHigh") + 1] == paper
+    md = (out / "table.md").read_text()
+    assert md.startswith("| model") and "VNeg" in md
+
+
+def test_eval_clips_with_seed_csv_and_its_own_split(tiny_model, tmp_path: Path, capsys) -> None:
+    model, cache = tiny_model
+    assert main(["eval", str(FIX / "seed_csv"), "--model", str(model), "--cache", str(cache),
+                 "--out", str(tmp_path / "o"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # The seed CSV labels valence, arousal and behaviours, never emotions.
+    assert set(result) == {"valence", "arousal", "behaviour"} and result["valence"]["n"] == 10
+    assert main(["eval", "--model", str(model), "--cache", str(cache), "--out", str(tmp_path / "v"), "--json"]) == 0
+    assert "emotion" in json.loads(capsys.readouterr().out)
+
+
+def test_missing_model_names_path_and_how_to_train(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(FIX / "fer2013"), "--model", str(tmp_path / "nothing")])
+    assert str(tmp_path / "nothing") in str(e.value) and "merlb train" in str(e.value)

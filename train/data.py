@@ -1,0 +1,319 @@
+"""Training data in memory: preprocessed steps -> windows -> padded batches.
+
+A record is one item's steps (`mask` (N, 4) plus the stored modalities in
+their storage dtypes, converted to float32 per batch to keep FER2013 at
+~120 MB instead of ~500 MB). A sample is a window of at most `steps` steps
+of it: random in training, centred for validation. Batches are padded to
+their longest window with masked (all-zero) steps, so a batch of FER images
+runs at T=1 and costs one encoder pass per image.
+
+Label-matched pairing (`PairedDataset`) builds audio-visual samples from
+separate sets: a face sample and a voice clip with the same emotion, from
+different people, the face repeated over the voice window (a still face
+over a spoken second is what a webcam shows at 4 steps/s). There is no
+public paired audio-visual set big enough to train fusion on; this is the
+documented stand-in, together with the model's modality dropout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from obs_merlb.labels import MODALITIES
+
+from .datasets import HEAD_CLASSES, HEADS, Item
+from .preprocess import PER_STEP, STORE_DTYPE, Prepared, read_shard
+
+IGNORE = -100
+FACE, VOICE = MODALITIES.index("face"), MODALITIES.index("voice")
+
+
+@dataclass
+class Records:
+    """Items, their step arrays and their label indices (-100 = unlabelled)."""
+
+    items: list[Item]
+    arrays: list[dict[str, np.ndarray]]
+    targets: np.ndarray                 # (N, len(HEADS)) int64
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, idx: Sequence[int]) -> "Records":
+        return Records([self.items[i] for i in idx], [self.arrays[i] for i in idx], self.targets[list(idx)])
+
+    @staticmethod
+    def concat(parts: Sequence["Records"]) -> "Records":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Records([], [], np.zeros((0, len(HEADS)), np.int64))
+        return Records([i for p in parts for i in p.items], [a for p in parts for a in p.arrays],
+                       np.concatenate([p.targets for p in parts]))
+
+
+def targets_of(items: Sequence[Item]) -> np.ndarray:
+    return np.array([[it.label_index(h) for h in HEADS] for it in items], dtype=np.int64).reshape(-1, len(HEADS))
+
+
+def load_records(prep: Prepared, items: Sequence[Item] | None = None) -> Records:
+    """Arrays of `items` (default: all of `prep`), kept in their storage dtypes."""
+    wanted = None if items is None else {id(it) for it in items}
+    shards: dict[str, dict[str, np.ndarray]] = {}
+    out_items, arrays = [], []
+    for it, sp, key in zip(prep.items, prep.shards, prep.keys):
+        if wanted is not None and id(it) not in wanted:
+            continue
+        if sp not in shards:
+            s = read_shard(sp)
+            s["_index"] = {k: i for i, k in enumerate(s["keys"].tolist())}  # type: ignore[assignment]
+            shards[sp] = s
+        s = shards[sp]
+        i = s["_index"][key]  # type: ignore[index]
+        a, b = int(s["offsets"][i]), int(s["offsets"][i + 1])
+        rec = {"mask": s["mask"][a:b]}
+        for k in PER_STEP:
+            if k in s:
+                rec[k] = s[k][a:b]
+        for m in MODALITIES:
+            if m in s and s["mask"][a:b, MODALITIES.index(m)].any():
+                rec[m] = s[m][a:b]
+        out_items.append(it)
+        arrays.append(rec)
+    return Records(out_items, arrays, targets_of(out_items))
+
+
+def to_float(modality: str, x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / 255.0 if STORE_DTYPE[modality] == np.uint8 else x
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def augment_face(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(t, 1, S, S) float: one random flip/shift/zoom/contrast for the whole window.
+
+    The same transform for every step of a window, because a webcam does not
+    re-frame the face between steps.
+    """
+    t, _, s, _ = x.shape
+    if rng.random() < 0.5:
+        x = x[..., ::-1]
+    pad = s // 10
+    big = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
+    size = s + int(rng.integers(-pad, pad + 1))      # zoom in or out by up to 10%
+    oy, ox = (int(v) for v in rng.integers(0, s + 2 * pad - size + 1, size=2))
+    crop = big[..., oy:oy + size, ox:ox + size]
+    if size != s:
+        import cv2
+        crop = np.stack([cv2.resize(np.ascontiguousarray(c[0]), (s, s), interpolation=cv2.INTER_LINEAR)[None]
+                         for c in crop])
+    gain, bias = rng.uniform(0.75, 1.25), rng.uniform(-0.1, 0.1)
+    mean = crop.mean()
+    return np.clip((crop - mean) * gain + mean + bias, 0.0, 1.0).astype(np.float32)
+
+
+def augment_voice(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(t, 1, mels, frames) log-mel: SpecAugment-style band and time masks per step.
+
+    Masks are filled with the patch mean, not zero: log-mel zero is a loud
+    signal (log(1)), not silence.
+    """
+    x = x.copy()
+    _, _, mels, frames = x.shape
+    for step in x:
+        fill = float(step.mean())
+        f = int(rng.integers(0, mels // 8 + 1))
+        f0 = int(rng.integers(0, mels - f + 1))
+        step[:, f0:f0 + f, :] = fill
+        w = int(rng.integers(0, frames // 8 + 1))
+        w0 = int(rng.integers(0, frames - w + 1))
+        step[:, :, w0:w0 + w] = fill
+    return x
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | None,
+           image_steps: int = 1) -> dict[str, np.ndarray]:
+    """At most `steps` consecutive steps (random start when `rng` is given, else centred).
+
+    A one-step record (an image) is repeated to `image_steps` steps.
+    """
+    n = rec["mask"].shape[0]
+    if n == 1 and image_steps > 1:
+        return {k: np.repeat(v, image_steps, axis=0) for k, v in rec.items()}
+    if n <= steps:
+        return rec
+    start = int(rng.integers(0, n - steps + 1)) if rng is not None else (n - steps) // 2
+    return {k: v[start:start + steps] for k, v in rec.items()}
+
+
+class StepDataset(Dataset):
+    def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
+                 augment: bool = True, image_steps: int = 1, seed: int = 0,
+                 key_segments: int | None = None) -> None:
+        self.records, self.modalities, self.steps = records, list(modalities), steps
+        self.train, self.augment, self.image_steps, self.seed = train, augment, image_steps, seed
+        self.key_segments = key_segments
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _rng(self, i: int) -> np.random.Generator | None:
+        # Seeded per (epoch, index): the same run gives the same augmentations
+        # whatever the worker count or DDP rank that draws the sample.
+        return np.random.default_rng((self.seed, self.epoch, i)) if self.train else None
+
+    def sample(self, rec: dict[str, np.ndarray], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        w = window(rec, self.steps, rng, self.image_steps)
+        out = {"mask": w["mask"].astype(np.float32)}
+        if self.key_segments and "speech_prob" in w:
+            # Per window, as live: only the k most salient speech steps keep their voice.
+            from obs_merlb.perception.voice import key_segment_mask
+            keep = key_segment_mask(w["speech_prob"].astype(np.float32), w["energy"].astype(np.float32),
+                                    k=self.key_segments)
+            out["mask"][:, VOICE] *= np.asarray(keep, np.float32)
+        for m in self.modalities:
+            if m in w:
+                x = to_float(m, w[m])
+                if rng is not None and self.augment:
+                    x = augment_face(x, rng) if m == "face" else augment_voice(x, rng) if m == "voice" else x
+                out[m] = np.ascontiguousarray(x)
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        out = self.sample(self.records.arrays[i], self._rng(i))
+        out["y"] = self.records.targets[i]
+        return out
+
+
+class PairedDataset(StepDataset):
+    """Face sample + voice clip of the same emotion, from different people (see module doc)."""
+
+    def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
+                 n_pairs: int = 0, augment: bool = True, seed: int = 0,
+                 key_segments: int | None = None) -> None:
+        super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments)
+        masks = [r["mask"].any(axis=0) for r in records.arrays]
+        emo = records.targets[:, HEADS.index("emotion")]
+        self.faces = [i for i, m in enumerate(masks) if m[FACE] and not m[VOICE] and emo[i] >= 0]
+        self.voices: dict[int, list[int]] = {}
+        for i, m in enumerate(masks):
+            if m[VOICE] and not m[FACE] and emo[i] >= 0:
+                self.voices.setdefault(int(emo[i]), []).append(i)
+        self.faces = [i for i in self.faces if int(emo[i]) in self.voices]
+        self.n_pairs = n_pairs or min(len(self.faces), sum(len(v) for v in self.voices.values()))
+        if not self.faces:
+            self.n_pairs = 0
+
+    def pair(self, i: int) -> tuple[int, int]:
+        rng = np.random.default_rng((self.seed, self.epoch if self.train else 0, i, 7))
+        f = self.faces[int(rng.integers(len(self.faces)))]
+        emo = int(self.records.targets[f, HEADS.index("emotion")])
+        group = self.records.items[f].group
+        pool = [v for v in self.voices[emo] if self.records.items[v].group != group] or self.voices[emo]
+        return f, pool[int(rng.integers(len(pool)))]
+
+    def __len__(self) -> int:
+        return self.n_pairs
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        f, v = self.pair(i)
+        rng = self._rng(i)
+        voice = self.sample(self.records.arrays[v], rng)
+        t = voice["mask"].shape[0]
+        face = self.sample(window(self.records.arrays[f], t, rng, image_steps=t), rng)
+        out = {"mask": voice["mask"].copy()}
+        out["mask"][:, FACE] = face["mask"][:t, FACE]
+        for m, src in (("face", face), ("voice", voice)):
+            if m in src:
+                out[m] = src[m][:t]
+        # A head counts only where both sides say the same (valence/arousal
+        # tables differ between sets for a few emotions).
+        yf, yv = self.records.targets[f], self.records.targets[v]
+        out["y"] = np.where(yf == yv, yf, IGNORE)
+        return out
+
+
+def collate(batch: list[dict[str, np.ndarray]], modalities: Sequence[str]) -> dict[str, torch.Tensor | None]:
+    """Pad to the longest window; a modality absent from the whole batch is None."""
+    b = len(batch)
+    t = max(s["mask"].shape[0] for s in batch)
+    mask = torch.zeros(b, t, len(MODALITIES))
+    out: dict[str, torch.Tensor | None] = {}
+    for m in modalities:
+        shapes = [s[m].shape[1:] for s in batch if m in s]
+        if not shapes:
+            out[m] = None
+            continue
+        x = torch.zeros(b, t, *shapes[0])
+        for i, s in enumerate(batch):
+            if m in s:
+                x[i, : s[m].shape[0]] = torch.from_numpy(s[m])
+        out[m] = x
+    for i, s in enumerate(batch):
+        mask[i, : s["mask"].shape[0]] = torch.from_numpy(s["mask"])
+    out["mask"] = mask
+    out["y"] = torch.from_numpy(np.stack([s["y"] for s in batch]).astype(np.int64))
+    return out
+
+
+class Collate:
+    """Picklable collate for DataLoader workers."""
+
+    def __init__(self, modalities: Sequence[str]) -> None:
+        self.modalities = list(modalities)
+
+    def __call__(self, batch: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor | None]:
+        return collate(batch, self.modalities)
+
+
+def head_targets(y: torch.Tensor, heads: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {h: y[:, HEADS.index(h)] for h in heads}
+
+
+def voice_band_std(records: Records, max_steps: int = 20000, seed: int = 0) -> np.ndarray | None:
+    """Per-mel-band spread of mean-removed log-mel over training voice steps."""
+    steps = [r["voice"][r["mask"][:, VOICE] > 0] for r in records.arrays if "voice" in r]
+    steps = [s for s in steps if len(s)]
+    if not steps:
+        return None
+    x = np.concatenate(steps).astype(np.float32)
+    if len(x) > max_steps:
+        x = x[np.random.default_rng(seed).choice(len(x), max_steps, replace=False)]
+    x = x - x.mean(axis=(1, 2, 3), keepdims=True)
+    return x.transpose(2, 0, 1, 3).reshape(x.shape[2], -1).std(axis=1)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: Dataset, modalities: Sequence[str], device: torch.device,
+            batch_size: int = 128) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Softmax outputs per head and the (N, len(HEADS)) targets, in dataset order."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    probs: dict[str, list[np.ndarray]] = {}
+    ys = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collate(modalities))
+    for batch in loader:
+        inputs = {m: (batch.get(m).to(device) if batch.get(m) is not None else None) for m in MODALITIES}
+        logits = model(inputs["face"], inputs["voice"], inputs["body"], inputs["scene"], batch["mask"].to(device))
+        for h, lg in logits.items():
+            probs.setdefault(h, []).append(torch.softmax(lg.float(), dim=-1).cpu().numpy())
+        ys.append(batch["y"].numpy())
+    return ({h: np.concatenate(v) for h, v in probs.items()},
+            np.concatenate(ys) if ys else np.zeros((0, len(HEADS)), np.int64))
+
+
+def class_names(head: str) -> tuple[str, ...]:
+    return HEAD_CLASSES[head]

@@ -1,0 +1,445 @@
+"""Dataset readers: every supported layout becomes one list of `Item`s.
+
+An item is one labelled sample: a file (image, audio or video), an optional
+time range inside it, the person it shows (`group`, used for splitting) and a
+label per head (`emotion`, `valence`, `arousal`, `behaviour`; None where the
+dataset says nothing about that head, so the head's loss ignores it instead
+of guessing).
+
+Layouts (`detect_format` recognises each by itself):
+
+* ``images``   - ``<emotion>/*.jpg|png`` folders (FER2013 and sets with other
+  folder names: anger/angry, happiness/happy, ...). A split folder above the
+  class folders (``train/``, ``val/``, ``test/``) is kept as the item's split.
+* ``ravdess``, ``emodb``, ``crema_d`` - file-name conventions found anywhere
+  under a folder; ``named`` reads all three at once, ``mixed`` adds image
+  folders too (a data root holding several sets).
+* ``seed_csv`` - the MERLB seed's label CSV (``File, Valence_Negative, ...``,
+  one-hot, some headers with a leading space); ``File`` is relative to the
+  CSV's folder.
+* ``csv``      - a generic CSV: ``path,start,end`` plus either a ``label``
+  column (a class name of any head) or one-hot columns named after classes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from obs_merlb import labels as L
+
+log = logging.getLogger(__name__)
+
+HEADS: tuple[str, ...] = ("emotion", "valence", "arousal", "behaviour")
+HEAD_CLASSES: dict[str, tuple[str, ...]] = {
+    "emotion": L.EMOTIONS, "valence": L.VALENCE, "arousal": L.AROUSAL, "behaviour": L.BEHAVIOURS,
+}
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus"}
+VIDEO_EXT = {".mp4", ".mkv", ".flv", ".mov", ".avi", ".webm", ".m4v", ".ts"}
+MEDIA_EXT = AUDIO_EXT | VIDEO_EXT
+# Folder names that mark a predefined split; anything else is not a split.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+               "validation": "val", "publictest": "val", "test": "test", "privatetest": "test"}
+FORMATS = ("images", "ravdess", "emodb", "crema_d", "named", "mixed", "seed_csv", "csv")
+
+RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+EMODB_RE = re.compile(r"^(\d\d)([a-z]\d\d)([WLEAFTN])([a-z])$")
+CREMA_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled sample. `labels` maps head -> class name or None."""
+
+    path: str
+    start: float | None = None
+    end: float | None = None
+    group: str = ""
+    labels: dict[str, str | None] = field(default_factory=dict)
+    dataset: str = ""
+    split: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "image" if Path(self.path).suffix.lower() in IMAGE_EXT else "media"
+
+    def label_index(self, head: str) -> int:
+        """Class index for `head`, or -100 (the loss's ignore_index) when unlabelled."""
+        name = self.labels.get(head)
+        return -100 if name is None else HEAD_CLASSES[head].index(name)
+
+
+def _emotion_labels(emotion: str | None) -> dict[str, str | None]:
+    emo, val, aro = L.emotion_targets(emotion)
+    return {"emotion": emo, "valence": val, "arousal": aro, "behaviour": None}
+
+
+def _walk(root: Path, exts: set[str]) -> Iterator[Path]:
+    """Files under root with one of `exts`, in a stable order (hidden entries skipped)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in exts:
+                yield Path(dirpath) / name
+
+
+def _split_of(path: Path, root: Path) -> str | None:
+    for part in path.relative_to(root).parts[:-1]:
+        split = SPLIT_NAMES.get(part.lower())
+        if split:
+            return split
+    return None
+
+
+# --------------------------------------------------------------------------- readers
+
+def read_images(root: str | Path) -> list[Item]:
+    """`<emotion>/*.jpg|png` folders anywhere under root.
+
+    FER2013 has no person ids; each image is treated as its own group, so a
+    random split of it is the best that can be done (its own train/val split
+    folders are kept and preferred by `split_items`).
+    """
+    root = Path(root)
+    items: list[Item] = []
+    unknown: Counter[str] = Counter()
+    for path in _walk(root, IMAGE_EXT):
+        folder = path.parent.name
+        key = folder.strip().lower()
+        if key not in L.EMOTION_ALIASES or L.EMOTION_ALIASES[key] is None:
+            unknown[str(path.parent.relative_to(root)) if path.parent != root else folder] += 1
+            continue
+        items.append(Item(path=str(path), group=f"img:{path.stem}", labels=_emotion_labels(key),
+                          dataset="images", split=_split_of(path, root)))
+    for folder, n in sorted(unknown.items()):
+        log.warning("skipping image folder %r (%d files): %r is not one of the model's emotions %s",
+                    folder, n, Path(folder).name, ", ".join(L.EMOTIONS))
+    return items
+
+
+def parse_named(path: Path) -> Item | None:
+    """An item from a RAVDESS, EmoDB or CREMA-D file name, or None if the name is none of them."""
+    stem, ext = path.stem, path.suffix.lower()
+    if ext not in MEDIA_EXT:
+        return None
+    m = RAVDESS_RE.match(stem)
+    if m:
+        code, actor = m.group(3), m.group(7)
+        if code not in L.RAVDESS:
+            return None
+        emo, val, aro = L.RAVDESS[code]
+        return Item(path=str(path), group=f"ravdess:{actor}", dataset="ravdess",
+                    labels={"emotion": emo, "valence": val, "arousal": aro, "behaviour": None})
+    m = EMODB_RE.match(stem)
+    if m:
+        emo, val, aro = L.EMODB[m.group(3)]
+        return Item(path=str(path), group=f"emodb:{m.group(1)}", dataset="emodb",
+                    labels={"emotion": emo, "valence": val, "arousal": aro, "behaviour": None})
+    m = CREMA_RE.match(stem)
+    if m and m.group(3) in L.CREMA_D:
+        return Item(path=str(path), group=f"crema_d:{m.group(1)}", dataset="crema_d",
+                    labels=_emotion_labels(L.CREMA_D[m.group(3)]))
+    return None
+
+
+def read_named(root: str | Path, only: str | None = None) -> list[Item]:
+    """Files named by the RAVDESS / EmoDB / CREMA-D conventions anywhere under root."""
+    root = Path(root)
+    items = []
+    for path in ([root] if root.is_file() else _walk(root, MEDIA_EXT)):
+        item = parse_named(path)
+        if item is not None and (only is None or item.dataset == only):
+            items.append(item)
+    return items
+
+
+def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    # utf-8-sig drops the BOM Excel writes; headers are stripped because the
+    # seed's CSV has " Arousal_Low" and friends with a leading space.
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            return [], []
+        rows = [dict(zip(header, (c.strip() for c in row))) for row in reader if any(c.strip() for c in row)]
+    return header, rows
+
+
+def _is_on(value: str | None) -> bool:
+    try:
+        return value is not None and value != "" and float(value) > 0.5
+    except ValueError:
+        return False
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+# One-hot column name (normalised) -> (head, class).
+_ONE_HOT: dict[str, tuple[str, str]] = {}
+for _head, _classes in HEAD_CLASSES.items():
+    for _cls in _classes:
+        _ONE_HOT[_norm(f"{_head}_{_cls}")] = (_head, _cls)
+        if _head == "behaviour":
+            _ONE_HOT[_norm(_cls)] = (_head, _cls)
+for _alias, _emo in L.EMOTION_ALIASES.items():
+    if _emo is not None:
+        _ONE_HOT.setdefault(_norm(_alias), ("emotion", _emo))
+_ONE_HOT.update({"vneg": ("valence", "negative"), "vneut": ("valence", "neutral"),
+                 "vpos": ("valence", "positive"), "alow": ("arousal", "low"),
+                 "aneut": ("arousal", "neutral"), "ahigh": ("arousal", "high")})
+_GROUP_COLUMNS = ("group", "streamer", "speaker", "actor", "subject", "person")
+
+
+def _one_hot_labels(header: Sequence[str], row: dict[str, str]) -> dict[str, str | None]:
+    """Labels from one-hot columns; a head with no (or several) columns on is None."""
+    on: dict[str, list[str]] = {h: [] for h in HEADS}
+    for col in header:
+        target = _ONE_HOT.get(_norm(col))
+        if target and _is_on(row.get(col)):
+            on[target[0]].append(target[1])
+    out: dict[str, str | None] = {h: (v[0] if len(v) == 1 else None) for h, v in on.items()}
+    if out["emotion"] is not None:
+        # An emotion implies its circumplex valence/arousal unless the CSV says otherwise.
+        _, val, aro = L.emotion_targets(out["emotion"])
+        out["valence"] = out["valence"] or val
+        out["arousal"] = out["arousal"] or aro
+    return out
+
+
+def _label_from_name(name: str) -> dict[str, str | None]:
+    """Labels from one class name of any head (`happy`, `fighting`, `valence_negative`...)."""
+    key = name.strip().lower()
+    if key in L.EMOTION_ALIASES:
+        return _emotion_labels(key)
+    target = _ONE_HOT.get(_norm(key))
+    out: dict[str, str | None] = {h: None for h in HEADS}
+    if target is None:
+        return out
+    if target[0] == "emotion":
+        return _emotion_labels(target[1])
+    out[target[0]] = target[1]
+    return out
+
+
+def _csv_group(row: dict[str, str], rel: str, by_folder: bool) -> str:
+    for col in row:
+        if col.lower() in _GROUP_COLUMNS and row[col]:
+            return row[col]
+    if by_folder:
+        # Clips filed in one folder per streamer/session: the folder is the person.
+        return str(Path(rel).parent)
+    stem = Path(rel).stem
+    # Clip names like `<streamer>_<n>.mp4` or `<actor>-<clip>`: the prefix is the person.
+    return re.split(r"[_\-\s]", stem, maxsplit=1)[0] or stem
+
+
+def _float_or_none(value: str | None) -> float | None:
+    if value is None or value.strip() == "":
+        return None
+    return float(value)
+
+
+def read_seed_csv(csv_path: str | Path) -> list[Item]:
+    """The seed's label CSV: `File` + one-hot valence/arousal/behaviour columns."""
+    csv_path = Path(csv_path)
+    header, rows = _read_csv_rows(csv_path)
+    file_col = next((h for h in header if h.lower() in ("file", "filename", "path", "clip")), None)
+    if file_col is None:
+        raise ValueError(f"{csv_path}: no File column in header {header}")
+    by_folder = len({str(Path(r[file_col]).parent) for r in rows}) > 1
+    items = []
+    for row in rows:
+        rel = row[file_col]
+        path = (csv_path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+        if not path.exists():
+            log.warning("%s: %s listed but not found; skipped", csv_path.name, rel)
+            continue
+        items.append(Item(path=str(path), start=_float_or_none(row.get("start")),
+                          end=_float_or_none(row.get("end")), group=_csv_group(row, rel, by_folder),
+                          labels=_one_hot_labels(header, row), dataset="seed_csv",
+                          split=SPLIT_NAMES.get(row.get("split", "").lower())))
+    return items
+
+
+def read_csv(csv_path: str | Path) -> list[Item]:
+    """Generic CSV: `path,start,end` and either `label` or one-hot (or per-head) columns."""
+    csv_path = Path(csv_path)
+    header, rows = _read_csv_rows(csv_path)
+    lower = {h.lower(): h for h in header}
+    path_col = lower.get("path") or lower.get("file") or lower.get("filename")
+    if path_col is None:
+        raise ValueError(f"{csv_path}: needs a `path` column, header is {header}")
+    by_folder = len({str(Path(r[path_col]).parent) for r in rows}) > 1
+    items = []
+    for row in rows:
+        rel = row[path_col]
+        path = csv_path.parent / rel if not Path(rel).is_absolute() else Path(rel)
+        if not path.exists():
+            log.warning("%s: %s listed but not found; skipped", csv_path.name, rel)
+            continue
+        if "label" in lower:
+            labels = _label_from_name(row[lower["label"]])
+            if all(v is None for v in labels.values()):
+                log.warning("%s: unknown label %r for %s; skipped", csv_path.name, row[lower["label"]], rel)
+                continue
+        else:
+            labels = _one_hot_labels(header, row)
+        for head in HEADS:  # per-head class-name columns (`emotion`, `valence`, ...) win
+            if head in lower and row[lower[head]]:
+                labels.update({k: v for k, v in _label_from_name(row[lower[head]]).items()
+                               if v is not None and (k == head or labels.get(k) is None)})
+        items.append(Item(path=str(path), start=_float_or_none(row.get(lower.get("start", "start"))),
+                          end=_float_or_none(row.get(lower.get("end", "end"))),
+                          group=_csv_group(row, rel, by_folder), labels=labels, dataset="csv",
+                          split=SPLIT_NAMES.get(row.get(lower.get("split", "split"), "").lower())))
+    return items
+
+
+# --------------------------------------------------------------------------- detection
+
+def _csv_kind(path: Path) -> str | None:
+    header, _ = _read_csv_rows(path) if path.stat().st_size < 50_000_000 else ([], [])
+    norms = {_norm(h) for h in header}
+    if "file" in norms and any(n.startswith(("valence", "arousal")) for n in norms):
+        return "seed_csv"
+    if norms & {"path", "file", "filename"}:
+        return "csv"
+    return None
+
+
+def detect_format(path: str | Path, probe: int = 2000) -> str:
+    """Recognise a dataset layout (one of FORMATS) by looking at the files themselves."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            kind = _csv_kind(path)
+            if kind:
+                return kind
+            raise ValueError(f"{path}: CSV header matches neither the seed's label CSV nor path,start,end,label")
+        item = parse_named(path)
+        if item is not None:
+            return item.dataset
+        raise ValueError(f"{path}: a single file must be a CSV or carry a RAVDESS/EmoDB/CREMA-D name")
+    for csv_path in sorted(path.glob("*.csv")):
+        kind = _csv_kind(csv_path)
+        if kind:
+            return kind
+    named: Counter[str] = Counter()
+    n_images = n_emotion_images = 0
+    for i, f in enumerate(_walk(path, IMAGE_EXT | MEDIA_EXT)):
+        if i >= probe:
+            break
+        if f.suffix.lower() in IMAGE_EXT:
+            n_images += 1
+            n_emotion_images += L.EMOTION_ALIASES.get(f.parent.name.lower()) is not None
+        else:
+            item = parse_named(f)
+            if item is not None:
+                named[item.dataset] += 1
+    if named and n_emotion_images:
+        return "mixed"
+    if named:
+        return next(iter(named)) if len(named) == 1 else "named"
+    if n_emotion_images:
+        return "images"
+    raise ValueError(
+        f"{path}: no known layout (emotion-named image folders, RAVDESS/EmoDB/CREMA-D file "
+        f"names, or a CSV with File/Valence_* or path,label columns); pass --format")
+
+
+def _find_csv(path: Path, kind: str) -> Path:
+    if path.is_file():
+        return path
+    for csv_path in sorted(path.glob("*.csv")):
+        if _csv_kind(csv_path) == kind:
+            return csv_path
+    raise FileNotFoundError(f"{path}: no {kind} CSV in this folder")
+
+
+def load_items(path: str | Path, fmt: str | None = None) -> list[Item]:
+    """Items of a dataset at `path`; the layout is detected unless `fmt` names it."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "images":
+        return read_images(path)
+    if fmt in ("ravdess", "emodb", "crema_d"):
+        return read_named(path, only=fmt)
+    if fmt == "named":
+        return read_named(path)
+    if fmt == "mixed":
+        return read_images(path) + read_named(path)
+    if fmt == "seed_csv":
+        return read_seed_csv(_find_csv(path, "seed_csv"))
+    if fmt == "csv":
+        return read_csv(_find_csv(path, "csv"))
+    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+# --------------------------------------------------------------------------- splits
+
+def _group_rank(group: str, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{group}".encode()).hexdigest()
+
+
+def split_items(items: Sequence[Item], val_fraction: float = 0.2, seed: int = 0,
+                val_groups: Iterable[str] | None = None,
+                use_folder_splits: bool = True) -> tuple[list[Item], list[Item]]:
+    """(train, val) with every group (actor/speaker/streamer) wholly on one side.
+
+    Items that carry a split from their folders (FER2013's train/ and val/)
+    keep it. Otherwise `val_groups` (e.g. {"ravdess:17", "emodb:03"}) names
+    the held-out people; without it a seeded hash of the group names picks
+    about `val_fraction` of the groups, so the same people are held out on
+    every run and on every machine.
+    """
+    train: list[Item] = []
+    val: list[Item] = []
+    rest: list[Item] = []
+    for it in items:
+        if use_folder_splits and it.split == "train":
+            train.append(it)
+        elif use_folder_splits and it.split in ("val", "test"):
+            val.append(it)
+        else:
+            rest.append(it)
+    if val_groups is not None:
+        wanted = set(val_groups)
+        for it in rest:
+            (val if it.group in wanted else train).append(it)
+        return train, val
+    # Per dataset, so a small set mixed with a big one still has people on both sides.
+    by_dataset: dict[str, list[Item]] = {}
+    for it in rest:
+        by_dataset.setdefault(it.dataset, []).append(it)
+    for ds_items in by_dataset.values():
+        groups = sorted({it.group for it in ds_items}, key=lambda g: _group_rank(g, seed))
+        n_val = int(round(len(groups) * val_fraction))
+        if val_fraction > 0 and len(groups) > 1:
+            n_val = min(max(n_val, 1), len(groups) - 1)
+        held = set(groups[:n_val])
+        for it in ds_items:
+            (val if it.group in held else train).append(it)
+    return train, val
+
+
+def describe(items: Sequence[Item]) -> dict[str, object]:
+    """Counts for logs and reports: items, groups, and per-head class counts."""
+    out: dict[str, object] = {"items": len(items), "groups": len({i.group for i in items}),
+                              "datasets": dict(Counter(i.dataset for i in items))}
+    for head in HEADS:
+        counts = Counter(i.labels.get(head) for i in items if i.labels.get(head) is not None)
+        if counts:
+            out[head] = dict(sorted(counts.items()))
+    return out

@@ -1,0 +1,179 @@
+"""`merlb eval`: score a saved model on a dataset, in the paper's per-class F1 layout.
+
+    merlb eval ../shared/data/fer2013/val                 # the shipped model (assets/model)
+    merlb eval clips/ --model runs/x/model --json         # one JSON object on stdout
+
+PATH is any layout `datasets.detect_format` recognises (`--format`
+overrides). Without PATH the model is scored on the validation split it was
+trained with (recorded in its config.json). A clip longer than the model's
+window is scored as the mean of its windows' probabilities (consecutive,
+non-overlapping), which is what a whole-clip label asks about. Heads the
+data has no labels for are skipped, never scored as zero.
+
+Writes, into --out: `metrics.json` (everything), `table.csv|md|json` (the
+paper's layout) and a confusion-matrix PNG per head.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe
+from .metrics import confusion_png, rich_table, score, table_row, write_table
+
+IGNORE = -100
+
+
+def default_model_dir() -> Path:
+    import obs_merlb
+    return Path(obs_merlb.__file__).resolve().parent.parent / "assets" / "model"
+
+
+def _load(model_dir: Path, device: str):
+    from obs_merlb.model.io import load_config, load_model
+
+    if not (model_dir / "config.json").exists():
+        raise SystemExit(
+            f"no model at {model_dir} (config.json missing).\n"
+            f"Train one with `merlb train --config train/recipes/tiny.toml --out runs/tiny` and pass "
+            f"`--model runs/tiny/model`, or see assets/MODEL_CARD.md for the shipped model's recipe.")
+    _, meta = load_config(model_dir)
+    return load_model(model_dir, device=device), meta
+
+
+def windows_of(records, steps: int):
+    """Records cut into consecutive windows of `steps`; returns (window records, owner index)."""
+    from .data import Records
+
+    items, arrays, owners = [], [], []
+    for i, (it, rec) in enumerate(zip(records.items, records.arrays)):
+        n = rec["mask"].shape[0]
+        starts = range(0, max(n - steps, 0) + 1, steps) if n > steps else [0]
+        for s in starts:
+            items.append(it)
+            arrays.append({k: v[s:s + steps] for k, v in rec.items()})
+            owners.append(i)
+    targets = records.targets[np.array(owners, dtype=np.int64)] if owners else records.targets[:0]
+    return Records(items, arrays, targets), np.array(owners, dtype=np.int64)
+
+
+def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
+                    image_steps: int = 1, key_segments: int | None = None) -> dict[str, np.ndarray]:
+    """Per item and head, class probabilities (mean over the item's windows)."""
+    import torch
+
+    from .data import StepDataset, predict
+
+    steps = model.cfg.steps
+    win, owners = windows_of(records, steps)
+    ds = StepDataset(win, model.cfg.modalities, steps, train=False, image_steps=image_steps,
+                     key_segments=key_segments)
+    probs, _ = predict(model, ds, model.cfg.modalities, torch.device(device), batch_size)
+    out = {}
+    for head, p in probs.items():
+        acc = np.zeros((len(records), p.shape[1]), np.float64)
+        np.add.at(acc, owners, p)
+        counts = np.bincount(owners, minlength=len(records)).reshape(-1, 1)
+        out[head] = (acc / np.maximum(counts, 1)).astype(np.float32)
+    return out
+
+
+def remap_targets(targets: np.ndarray, model_heads: dict[str, list[str]]) -> np.ndarray:
+    """Data label indices -> the model's class indices, by name (custom behaviour names)."""
+    t = targets.copy()
+    for head, names in model_heads.items():
+        if head not in HEADS or list(names) == list(HEAD_CLASSES[head]):
+            continue
+        col = HEADS.index(head)
+        lut = np.array([names.index(c) if c in names else IGNORE for c in HEAD_CLASSES[head]], np.int64)
+        t[:, col] = np.where(t[:, col] >= 0, lut[np.clip(t[:, col], 0, None)], IGNORE)
+    return t
+
+
+def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None = None,
+             cache: str | None = None, out: str | Path | None = None, device: str = "cpu",
+             workers: int = 1, limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Metrics per head (and files in `out`); the dict `merlb eval --json` prints."""
+    from .data import load_records
+    from .loop import TrainConfig, load_data
+    from .preprocess import FeatureSettings, default_cache, prepare
+
+    model_dir = Path(model_dir)
+    model, meta = _load(model_dir, device)
+    train_meta = meta.get("train")
+    if data is None:
+        if not train_meta:
+            raise SystemExit(f"{model_dir} records no training data; give a dataset PATH to evaluate on")
+        tcfg = TrainConfig.from_dict(train_meta)
+        tcfg.cache = cache or tcfg.cache
+        _, records = load_data(tcfg, quiet=quiet)
+        data_name = "validation split"
+    else:
+        prep = prepare(data, Path(cache) if cache else default_cache(), fmt=fmt,
+                       settings=FeatureSettings(step_s=model.cfg.step_s), workers=workers,
+                       limit=limit, quiet=quiet)
+        records = load_records(prep)
+        data_name = Path(data).name
+    if not len(records):
+        raise SystemExit(f"no readable items in {data or 'the validation split'}")
+    key_segments = (train_meta or {}).get("voice_key_segments")
+    image_steps = (train_meta or {}).get("image_steps", 1)
+    probs = predict_records(model, records, device, image_steps=image_steps, key_segments=key_segments)
+    heads = model.cfg.active_heads
+    metrics = score(probs, remap_targets(records.targets, heads), heads)
+    result = {h: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1")}
+              for h, m in metrics.items()}
+
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        row = table_row(metrics, model=model_dir.name, data=data_name, fusion=model.cfg.fusion, task=model.cfg.task)
+        write_table([row], out, "table")
+        for h, m in metrics.items():
+            confusion_png(m, out / f"confusion_{h}.png", f"{model_dir.name} on {data_name}: {h}")
+        (out / "metrics.json").write_text(json.dumps(
+            {"model": str(model_dir), "data": data or "validation split", "items": describe(records.items),
+             "heads": metrics, "skipped_heads": [h for h in heads if h not in metrics]}, indent=1))
+        if not quiet:
+            from rich.console import Console
+            con = Console(stderr=True)
+            con.print(rich_table([row], title=f"per-class F1: {model_dir.name} on {data_name}"), width=max(con.width, 200))
+            for h, m in metrics.items():
+                con.print(f"{h:>9}: n={m['n']} accuracy {m['accuracy']:.3f}  balanced accuracy "
+                          f"{m['balanced_accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}")
+            skipped = [h for h in heads if h not in metrics]
+            if skipped:
+                con.print(f"not scored (no labels in the data): {', '.join(skipped)}")
+            con.print(f"written to {out}")
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", nargs="?", metavar="PATH",
+                        help="dataset folder or CSV (default: the model's own validation split)")
+    parser.add_argument("--model", default=None, help=f"model folder (default {default_model_dir()})")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="override layout detection")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (per head metrics) on stdout")
+    parser.add_argument("--out", default=None, help="folder for CSV/MD/JSON and confusion PNGs "
+                                                     "(default runs/eval/MODEL-DATA)")
+    parser.add_argument("--cache", default=None, help="feature cache folder")
+    parser.add_argument("--workers", "-j", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None, help="first N items only")
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    # Under runs/ (ignored by git), never inside the model folder: that may be the shipped assets/.
+    out = Path(args.out) if args.out else (
+        Path("runs") / "eval" / f"{model_dir.name}-{Path(args.path).name if args.path else 'validation'}")
+    result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
+                      workers=args.workers, limit=args.limit, quiet=args.json)
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    return 0

@@ -1,0 +1,557 @@
+"""`merlb train`: one MERLB training run, configured by a TOML file and flags.
+
+    merlb train --config train/recipes/tiny.toml --fusion tt --task multi --out runs/x
+    torchrun --nproc_per_node 4 -m obs_merlb train --config run.toml     (DDP, same code)
+
+The whole run, top to bottom: read the data (preprocessing whatever is not
+cached yet), split it by person, build the model, then epochs of AdamW with a
+warmup + cosine (or one-cycle) schedule, validation macro-F1 after each
+epoch, early stopping on it, a checkpoint every epoch (safetensors only: the
+weights, the optimizer's tensors, and a JSON for everything else), and at
+the end the best weights saved with `obs_merlb.model.io.save_model`, the
+ONNX export, and a training-curve PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from obs_merlb.labels import MODALITIES
+
+from . import balance
+from .data import (Collate, PairedDataset, Records, StepDataset, head_targets, load_records,
+                   predict, voice_band_std)
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe, split_items
+from .metrics import mean_macro_f1, score
+from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)        # dataset folders/CSVs or manifest JSONs
+    val_data: list[str] = field(default_factory=list)    # explicit validation sets (else split `data`)
+    format: str | None = None
+    cache: str | None = None
+    out: str = "runs/merlb"
+    fusion: str = "tt"
+    task: str = "multi"                                  # multi | emotion | valence | arousal | behaviour
+    modalities: list[str] = field(default_factory=lambda: ["face", "voice"])
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"                             # cosine | onecycle
+    warmup_epochs: float = 1.0
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.05
+    patience: int = 8                                    # epochs without a better val macro-F1
+    seed: int = 0
+    steps: int = 8                                       # window length T
+    image_steps: int = 1                                 # an image repeated to this many steps
+    voice_key_segments: int | None = None                # keep the k most salient speech steps per window
+    val_fraction: float = 0.2
+    val_groups: list[str] | None = None                  # e.g. ["ravdess:17", "emodb:03"]
+    class_weights: bool = True
+    class_weight_power: float = 0.5
+    oversample: int = 0                                  # seed oversampling: at most this many additions
+    pairing: bool = False                                # add label-matched face+voice pairs
+    pairs_per_epoch: int = 0                             # 0 = as many as the smaller side
+    modality_dropout: float = 0.2
+    augment: bool = True
+    max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
+    preprocess_workers: int = field(default_factory=default_workers)
+    loader_workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    onnx: bool = True
+    resume: bool = False
+    init: str | None = None                              # start from a saved model folder
+    model: dict[str, Any] = field(default_factory=dict)  # MERLBConfig overrides
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "TrainConfig":
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        base = Path(path).parent
+        cfg = cls.from_dict(doc)
+        # Relative data paths in a recipe are relative to the recipe, not to the shell.
+        cfg.data = [_rel(base, p) for p in cfg.data]
+        cfg.val_data = [_rel(base, p) for p in cfg.val_data]
+        return cfg
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(doc) - known
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**doc)
+
+
+def _rel(base: Path, p: str) -> str:
+    q = Path(os.path.expandvars(os.path.expanduser(p)))
+    return str(q if q.is_absolute() else (base / q).resolve())
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[Dist, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a plain single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        d = Dist(dist.get_rank(), world, local)
+        return d, torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Dist(), torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_source(path: str, cfg: TrainConfig, quiet: bool = False) -> Prepared:
+    """A manifest JSON as is; a dataset path preprocessed into the cache (a no-op when cached)."""
+    if path.endswith(".json") and Path(path).is_file():
+        return load_manifest(path)
+    cache = Path(cfg.cache) if cfg.cache else default_cache()
+    return prepare(path, cache, fmt=cfg.format, settings=FeatureSettings(step_s=cfg.model.get("step_s", 0.25)),
+                   workers=cfg.preprocess_workers, quiet=quiet)
+
+
+def _subset(prep: Prepared, n: int | None, seed: int) -> list:
+    items = list(prep.items)
+    if n is None or len(items) <= n:
+        return items
+    # Stratified by emotion so a tiny subset still holds every class it can.
+    rng = np.random.default_rng(seed)
+    by_label: dict[Any, list] = {}
+    for it in items:
+        by_label.setdefault(it.labels.get("emotion") or it.labels.get("valence"), []).append(it)
+    for v in by_label.values():
+        rng.shuffle(v)
+    out: list = []
+    while len(out) < n:
+        for v in by_label.values():
+            if v and len(out) < n:
+                out.append(v.pop())
+    return out
+
+
+def load_data(cfg: TrainConfig, quiet: bool = False) -> tuple[Records, Records]:
+    """(train, val) records; people never straddle the split."""
+    train_parts, val_parts = [], []
+    for path in cfg.data:
+        prep = prepare_source(path, cfg, quiet)
+        items = _subset(prep, cfg.max_items, cfg.seed)
+        if cfg.val_data:
+            train_parts.append(load_records(prep, items))
+            continue
+        tr, va = split_items(items, cfg.val_fraction, cfg.seed, cfg.val_groups)
+        train_parts.append(load_records(prep, tr))
+        val_parts.append(load_records(prep, va))
+    for path in cfg.val_data:
+        prep = prepare_source(path, cfg, quiet)
+        val_parts.append(load_records(prep, _subset(prep, cfg.max_items, cfg.seed)))
+    return Records.concat(train_parts), Records.concat(val_parts)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(d: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Weights + optimizer tensors as safetensors, the rest as JSON. No pickles."""
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    save_file(tensors or {"_empty": torch.zeros(0)}, str(d / "optimizer.safetensors"))
+    doc = {**state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars}
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, d / "state.json")  # state.json last: its presence means the checkpoint is whole
+
+
+def load_checkpoint(d: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    doc = json.loads((d / "state.json").read_text())
+    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    tensors = load_file(str(d / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key == "_empty":
+            continue
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in doc.get("optimizer_scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    return doc
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> float:
+    """Linear warmup then cosine to 1% (or one-cycle: warmup to 30%, cosine down to 0.1%)."""
+    if schedule == "onecycle":
+        peak = max(1, int(0.3 * total))
+        if step < peak:
+            return base * (0.04 + 0.96 * step / peak)
+        p = (step - peak) / max(1, total - peak)
+        return base * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * p)))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def build_model(cfg: TrainConfig, train: Records):
+    from obs_merlb.model.config import MERLBConfig
+    from obs_merlb.model.io import load_model
+    from obs_merlb.model.merlb import MERLB
+
+    if cfg.init:
+        model = load_model(cfg.init).train()
+        return model
+    mcfg = MERLBConfig(**{**cfg.model, "fusion": cfg.fusion, "task": cfg.task, "modalities": list(cfg.modalities),
+                          "steps": cfg.steps, "modality_dropout": cfg.modality_dropout})
+    model = MERLB(mcfg)
+    if "voice" in mcfg.modalities and hasattr(model.encoders["voice"], "set_band_scale"):
+        std = voice_band_std(train, seed=cfg.seed)
+        if std is not None:
+            model.encoders["voice"].set_band_scale(torch.from_numpy(std))
+    return model
+
+
+def train(cfg: TrainConfig, quiet: bool = False,
+          data: tuple[Records, Records] | None = None) -> dict[str, Any]:
+    """Run training; returns a summary (best epoch, validation metrics, paths).
+
+    `data` passes already loaded (train, val) records (the experiments grid
+    loads its data once for all runs).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from obs_merlb.model.io import save_model
+    from obs_merlb.model.merlb import multitask_loss
+
+    dist_info, device = setup_distributed(cfg.device)
+    console = Console(stderr=True, quiet=quiet or not dist_info.main)
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    if dist_info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    # Data. Rank 0 preprocesses first so the other ranks find it cached.
+    if dist_info.world > 1 and not dist_info.main:
+        torch.distributed.barrier()
+    train_rec, val_rec = data if data is not None else load_data(cfg, quiet=quiet or not dist_info.main)
+    if dist_info.world > 1 and dist_info.main:
+        torch.distributed.barrier()
+    if not len(train_rec):
+        raise SystemExit("no training items: check --data (and the warnings above)")
+    console.print(f"train: {describe(train_rec.items)}")
+    console.print(f"val:   {describe(val_rec.items)}")
+
+    model = build_model(cfg, train_rec).to(device)
+    heads = list(model.cfg.active_heads)
+    labelled = [h for h in heads if (train_rec.targets[:, HEADS.index(h)] >= 0).any()]
+    console.print(f"model: fusion={model.cfg.fusion} task={model.cfg.task} modalities={model.cfg.modalities} "
+                  f"heads with labels={labelled} params={sum(p.numel() for p in model.parameters()):,}")
+
+    if cfg.oversample > 0:
+        idx = balance.seed_oversample({h: train_rec.targets[:, HEADS.index(h)] for h in heads},
+                                      {h: len(HEAD_CLASSES[h]) for h in heads}, cfg.oversample, cfg.seed)
+        console.print(f"oversampling: {len(train_rec)} -> {len(idx)} training items")
+        train_rec = train_rec.subset(idx)
+    weights = {}
+    if cfg.class_weights:
+        weights = {h: torch.from_numpy(balance.class_weights(train_rec.targets[:, HEADS.index(h)],
+                                                             len(HEAD_CLASSES[h]), cfg.class_weight_power))
+                   for h in labelled}
+
+    mods = model.cfg.modalities
+    k = cfg.voice_key_segments
+    parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k)]
+    if cfg.pairing:
+        paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k)
+        console.print(f"label-matched face+voice pairs per epoch: {len(paired)}")
+        if len(paired):
+            parts.append(paired)
+    train_ds = ConcatDataset(parts)
+    val_ds = StepDataset(val_rec, mods, cfg.steps, False, image_steps=cfg.image_steps, key_segments=k)
+
+    sampler = None
+    if dist_info.world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(train_ds, dist_info.world, dist_info.rank, shuffle=True, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=gen, collate_fn=Collate(mods), num_workers=cfg.loader_workers,
+                        drop_last=len(train_ds) > cfg.batch_size, persistent_workers=cfg.loader_workers > 0)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                            fused=device.type == "cuda")
+    ddp_model: torch.nn.Module = model
+    if dist_info.world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # a batch without faces leaves the face encoder unused
+
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    total_steps = cfg.epochs * len(loader)
+    warmup = int(cfg.warmup_epochs * len(loader))
+    start_epoch, best, best_epoch, history = 0, float("-inf"), -1, []
+    ckpt = out / "checkpoint"
+    if cfg.resume and (ckpt / "state.json").exists():
+        doc = load_checkpoint(ckpt, model, opt)
+        start_epoch, best, best_epoch, history = doc["epoch"] + 1, doc["best"], doc["best_epoch"], doc["history"]
+        console.print(f"resumed from {ckpt} at epoch {start_epoch}")
+
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
+                        disable=quiet or not dist_info.main or not console.is_terminal)
+    step = start_epoch * len(loader)
+    stop = start_epoch >= cfg.epochs
+    epoch = start_epoch
+    with progress:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop:
+                break
+            t0 = time.perf_counter()
+            for ds in parts:
+                ds.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            gen.manual_seed(cfg.seed + epoch)  # resume replays the same batch order
+            ddp_model.train()
+            task = progress.add_task("", total=len(loader), epoch=epoch + 1, loss="-")
+            losses = []
+            for batch in loader:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total_steps, warmup, cfg.lr, cfg.schedule)
+                x = {m: (batch[m].to(device, non_blocking=True) if batch.get(m) is not None else None)
+                     for m in MODALITIES}
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = ddp_model(x["face"], x["voice"], x["body"], x["scene"], batch["mask"].to(device))
+                loss, _ = multitask_loss({h: lg.float() for h, lg in logits.items()},
+                                         head_targets(batch["y"].to(device), heads), weights,
+                                         label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                step += 1
+                progress.update(task, advance=1, loss=f"{np.mean(losses[-20:]):.3f}")
+            progress.remove_task(task)
+
+            # Validation and bookkeeping on rank 0; the stop decision is shared with the others.
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+            if dist_info.main:
+                val_metrics = {}
+                if len(val_ds):
+                    probs, y = predict(model, val_ds, mods, device, batch_size=max(64, cfg.batch_size))
+                    val_metrics = score(probs, y)
+                rec["val_macro_f1"] = mean_macro_f1(val_metrics) if val_metrics else None
+                rec["val"] = {h: {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+                              for h, m in val_metrics.items()}
+                history.append(rec)
+                metric = rec["val_macro_f1"] if rec["val_macro_f1"] is not None else -rec["train_loss"]
+                if metric > best:
+                    best, best_epoch = metric, epoch + 1
+                    save_model(model, out / "best", meta={"epoch": epoch + 1, "val": rec["val"]})
+                save_checkpoint(ckpt, model, opt, {"epoch": epoch, "best": best, "best_epoch": best_epoch,
+                                                   "history": history, "config": asdict(cfg)})
+                vals = " ".join(f"{h}:{m['macro_f1']:.3f}" for h, m in val_metrics.items())
+                console.print(f"epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.4f} "
+                              f"val macro-F1 {vals or '-'} ({rec['seconds']}s)")
+                stop = epoch + 1 - best_epoch >= cfg.patience
+            if dist_info.world > 1:
+                flag = torch.tensor([int(stop)], device=device)
+                torch.distributed.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
+                console.print(f"early stop: no better validation macro-F1 for {cfg.patience} epochs")
+                break
+
+    summary: dict[str, Any] = {"out": str(out), "best_epoch": best_epoch, "best_val_macro_f1": best,
+                               "history": history}
+    if dist_info.main:
+        from obs_merlb.model.io import load_model
+
+        final = out / "model"
+        best_model = load_model(out / "best") if (out / "best").exists() else model.cpu().eval()
+        save_model(best_model, final, meta={"best_epoch": best_epoch, "val_macro_f1": best,
+                                            "train": asdict(cfg), "history": history})
+        summary["model"] = str(final)
+        summary["onnx"] = export_onnx(best_model, final, cfg.onnx, console)
+        summary["curve"] = str(plot_curves(history, out / "training_curve.png"))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        console.print(f"[green]model saved to {final}[/] (best epoch {best_epoch}, val macro-F1 {best:.3f})")
+    if dist_info.world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def export_onnx(model: torch.nn.Module, out: Path, enabled: bool, console) -> bool:
+    """ONNX next to the weights when the model package offers an exporter."""
+    if not enabled:
+        return False
+    try:
+        from obs_merlb.model import export
+    except ImportError:
+        console.print("ONNX export skipped: obs_merlb.model.export is not available")
+        return False
+    try:
+        export.export_onnx(model, out)
+    except Exception as e:  # noqa: BLE001 - weights are saved; a failed export must not lose the run
+        console.print(f"[yellow]ONNX export failed[/]: {e}")
+        return False
+    return True
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    ax1.plot(ep, [h["train_loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    heads = sorted({k for h in history for k in h.get("val", {})})
+    for head in heads:
+        ax2.plot(ep, [h.get("val", {}).get(head, {}).get("macro_f1") for h in history], "s--",
+                 label=f"val {head} macro-F1")
+    ax2.set_ylabel("validation macro-F1")
+    ax2.set_ylim(0, 1)
+    if heads:
+        ax2.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML run config (flags below override it)")
+    parser.add_argument("--data", action="append", help="dataset folder/CSV or manifest JSON (repeatable)")
+    parser.add_argument("--val-data", action="append", help="explicit validation set (repeatable)")
+    parser.add_argument("--format", choices=FORMATS)
+    parser.add_argument("--cache", help="feature cache folder")
+    parser.add_argument("--fusion", choices=("tt", "early", "late", "joint", "deep"))
+    parser.add_argument("--task", choices=("multi",) + HEADS)
+    parser.add_argument("--modalities", help="comma-separated subset of " + ",".join(MODALITIES))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--schedule", choices=("cosine", "onecycle"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--max-items", type=int, help="seeded subset per dataset")
+    parser.add_argument("--oversample", type=int, help="seed oversampling limit")
+    parser.add_argument("--pairing", action="store_true", default=None, help="add label-matched face+voice pairs")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--out", help="run folder")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint")
+    parser.add_argument("--init", help="start from a saved model folder")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other setting, TOML value syntax (e.g. --set model.lstm_hidden=32)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    for name in ("format", "cache", "fusion", "task", "epochs", "batch_size", "lr", "schedule", "seed",
+                 "max_items", "oversample", "pairing", "device", "out", "resume", "init", "onnx"):
+        v = getattr(args, name, None)
+        if v is not None:
+            setattr(cfg, name, v)
+    if args.data:
+        cfg.data = [str(Path(p).resolve()) if not p.endswith(".json") else p for p in args.data]
+    if args.val_data:
+        cfg.val_data = list(args.val_data)
+    if args.modalities:
+        cfg.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+        bad = set(cfg.modalities) - set(MODALITIES)
+        if bad:
+            raise SystemExit(f"unknown modalities {sorted(bad)}; choose from {MODALITIES}")
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        parsed = tomllib.loads(f"v = {value}")["v"]
+        if key.startswith("model."):
+            cfg.model[key[6:]] = parsed
+        elif key in {f.name for f in fields(TrainConfig)}:
+            setattr(cfg, key, parsed)
+        else:
+            raise SystemExit(f"--set: unknown setting {key!r}")
+    if not cfg.data:
+        raise SystemExit("no data: give --data PATH or `data = [...]` in the config")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    train(config_from_args(args))
+    return 0
