@@ -1,0 +1,115 @@
+"""The project's config file: `platformdirs.user_config_dir("obs-merlb")/config.toml`.
+
+One TOML file shared by the OBS script's installer, the worker and the
+panel, one table per part (e.g. `[obs]`, `[engine]`, `[sources]`,
+`[overlay]`, `[panel]`). It may hold the obs-websocket password, so it is
+written with user-only permissions (0600) and replaced atomically: a crash
+while saving must never leave a half-written file that loses the password.
+
+Readers treat a missing or unreadable file as empty settings; the caller's
+defaults apply. `tomllib` is in the standard library from Python 3.11;
+`tomli` is its backport for 3.10.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "obs-merlb"
+FILE_NAME = "config.toml"
+
+
+def config_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def config_path() -> Path:
+    """Where the config lives; `MERLB_CONFIG` overrides it (tests, portable installs)."""
+    override = os.environ.get("MERLB_CONFIG")
+    return Path(override) if override else config_dir() / FILE_NAME
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The whole config as nested dicts; {} when the file is missing or broken."""
+    p = Path(path) if path is not None else config_path()
+    try:
+        with open(p, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        # A broken file must not stop a stream; say where it is so it can be fixed.
+        log.warning("ignoring unreadable config %s: %s", p, e)
+        return {}
+
+
+def save_config(config: Mapping[str, Any], path: str | os.PathLike[str] | None = None) -> Path:
+    """Write the whole config atomically with mode 0600; returns the path."""
+    import tomli_w
+
+    p = Path(path) if path is not None else config_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = tomli_w.dumps(_drop_none(config))
+    # mkstemp creates the file 0600, so the password is never readable by others,
+    # not even for the moment before the rename.
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        os.chmod(p, 0o600)
+    except OSError:
+        pass
+    return p
+
+
+def get_section(name: str, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    section = load_config(path).get(name, {})
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def update_section(name: str, values: Mapping[str, Any],
+                   path: str | os.PathLike[str] | None = None) -> Path:
+    """Merge `values` into table `name`, keeping every other table and key.
+
+    Read-modify-write of the whole file, so a setting another program saved
+    a moment ago (the installer's password, say) is never lost.
+    """
+    cfg = load_config(path)
+    section = cfg.get(name)
+    if not isinstance(section, dict):
+        section = {}
+    section.update(values)
+    cfg[name] = section
+    return save_config(cfg, path)
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: a None means "unset", so the key is left out."""
+    if isinstance(value, Mapping):
+        return {str(k): _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
