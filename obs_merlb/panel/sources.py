@@ -1,0 +1,141 @@
+"""Lists the sources a streamer can pick: OBS inputs and microphones.
+
+Both lookups can stall (obs-websocket waits for a timeout when OBS is not
+running; PortAudio probes every device), so they run on a worker thread and
+report back through a Qt signal.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from PyQt5.QtCore import QObject, pyqtSignal
+
+log = logging.getLogger(__name__)
+
+# Input kinds that are cameras (per platform) and those that carry gameplay;
+# the panel lists these first, then every other input, since a streamer may
+# route a camera through any source.
+CAMERA_KINDS = ("v4l2_input", "dshow_input", "av_capture_input", "av_capture_input_v2",
+                "ffmpeg_source", "pipewire-camera-source")
+GAME_KINDS = ("game_capture", "window_capture", "xcomposite_input", "monitor_capture",
+              "display_capture", "screen_capture", "pipewire-screen-capture-source",
+              "pipewire-desktop-capture-source", "xshm_input")
+
+
+@dataclass
+class SourceLists:
+    cameras: list[str] = field(default_factory=list)
+    games: list[str] = field(default_factory=list)
+    mics: list[str] = field(default_factory=list)
+    obs_error: str | None = None
+    mic_error: str | None = None
+
+
+def list_obs_inputs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> tuple[list[str], list[str]]:
+    """(camera-like inputs, gameplay-like inputs) from obs-websocket's GetInputList.
+
+    Raises RuntimeError with a readable message when OBS cannot be reached.
+    """
+    try:
+        import obsws_python as obsws
+    except ImportError as e:  # a broken install, not a user error
+        raise RuntimeError(f"obsws-python is not installed ({e})") from e
+    # obsws-python logs the password at INFO and a full traceback at ERROR when
+    # OBS is not running; the panel shows its own one-line message instead.
+    logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
+    host = str(obs_cfg.get("host") or "localhost")
+    port = int(obs_cfg.get("port") or 4455)
+    password = str(obs_cfg.get("password") or "")
+    try:
+        client = obsws.ReqClient(host=host, port=port, password=password, timeout=timeout)
+    except Exception as e:  # ConnectionRefusedError, auth failures, timeouts
+        raise RuntimeError(f"OBS not reachable at {host}:{port} ({_short(e)}); start OBS and enable "
+                           "Tools > WebSocket Server Settings, or run `merlb install-obs`") from None
+    try:
+        inputs = client.get_input_list().inputs
+    except Exception as e:
+        raise RuntimeError(f"OBS refused GetInputList ({_short(e)})") from None
+    finally:
+        try:
+            client.disconnect()
+        except Exception:
+            pass
+    cams, games, other = [], [], []
+    for item in inputs:
+        name, kind = str(item.get("inputName", "")), str(item.get("inputKind", ""))
+        if not name:
+            continue
+        if kind in CAMERA_KINDS:
+            cams.append(name)
+        elif kind in GAME_KINDS:
+            games.append(name)
+        elif "audio" not in kind and "wasapi" not in kind and "pulse" not in kind \
+                and "alsa" not in kind and "coreaudio" not in kind:
+            other.append(name)
+    return cams + other, games + other
+
+
+def list_microphones() -> list[str]:
+    """Input device names as PortAudio reports them (OBS shows the same names).
+
+    Raises RuntimeError when PortAudio is missing, with what to install.
+    """
+    try:
+        import sounddevice as sd
+    except OSError as e:  # the wheel imports fine but cannot find libportaudio
+        raise RuntimeError(f"microphones cannot be listed: the PortAudio library is missing ({e}); "
+                           "install it (Debian/Ubuntu: sudo apt install libportaudio2)") from None
+    except ImportError as e:
+        raise RuntimeError(f"sounddevice is not installed ({e})") from None
+    try:
+        devices = sd.query_devices()
+    except Exception as e:
+        raise RuntimeError(f"microphones cannot be listed ({_short(e)})") from None
+    names: list[str] = []
+    for d in devices:
+        if int(d.get("max_input_channels", 0)) > 0 and d.get("name") not in names:
+            names.append(str(d["name"]))
+    return names
+
+
+class SourceLister(QObject):
+    """Runs both lookups off the GUI thread; `listed` carries a SourceLists."""
+
+    listed = pyqtSignal(object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._busy = False
+
+    def refresh(self, obs_cfg: Mapping[str, Any]) -> bool:
+        if self._busy:
+            return False
+        self._busy = True
+        threading.Thread(target=self._work, args=(dict(obs_cfg),), name="merlb-panel-sources",
+                         daemon=True).start()
+        return True
+
+    def _work(self, obs_cfg: dict[str, Any]) -> None:
+        out = SourceLists()
+        if not obs_cfg:
+            out.obs_error = ("OBS connection not configured: run `merlb install-obs` (it enables "
+                             "obs-websocket and saves the [obs] settings), then refresh")
+        else:
+            try:
+                out.cameras, out.games = list_obs_inputs(obs_cfg)
+            except RuntimeError as e:
+                out.obs_error = str(e)
+        try:
+            out.mics = list_microphones()
+        except RuntimeError as e:
+            out.mic_error = str(e)
+        self._busy = False
+        self.listed.emit(out)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) < 160 else text[:157] + "..."
