@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # CUDA build they want (`make TORCH_SPEC="torch==2.13.0 --index-url ..."`).
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
-APT_PKGS := obs-studio xvfb chromium chromium-driver libportaudio2 xdotool x11-apps imagemagick fonts-noto-color-emoji
+APT_PKGS := obs-studio xvfb xdotool imagemagick chromium chromium-driver fonts-noto-color-emoji libportaudio2
 
 .PHONY: setup system-deps demo test test-fast bench clean
 
