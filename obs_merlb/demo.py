@@ -128,11 +128,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(steps) * steps.step_s / sum(v for k, v in timings.items() if 'load' not in k):.1f}x "
                       "faster than real time on this machine")
 
-    if not args.no_report:
-        import importlib.util
-
-        if importlib.util.find_spec("obs_merlb.report") is not None:
-            from obs_merlb.cli import main as merlb
-            cmd = ["analyze", str(args.video)] + (["--model", str(args.model)] if args.model else [])
-            return merlb(cmd)
-    return 0
+        if args.no_report:
+            return 0
+        # The same model (shipped or fresh) goes on to the live engine's
+        # offline path, which writes the HTML report.
+        from obs_merlb.cli import main as merlb
+        return merlb(["analyze", str(args.video), "--model", str(model_dir)])
