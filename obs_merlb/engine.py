@@ -85,7 +85,10 @@ def resolve_model_dir(model: str | None) -> Path:
         if not (p / "config.json").is_file():
             raise SystemExit(f"merlb: {p} is not a saved model folder (no config.json)")
         return p
-    d = default_model_dir()
+    # The streamer's personalized model (`merlb personalize`) wins over the shipped one.
+    from obs_merlb.registry import active_model_dir
+
+    d = active_model_dir() or default_model_dir()
     if d is None:
         raise SystemExit("merlb: no model given and no default model in assets/model; "
                          "pass --model DIR (a folder written by `merlb train` or save_model)")
@@ -715,7 +718,7 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._ready_analyzer: Analyzer | None = None
         self._last_frame_mono = 0.0
-        self.text_overlay: TextOverlay | None = None
+        self.text_overlay: Any = None   # a NativeTextOverlay (--overlay text); it is also a sink
 
     # -- events
     def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
@@ -889,8 +892,6 @@ class Engine:
             self.latencies.append(ev["latency_ms"])
         self.last_state = ev
         self.publish(ev)
-        if self.text_overlay is not None:
-            self.text_overlay.show(ev)
         if self._detector is not None and self._hl is not None:
             conf = ev["confidence"]
             for h in self._detector.update(ev["t"], ev["arousal_score"], ev["label"], conf):
@@ -1083,7 +1084,8 @@ class Engine:
         if self._hl is not None:
             self._hl.close()
         if self.text_overlay is not None:
-            self.text_overlay.close()
+            # Blank the OBS sources: a stopped worker must not leave a stale emotion on stream.
+            self.text_overlay.stop(timeout=3.0, clear=True)
         if self._analyzer is not None:
             self._analyzer.close()
         if self.session is not None:
@@ -1130,62 +1132,6 @@ class Engine:
         return run
 
 
-class TextOverlay:
-    """The label on a native OBS text source (for OBS builds without a browser source).
-
-    SetInputSettings goes through its own thread with a single pending slot,
-    so a slow OBS never blocks the analysis loop and only the newest text is
-    sent; unchanged text is never re-sent.
-    """
-
-    def __init__(self, obs: Any, source: str, min_interval_s: float = 0.25) -> None:
-        self.obs, self.source, self.min_interval_s = obs, source, min_interval_s
-        self._pending: str | None = None
-        self._sent: str | None = None
-        self._cv = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="merlb-text-overlay", daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def text_for(ev: dict[str, Any]) -> str:
-        if not ev.get("visible"):
-            return ""
-        if ev.get("label") == "uncertain":
-            return "..."
-        return f"{ev['label']} {100 * ev['confidence']:.0f}%"
-
-    def show(self, ev: dict[str, Any]) -> None:
-        text = self.text_for(ev)
-        with self._cv:
-            if text != self._sent:
-                self._pending = text
-                self._cv.notify()
-
-    def _loop(self) -> None:
-        from obs_merlb.highlights import ObsRequestFailed, ObsUnavailable
-
-        while True:
-            with self._cv:
-                while self._pending is None and not self._stop:
-                    self._cv.wait()
-                if self._stop:
-                    return
-                text, self._pending = self._pending, None
-            try:
-                self.obs.request("SetInputSettings", {"inputName": self.source, "inputSettings": {"text": text}})
-                self._sent = text
-            except (ObsUnavailable, ObsRequestFailed) as e:
-                log.debug("text overlay not updated: %s", e)
-            time.sleep(self.min_interval_s)
-
-    def close(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join(timeout=2.0)
-
-
 def rate_control(rate: float, target: float, struggling: bool, healthy_for_s: float) -> float:
     """Back off fast (x0.6) when OBS skips frames; creep back (x1.25) after 10 s of health."""
     if struggling:
@@ -1211,17 +1157,34 @@ def make_preview(image: np.ndarray, box: Any, landmarks: Any, width: int = 320) 
 
 # ---------------------------------------------------------------- `merlb live`
 
+# Settings the panel saves to config.toml [engine]: (flag, config key, default).
+# A flag on the command line wins; an unset flag takes the config's value,
+# then the default, so a worker the OBS script starts behaves as the panel set it.
+ENGINE_SETTINGS: tuple[tuple[str, str, float], ...] = (
+    ("rate", "rate", 15.0),
+    ("threshold", "threshold", StateConfig.threshold),
+    ("smoothing", "smoothing", StateConfig.smoothing),
+    ("min-dwell-s", "min_dwell_s", StateConfig.min_dwell_s),
+    ("hide-after-s", "hide_after_s", StateConfig.hide_after_s),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
+    from obs_merlb.overlay.native import IMAGE_SOURCE, TEXT_SOURCE
+
+    src = parser.add_mutually_exclusive_group()
     src.add_argument("--video", help="a video file played in real time as the camera (with its audio)")
     src.add_argument("--camera", type=int, help="camera device index (OpenCV), for use without OBS")
-    src.add_argument("--obs-source", help="OBS source to watch as the camera (screenshots over obs-websocket)")
-    parser.add_argument("--mic", help="microphone by name, as OBS shows it (sounddevice)")
+    src.add_argument("--obs-source", help="OBS source to watch as the camera (screenshots over obs-websocket); "
+                                          "default: the config file's [sources] camera")
+    parser.add_argument("--mic", help="microphone by name, as OBS shows it (sounddevice), 'default' or 'none'; "
+                                      "default: the config file's [sources] mic (not with --video)")
     parser.add_argument("--game-source", "--obs-game-source", dest="game_source",
-                        help="OBS source with the gameplay (screenshots, a few per second)")
-    parser.add_argument("--model", help="saved model folder (default: assets/model)")
+                        help="OBS source with the gameplay (screenshots, a few per second); "
+                             "default: the config file's [sources] game (not with --video/--camera)")
+    parser.add_argument("--model", help="saved model folder (default: the active personalized model, "
+                                        "else assets/model)")
     parser.add_argument("--device", default="cpu", help="cpu (onnxruntime) or cuda / cuda:N (torch, falls back to CPU)")
-    parser.add_argument("--rate", type=float, default=15.0, help="analysis rate cap in Hz (default 15)")
     parser.add_argument("--host", default="127.0.0.1", help="overlay server address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="overlay server port (0 = any free port)")
     parser.add_argument("--obs-host", default="127.0.0.1", help="obs-websocket host")
@@ -1229,9 +1192,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="obs-websocket port (default 4455; giving it enables OBS stats and highlights "
                              "with --video/--camera). Password: env MERLB_OBS_PASSWORD or the config file")
     parser.add_argument("--overlay", choices=["browser", "text", "none"], default="browser",
-                        help="browser: the overlay page (always served); text: also write the label "
-                             "into an OBS text source (--overlay-text-source)")
-    parser.add_argument("--overlay-text-source", help="OBS text source for --overlay text")
+                        help="browser: the overlay page (always served); text: also show the emotion in "
+                             "OBS text and image sources (created in the current scene when missing)")
+    parser.add_argument("--overlay-text-source", default=TEXT_SOURCE,
+                        help=f"OBS text source for --overlay text (default {TEXT_SOURCE!r})")
+    parser.add_argument("--overlay-image-source", default=IMAGE_SOURCE,
+                        help=f"OBS image source showing the emoji for --overlay text (default {IMAGE_SOURCE!r}); "
+                             "'none': emoji in the text instead")
     parser.add_argument("--control", choices=["stdin", "none", "auto"], default="auto",
                         help="stdin: read JSON-line commands on stdin, EOF = stop (the OBS script); "
                              "auto: only when stdin is a pipe")
@@ -1240,9 +1207,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-session", action="store_true", help="do not write a session log")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (saves CPU)")
     parser.add_argument("--loop", action="store_true", help="with --video: replay the file forever")
-    for key, default in (("threshold", StateConfig.threshold), ("smoothing", StateConfig.smoothing),
-                         ("min-dwell-s", StateConfig.min_dwell_s), ("hide-after-s", StateConfig.hide_after_s)):
-        parser.add_argument(f"--{key}", type=float, default=default, help=f"state setting (default {default})")
+    for flag, key, default in ENGINE_SETTINGS:
+        what = "analysis rate cap in Hz" if key == "rate" else "state setting"
+        parser.add_argument(f"--{flag}", dest=key, type=float, default=None,
+                            help=f"{what} (default: config [engine] {key}, else {default:g})")
+
+
+def apply_config_defaults(args: argparse.Namespace, config: dict[str, Any] | None = None) -> list[str]:
+    """Fill flags left unset from config.toml [engine] and [sources]; returns problems found.
+
+    [sources] describes the streamer's OBS setup, so it only applies when the
+    camera is an OBS source (given or from the config): a --video or --camera
+    run is another setup, and a gameplay source or microphone from the
+    config would not belong to it.
+    """
+    if config is None:
+        from obs_merlb.config import load_config
+
+        config = load_config()
+    problems: list[str] = []
+    eng = config.get("engine") if isinstance(config.get("engine"), dict) else {}
+    for _flag, key, default in ENGINE_SETTINGS:
+        if getattr(args, key, None) is not None:
+            continue
+        value: float = default
+        if key in eng:
+            try:
+                value = float(eng[key])
+            except (TypeError, ValueError):
+                problems.append(f"config [engine] {key} = {eng[key]!r} is not a number; using {default:g}")
+            if key == "rate" and not MIN_RATE_HZ <= value <= MAX_RATE_HZ:
+                # A hand-edited file must not stop the worker (the script would restart it forever).
+                problems.append(f"config [engine] rate = {value:g} is outside {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz; "
+                                f"using {default:g}")
+                value = default
+        setattr(args, key, value)
+    srcs = config.get("sources") if isinstance(config.get("sources"), dict) else {}
+    if args.video is None and args.camera is None:
+        if not args.obs_source and srcs.get("camera"):
+            args.obs_source = str(srcs["camera"])
+        if args.obs_source:
+            if args.game_source is None and srcs.get("game"):
+                args.game_source = str(srcs["game"])
+            if args.mic is None:
+                # The panel saves "" for "(no microphone)".
+                args.mic = str(srcs["mic"]) if srcs.get("mic") else ("none" if "mic" in srcs else None)
+    return problems
 
 
 def _stdin_is_pipe() -> bool:
@@ -1256,7 +1266,7 @@ def _stdin_is_pipe() -> bool:
 def _open_feeds(args: argparse.Namespace, obs_kw: dict[str, Any], engine: Engine) -> tuple[Any, Any]:
     """The camera feed (video + audio ring) and the optional game feed."""
     audio = None
-    if args.mic:
+    if args.mic and args.mic.lower() != "none":
         from obs_merlb.capture.mic import MicError, MicSource
 
         try:
@@ -1293,6 +1303,12 @@ def run(args: argparse.Namespace) -> int:
     from obs_merlb.overlay.server import OverlayServer, OverlayServerError
     from obs_merlb.session import SessionLog
 
+    config_problems = apply_config_defaults(args)
+    if not (args.video or args.camera is not None or args.obs_source):
+        raise SystemExit("merlb live: no camera: pass --video FILE, --camera N or --obs-source NAME, "
+                         "or choose a camera source in the panel (saved as [sources] camera)")
+    if not MIN_RATE_HZ <= args.rate <= MAX_RATE_HZ:
+        raise SystemExit(f"merlb live: the rate must be {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz, not {args.rate:g}")
     model_dir = resolve_model_dir(args.model)
     state_cfg = StateConfig(smoothing=args.smoothing, threshold=args.threshold,
                             min_dwell_s=args.min_dwell_s, hide_after_s=args.hide_after_s)
@@ -1330,7 +1346,7 @@ def run(args: argparse.Namespace) -> int:
     if session is not None:
         path = session.open(t=0.0)
         engine.publish(session_event("open", None if path is None else str(path), None, 0.0))
-    for message, where in pending_errors:
+    for message, where in pending_errors + [(m, "config") for m in config_problems]:
         engine.error(message, where)
     try:
         feed, scene = _open_feeds(args, {"host": args.obs_host, "port": obs_port, "password": password}, engine)
@@ -1349,10 +1365,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if args.overlay == "text":
-        if obs is None or not args.overlay_text_source:
-            engine.error("--overlay text needs --overlay-text-source and an OBS connection", "overlay")
+        if obs is None:
+            engine.error("--overlay text needs OBS: give --obs-source or --obs-port", "overlay")
         else:
-            engine.text_overlay = TextOverlay(obs, args.overlay_text_source)
+            engine.text_overlay = _native_overlay(args, obs_port, password, report("overlay"))
+            engine.add_sink(engine.text_overlay.publish)
     read_stdin = args.control == "stdin" or (args.control == "auto" and _stdin_is_pipe())
     engine.start_threads(feed, scene, stdin=sys.stdin if read_stdin else None)
     if obs is not None:
@@ -1366,6 +1383,26 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.2)   # let the last events reach the clients
         server.stop()
     return 0
+
+
+def _native_overlay(args: argparse.Namespace, obs_port: int, password: str,
+                    report: Callable[[str], None]) -> Any:
+    """The OBS text (+ emoji image) sources, fed with every event from its own thread."""
+    from obs_merlb.overlay.native import NativeTextOverlay
+
+    image = args.overlay_image_source
+    image = None if not image or image.lower() == "none" else image
+    last: list[str] = []
+
+    def once(message: str) -> None:
+        # The overlay retries with backoff; the streamer needs each problem once.
+        if not last or last[0] != message:
+            last[:] = [message]
+            report(message)
+
+    return NativeTextOverlay(args.overlay_text_source, host=args.obs_host, port=obs_port,
+                             password=password, image_source_name=image,
+                             show_emoji=image is None, on_error=once).start()
 
 
 def _probe_obs(obs: Any) -> None:

@@ -38,7 +38,7 @@ from obs_merlb import config as merlb_config
 
 SCRIPT_NAME = "obs_script.py"
 OVERLAY_BROWSER = "MERLB overlay"
-OVERLAY_TEXT = "MERLB emotion"
+OVERLAY_TEXT = "MERLB emotion"   # = obs_merlb.overlay.native.TEXT_SOURCE (kept light: no import at load)
 DEFAULT_OVERLAY_URL = "http://127.0.0.1:8765/overlay.html"
 DEFAULT_WS_PORT = 4455
 MARK = "obs_merlb"  # key in a source's private_settings: we made it, uninstall may remove it
@@ -263,7 +263,9 @@ def _guess_camera(col: dict[str, Any]) -> str | None:
 
 
 def text_source_kind(platform: str | None = None) -> str:
-    return "text_gdiplus_v2" if (platform or sys.platform).startswith("win") else "text_ft2_source_v2"
+    from obs_merlb.overlay.native import default_text_kind
+
+    return default_text_kind(platform)
 
 
 def _overlay_source(mode: str, url: str, canvas: tuple[int, int]) -> dict[str, Any]:
@@ -274,12 +276,12 @@ def _overlay_source(mode: str, url: str, canvas: tuple[int, int]) -> dict[str, A
                              "height": canvas[1], "fps_custom": False, "reroute_audio": False,
                              "shutdown": False, "restart_when_active": False, "css":
                              "body { background-color: rgba(0, 0, 0, 0); margin: 0; }"}}
+    from obs_merlb.overlay.native import text_source_settings
+
     kind = text_source_kind()
+    # The same look as the source the worker or the panel creates.
     return {"id": kind, "versioned_id": kind, "name": OVERLAY_TEXT, "enabled": True,
-            "private_settings": {MARK: True},
-            "settings": {"text": "", "font": {"face": "Sans Serif", "size": 48, "style": "Bold",
-                                              "flags": 1},
-                         "outline": True, "drop_shadow": True}}
+            "private_settings": {MARK: True}, "settings": text_source_settings(kind)}
 
 
 def _scene_item(name: str, item_id: int, pos: tuple[float, float]) -> dict[str, Any]:

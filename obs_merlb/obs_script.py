@@ -21,7 +21,13 @@ Worker command line (argv carries no secret)::
     <python> -m obs_merlb live --obs-host 127.0.0.1 --obs-port PORT
         --obs-source CAMERA [--obs-game-source GAME] --mic DEVICE
         --device cpu|cuda:N --rate HZ --overlay browser|text|none
-        [--overlay-text-source NAME] --status-file PATH --control stdin
+        [--overlay-text-source NAME] [--model DIR] --status-file PATH --control stdin
+
+``--model`` only when the streamer set a model folder; without it the worker
+uses the active personalized model, else the shipped one. The worker reads
+the rest of its settings ([engine] threshold, smoothing, ...) from the
+project's config.toml, the file named by ``MERLB_CONFIG`` in its
+environment (the installer's ``--config``).
 
 The obs-websocket password is passed in the environment variable
 ``MERLB_OBS_PASSWORD``, read from OBS's own websocket settings (or the
@@ -54,6 +60,7 @@ The script writes its own view to ``script-status.json`` in the same folder
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -75,6 +82,7 @@ STATUS_STALE_S = 60.0       # a worker silent this long (after its first status)
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 HEALTHY_AFTER_S = 60.0      # a run this long resets the backoff
 STOP_GRACE_S = 4.0          # after {"cmd":"stop"}: then terminate, then kill
+CONNECTION_CHECK_S = 2.0    # how often OBS's websocket settings are re-read while running
 
 MIC_LIST_CODE = (
     "import json,sounddevice as sd\n"
@@ -192,7 +200,8 @@ class WorkerConfig:
     def __init__(self, python: str = "", camera: str = "", game: str = "", mic: str = "default",
                  device: str = "cpu", rate: float = 8.0, overlay: str = "browser",
                  text_source: str = TEXT_SOURCE, data_dir: str = "",
-                 obs_config_dir: str = "", merlb_config: str = "", obs_major: int = 0) -> None:
+                 obs_config_dir: str = "", merlb_config: str = "", obs_major: int = 0,
+                 model: str = "") -> None:
         self.python = python
         self.camera = camera
         self.game = game
@@ -205,11 +214,13 @@ class WorkerConfig:
         self.obs_config_dir = obs_config_dir or default_obs_config_dir()
         self.merlb_config = merlb_config
         self.obs_major = obs_major
+        self.model = model
 
     def key(self) -> tuple[Any, ...]:
         """What a restart depends on (the rate is sent live instead)."""
         return (self.python, self.camera, self.game, self.mic, self.device, self.overlay,
-                self.text_source, self.data_dir, self.obs_config_dir, self.merlb_config)
+                self.text_source, self.data_dir, self.obs_config_dir, self.merlb_config,
+                self.model)
 
     @property
     def status_file(self) -> str:
@@ -223,6 +234,9 @@ class WorkerConfig:
             return f"worker Python not found: {self.python} (run: merlb install-obs)"
         if not self.camera:
             return "choose a camera source"
+        if self.model and not os.path.isfile(os.path.join(self.model, "config.json")):
+            return (f"model folder {self.model} has no config.json: choose a folder written by "
+                    "merlb train or personalize, or leave it blank for the default")
         return None
 
     def argv(self, port: int, host: str) -> list[str]:
@@ -235,6 +249,8 @@ class WorkerConfig:
                  "--rate", f"{self.rate:g}", "--overlay", self.overlay]
         if self.overlay == "text":
             args += ["--overlay-text-source", self.text_source]
+        if self.model:
+            args += ["--model", self.model]
         args += ["--status-file", self.status_file, "--control", "stdin"]
         return args
 
@@ -301,6 +317,9 @@ class Supervisor:
         self._status_mtime = 0.0
         self._running_key: tuple[Any, ...] | None = None
         self._running_rate = 0.0
+        # A digest of (host, port, password) the worker got: compared, never the secret itself.
+        self._running_conn = ""
+        self._conn_checked = 0.0
         self._pending: list[dict[str, Any]] = []
         self._wake = threading.Event()
         self._quit = threading.Event()
@@ -421,6 +440,13 @@ class Supervisor:
             if cfg.rate != self._running_rate:
                 self._running_rate = cfg.rate
                 self.send({"cmd": "set", "key": "rate", "value": cfg.rate})
+            if self._connection_changed(cfg):
+                # The streamer fixed (or changed) the password or port in OBS's
+                # WebSocket settings: the running worker still has the old one.
+                self.log("obs-websocket settings changed: restarting the worker")
+                self._stop_worker()
+                self.next_start = 0.0
+                return
             stale = self._status_stale()
             if stale:
                 self._set("restarting", f"worker stopped answering ({stale:.0f}s without status)")
@@ -445,6 +471,19 @@ class Supervisor:
             return
         self._spawn(cfg)
 
+    @staticmethod
+    def _conn_digest(host: str, port: int, password: str | None) -> str:
+        return hashlib.sha256(f"{host}\0{port}\0{password or ''}".encode("utf-8")).hexdigest()
+
+    def _connection_changed(self, cfg: WorkerConfig) -> bool:
+        now = time.monotonic()
+        if now - self._conn_checked < CONNECTION_CHECK_S or not self._running_conn:
+            return False
+        self._conn_checked = now
+        host, port, password, _ = websocket_connection(cfg.obs_config_dir, cfg.merlb_config,
+                                                       cfg.obs_major)
+        return self._conn_digest(host, port, password) != self._running_conn
+
     def _schedule_restart(self) -> None:
         delay = BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)]
         self.failures += 1
@@ -464,6 +503,10 @@ class Supervisor:
         if password:
             env["MERLB_OBS_PASSWORD"] = password
         env["PYTHONUNBUFFERED"] = "1"
+        if cfg.merlb_config:
+            # The worker's [engine] and [sources] defaults come from the same
+            # file the installer wrote the connection to.
+            env["MERLB_CONFIG"] = cfg.merlb_config
         # OBS's embedded Python sets these for itself; the worker is another Python.
         for k in ("PYTHONHOME", "PYTHONPATH"):
             env.pop(k, None)
@@ -472,7 +515,8 @@ class Supervisor:
             # OBS as a Flatpak: the worker's Python lives on the host. The
             # password cannot cross flatpak-spawn without showing in argv, so
             # the worker reads it from the project's config.toml instead.
-            argv = ["flatpak-spawn", "--host", "--env=PYTHONUNBUFFERED=1", *argv]
+            extra = [f"--env=MERLB_CONFIG={cfg.merlb_config}"] if cfg.merlb_config else []
+            argv = ["flatpak-spawn", "--host", "--env=PYTHONUNBUFFERED=1", *extra, *argv]
         kw: dict[str, Any] = {}
         if sys.platform == "win32":
             kw["creationflags"] = 0x08000000  # CREATE_NO_WINDOW: no console flashing up
@@ -499,6 +543,8 @@ class Supervisor:
             pending, self._pending = self._pending, []
         self._running_key = cfg.key()
         self._running_rate = cfg.rate
+        self._running_conn = self._conn_digest(host, port, password)
+        self._conn_checked = time.monotonic()
         self.started_at = time.monotonic()
         for obj in pending:
             self.stdin.send(obj)
@@ -689,7 +735,8 @@ def _config_from(settings: Any) -> WorkerConfig:
         overlay=g(settings, "overlay_mode") or "browser",
         text_source=g(settings, "overlay_text_source") or TEXT_SOURCE,
         data_dir=g(settings, "data_dir"), obs_config_dir=g(settings, "obs_config_dir"),
-        merlb_config=g(settings, "merlb_config"), obs_major=_obs_major())
+        merlb_config=g(settings, "merlb_config"), obs_major=_obs_major(),
+        model=g(settings, "model_dir").strip())
 
 
 def _tags(settings: Any) -> list[str]:
@@ -875,6 +922,9 @@ def script_properties() -> Any:
 
     obs.obs_properties_add_editable_list(props, "tags", "Tag hotkeys (set keys in Settings > "
                                          "Hotkeys)", obs.OBS_EDITABLE_LIST_TYPE_STRINGS, "", "")
+    obs.obs_properties_add_path(props, "model_dir", "Model folder (blank: your active "
+                                "personalized model, else the shipped one)",
+                                obs.OBS_PATH_DIRECTORY, "", "")
     obs.obs_properties_add_path(props, "worker_python", "Worker Python", obs.OBS_PATH_FILE,
                                 "", "")
     obs.obs_properties_add_path(props, "data_dir", "Status and log folder",

@@ -23,6 +23,7 @@ def main() -> int:
     pw = os.environ.get("MERLB_OBS_PASSWORD")
     with open(os.path.join(folder, "fake-argv.json"), "w", encoding="utf-8") as f:
         json.dump({"argv": argv, "pid": os.getpid(), "password_in_env": bool(pw),
+                   "merlb_config": os.environ.get("MERLB_CONFIG"),
                    "password_in_argv": bool(pw) and any(pw in a for a in argv)}, f)
     stop = threading.Event()
 

@@ -152,6 +152,52 @@ def test_live_demo_events_commands_and_sigterm(model_dir: Path, tmp_path: Path) 
     assert status["running"] is False and status["state"] == "stopped"
 
 
+def test_config_file_gives_defaults_and_flags_win(model_dir: Path, tmp_path: Path) -> None:
+    from obs_merlb import config as cfgmod
+
+    # What the panel saves; [sources] is ignored for a --video run (another setup).
+    cfgmod.update_section("engine", {"threshold": 0.07, "smoothing": 0.5, "rate": 6.0, "min_dwell_s": 0.25},
+                          tmp_path / "config.toml")
+    cfgmod.update_section("sources", {"camera": "Webcam", "game": "Game", "mic": ""}, tmp_path / "config.toml")
+    live = Live(["--video", str(DEMO), "--model", str(model_dir), "--no-session", "--smoothing", "0.6"],
+                tmp_path)
+    assert live.ws_url, live.proc.stderr.read()
+    hello = live.wait_for(lambda e: e["type"] == "hello")
+    live.proc.send_signal(signal.SIGTERM)
+    assert live.finish(30) == 0, live.stderr
+    cfg = hello["config"]
+    assert (cfg["threshold"], cfg["rate"], cfg["min_dwell_s"]) == (0.07, 6.0, 0.25)
+    assert cfg["smoothing"] == 0.6                       # the flag wins over the file
+    assert not any(e["type"] == "error" and e["where"] == "obs" for e in live.events)
+
+
+def test_sources_from_config_apply_to_obs_runs_only() -> None:
+    import argparse
+
+    from obs_merlb.engine import add_arguments, apply_config_defaults
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = {"engine": {"rate": "fast"}, "sources": {"camera": "Webcam", "game": "Game", "mic": ""}}
+    a = parser.parse_args([])
+    problems = apply_config_defaults(a, cfg)
+    assert (a.obs_source, a.game_source, a.mic) == ("Webcam", "Game", "none")   # "" = no microphone
+    assert a.rate == 15.0 and problems and "rate" in problems[0]
+    a = parser.parse_args(["--obs-source", "Cam", "--mic", "USB", "--rate", "4"])
+    apply_config_defaults(a, cfg)
+    assert (a.obs_source, a.game_source, a.mic, a.rate) == ("Cam", "Game", "USB", 4.0)
+    a = parser.parse_args(["--camera", "0"])
+    apply_config_defaults(a, cfg)
+    assert (a.obs_source, a.game_source, a.mic) == (None, None, None)
+
+
+def test_no_camera_anywhere_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "MERLB_CONFIG": str(tmp_path / "none.toml")}
+    r = subprocess.run([sys.executable, "-m", "obs_merlb", "live"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode != 0 and "no camera" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_no_face_is_hidden(model_dir: Path, clips: dict[str, Path], tmp_path: Path) -> None:
     live = Live(["--video", str(clips["noface"]), "--model", str(model_dir), "--no-session"], tmp_path)
     assert live.finish(60) == 0, live.stderr   # the file ends: the worker exits cleanly

@@ -1,12 +1,17 @@
 """The OBS script and installer inside real OBS Studio (Xvfb, software GL).
 
-Two OBS sessions at most, since OBS with software rendering is heavy on two
-cores:
+Two OBS sessions, one start each, since OBS with software rendering is heavy
+on two cores:
 - `fake`: the worker is tests/fake_worker.py behind a fake Python, so the
   script's own duties (start, hotkeys, sessions, restart, rename, stop on
   exit) are tested whether or not the live engine exists in this checkout;
-- `engine`: the real `merlb live` on a CREMA-D clip; skipped, with the
-  reason, while obs_merlb.engine is not in this checkout.
+  the panel's "add the overlay to OBS" buttons run against this OBS too;
+- `engine`: the real `merlb live` on the demo clip as the camera, with the
+  shipped model (assets/model) when there is one, else a seeded test model
+  (tests/merlb_testmodel.py) given through the script's "model folder"
+  property. Weights do not matter for what is tested here (events, the text
+  source, tags, restarts, errors, frame stats), and [engine] threshold is
+  set low in the config file so even near-uniform outputs show a label.
 
 Debian packages: obs-studio xvfb xdotool imagemagick (for the screenshot).
 """
@@ -27,6 +32,8 @@ import pytest
 
 from tests.obs_harness import ObsHome, ObsProcess, default_clip, free_port, obs_home, require_obs
 from tests.test_obs_script import fake_python
+
+from obs_merlb import config as cfgmod
 
 pytestmark = [pytest.mark.obs, pytest.mark.slow]
 
@@ -73,6 +80,7 @@ class Session:
     def __init__(self, home: ObsHome, obs: ObsProcess, install_out: str) -> None:
         self.home, self.obs, self.install_out = home, obs, install_out
         self.data = home.home / ".local" / "state" / "obs-merlb"
+        self.config = home.home / "merlb-config.toml"   # the installer's --config
 
     def status(self) -> dict[str, Any]:
         return read_json(self.data / "script-status.json") or {}
@@ -182,33 +190,64 @@ def test_renamed_camera_is_followed(fake: Session) -> None:
              timeout=20, what="back on 'Camera'", diag=fake.diag)
 
 
-def test_properties_screenshot(fake: Session) -> None:
-    if not (shutil.which("xdotool") and shutil.which("import")):
-        pytest.skip("screenshot needs xdotool and imagemagick (apt-get install xdotool imagemagick)")
-    obs = fake.obs
+@pytest.mark.qt
+def test_panel_adds_overlay_sources_to_obs(fake: Session, request: pytest.FixtureRequest,
+                                           tmp_path: Path) -> None:
+    pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PyQt5.QtCore import Qt
 
-    def x(*a: str) -> str:
-        return subprocess.run(["xdotool", *a], env=obs.xenv(), capture_output=True, text=True,
-                              timeout=10).stdout
+    from obs_merlb.install import OVERLAY_BROWSER, OVERLAY_TEXT
+    from obs_merlb.panel.client import WorkerClient
+    from obs_merlb.panel.main_window import MainWindow
 
-    main = obs.windows("^OBS [0-9]")[0]
-    x("windowfocus", "--sync", main)
-    x("mousemove", "378", "12", "click", "1")      # Tools (fixed layout of the harness home)
-    time.sleep(0.8)
-    x("mousemove", "388", "146", "click", "1")     # Tools > Scripts
-    win = wait_for(lambda: obs.windows("^Scripts$"), timeout=15, what="Scripts dialog")[0]
-    x("windowsize", "--sync", win, "1200", "780")
-    x("windowmove", "--sync", win, "0", "0")
-    time.sleep(1.0)
-    # the script list is the top-left pane: select our (only) script
-    x("mousemove", "--window", win, "120", "60", "click", "1")
-    time.sleep(1.5)
-    tmp = fake.home.home / "props.png"
-    obs.screenshot(tmp, window=win)
-    x("key", "--window", win, "Escape")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tmp, SCREENSHOT)
-    assert SCREENSHOT.stat().st_size > 10_000
+    qtbot = request.getfixturevalue("qtbot")
+    c = fake.obs.client
+    scene = c.get_current_program_scene().current_program_scene_name
+
+    def panel(config: Path) -> MainWindow:
+        # no worker: the buttons need only OBS (and the URL the panel shows)
+        win = MainWindow(WorkerClient(f"ws://127.0.0.1:{free_port()}/ws"),
+                         sessions_dir=tmp_path / "sessions", config_path=config)
+        qtbot.addWidget(win)
+        return win
+
+    def press(win: MainWindow, button: Any) -> str:
+        with qtbot.waitSignal(win.adder.done, timeout=20_000):
+            qtbot.mouseClick(button, Qt.LeftButton)
+        assert win.add_text_btn.isEnabled() and win.add_browser_btn.isEnabled()
+        return win.add_overlay_msg.text()
+
+    win = panel(fake.config)   # [obs] as the installer wrote it
+    c.remove_input(OVERLAY_TEXT)   # the installer put one in; the panel makes it again
+    # OBS releases a removed source on its next tick, not within the request
+    wait_for(lambda: _input_or_none(c, OVERLAY_TEXT) is None, timeout=10, what="source removed")
+    msg = press(win, win.add_text_btn)
+    assert msg == f"Added {OVERLAY_TEXT!r} to scene {scene!r}.", msg
+    assert c.get_input_settings(OVERLAY_TEXT).input_kind == "text_ft2_source_v2"
+    assert OVERLAY_TEXT in {i["sourceName"] for i in c.get_scene_item_list(scene).scene_items}
+    assert "already in scene" in press(win, win.add_text_btn)   # twice is harmless
+
+    win.theme_combo.setCurrentText("meter")
+    msg = press(win, win.add_browser_btn)
+    if "browser_source" in c.get_input_kind_list(False).input_kinds:
+        s = c.get_input_settings(OVERLAY_BROWSER).input_settings
+        assert "theme=meter" in s["url"] and (s["width"], s["height"]) == (1920, 1080), s
+    else:   # Debian's OBS has no obs-browser: say so, and what to use instead
+        assert "no browser source" in msg and "native text source" in msg, msg
+        assert win.add_overlay_msg.styleSheet()   # shown as an error
+
+    # OBS not configured / not reachable: one clear line each, never the password
+    empty = tmp_path / "empty.toml"
+    win2 = panel(empty)
+    msg = press(win2, win2.add_text_btn)
+    assert "not configured" in msg and "merlb install-obs" in msg, msg
+    closed = tmp_path / "closed.toml"
+    cfgmod.update_section("obs", {"host": "127.0.0.1", "port": free_port(), "password": "pw-secret"},
+                          closed)
+    win3 = panel(closed)
+    msg = press(win3, win3.add_text_btn)
+    assert "not reachable" in msg and "pw-secret" not in msg, msg
 
 
 def test_render_not_starved(fake: Session) -> None:
@@ -238,11 +277,15 @@ def test_closing_obs_stops_worker(fake: Session) -> None:
 
 
 # -- with the real engine ---------------------------------------------------
+SHIPPED_MODEL = REPO / "assets" / "model"
+ENGINE_FIGURES: dict[str, Any] = {}
+
+
 def _engine_missing() -> str | None:
     if importlib.util.find_spec("obs_merlb.engine") is None:
         return "`merlb live` (obs_merlb/engine.py) is not in this checkout yet"
-    if not (REPO / "assets" / "model" / "config.json").is_file():
-        return "no shipped model in assets/model yet: `merlb live` cannot start without one"
+    if not (SHIPPED_MODEL / "config.json").is_file() and importlib.util.find_spec("torch") is None:
+        return "no shipped model in assets/model and no torch to make a test model"
     return None
 
 
@@ -256,14 +299,27 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     if clip is None:
         pytest.skip("no stand-in camera clip")
     base = tmp_path_factory.mktemp("obs-engine")
+    # blank "model folder" = the worker's default: assets/model (the test home
+    # has no personalized model); without shipped weights, a seeded model.
+    if (SHIPPED_MODEL / "config.json").is_file():
+        model = ""
+    else:
+        from merlb_testmodel import fresh_model_dir
+
+        model = str(fresh_model_dir(base / "model"))
     home = obs_home(base, media=clip, websocket=False, port=free_port())
     r = install(home, Path(sys.executable), "--add-overlay", "text", "--scene", "Scene")
     assert r.returncode == 0, r.stdout + r.stderr
+    ENGINE_FIGURES["model"] = model or str(SHIPPED_MODEL)
+    # The worker reads [engine] from the installer's config (MERLB_CONFIG from
+    # the script): a low threshold shows a label even for a seeded model.
+    cfgmod.update_section("engine", {"threshold": 0.05}, home.home / "merlb-config.toml")
     # no microphone in CI: the worker runs on face alone
     col = home.collection_json()
     for e in col["modules"]["scripts-tool"]:
         if e["path"].endswith("obs_script.py"):
             e["settings"]["mic"] = "none"
+            e["settings"]["model_dir"] = model
     home.collection_file.write_text(json.dumps(col, indent=2))
     with ObsProcess(home) as obs:
         yield Session(home, obs, r.stdout)
@@ -279,6 +335,83 @@ def test_engine_shows_face_and_emotion(engine: Session) -> None:
         what="text source shows the emotion", diag=engine.diag)
     labels = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     assert any(lbl in text for lbl in labels), text
+    # the worker made the emoji image source beside it and points it at a rendered PNG
+    image = wait_for(lambda: _input_or_none(engine.obs.client, "MERLB emoji"), timeout=15,
+                     what="the emoji image source", diag=engine.diag)
+    assert image.input_kind == "image_source"
+    png = Path(image.input_settings["file"])
+    assert png.is_file() and png.name.split("-")[0] in (*labels, "none"), png
+
+
+def _input_or_none(client: Any, name: str) -> Any:
+    try:
+        return client.get_input_settings(name)
+    except Exception:  # noqa: BLE001 - not there (yet)
+        return None
+
+
+def test_engine_does_not_starve_obs_rendering(engine: Session) -> None:
+    """GetStats: render frames skipped with the worker analysing vs. with it frozen
+    (SIGSTOP), in the same OBS run, so software GL's own misses cancel out."""
+    st = wait_for(lambda: (s := engine.status()).get("state") == "running"
+                  and (s.get("worker") or {}).get("fps") and s, timeout=60,
+                  what="worker analysing", diag=engine.diag)
+    c = engine.obs.client
+
+    def window(seconds: float) -> dict[str, float]:
+        a = c.get_stats()
+        time.sleep(seconds)
+        b = c.get_stats()
+        return {"render_skipped": b.render_skipped_frames - a.render_skipped_frames,
+                "render_total": b.render_total_frames - a.render_total_frames,
+                "obs_cpu_pct": round(b.cpu_usage, 1), "render_ms": round(b.average_frame_render_time, 2)}
+
+    os.kill(st["pid"], signal.SIGSTOP)
+    try:
+        base = window(6.0)
+    finally:
+        os.kill(st["pid"], signal.SIGCONT)
+    time.sleep(1.0)
+    with_worker = window(6.0)
+    with_worker["worker_fps"] = (engine.status().get("worker") or {}).get("fps")
+    ENGINE_FIGURES["getstats"] = {"baseline_worker_stopped": base, "worker_running": with_worker}
+    print(f"\nGetStats {json.dumps(ENGINE_FIGURES)}")
+    assert base["render_total"] > 0 and with_worker["render_total"] > 0
+    allowed = base["render_skipped"] + max(3, 0.02 * with_worker["render_total"])
+    assert with_worker["render_skipped"] <= allowed, ENGINE_FIGURES
+
+
+def test_engine_properties_screenshot(engine: Session) -> None:
+    if not (shutil.which("xdotool") and shutil.which("import")):
+        pytest.skip("screenshot needs xdotool and imagemagick (apt-get install xdotool imagemagick)")
+    # the status line shows the real worker: fps, label and backend
+    wait_for(lambda: " fps" in (engine.status().get("status_line") or "")
+             and (engine.status().get("worker") or {}).get("label"), timeout=60,
+             what="status line with fps and label", diag=engine.diag)
+    obs = engine.obs
+
+    def x(*a: str) -> str:
+        return subprocess.run(["xdotool", *a], env=obs.xenv(), capture_output=True, text=True,
+                              timeout=10).stdout
+
+    main = obs.windows("^OBS [0-9]")[0]
+    x("windowfocus", "--sync", main)
+    x("mousemove", "378", "12", "click", "1")      # Tools (fixed layout of the harness home)
+    time.sleep(0.8)
+    x("mousemove", "388", "146", "click", "1")     # Tools > Scripts
+    win = wait_for(lambda: obs.windows("^Scripts$"), timeout=15, what="Scripts dialog")[0]
+    x("windowsize", "--sync", win, "1200", "780")
+    x("windowmove", "--sync", win, "0", "0")
+    time.sleep(1.0)
+    # the script list is the top-left pane: select our (only) script
+    x("mousemove", "--window", win, "120", "60", "click", "1")
+    time.sleep(1.5)
+    tmp = engine.home.home / "props.png"
+    obs.screenshot(tmp, window=win)
+    x("key", "--window", win, "Escape")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp, SCREENSHOT)
+    assert SCREENSHOT.stat().st_size > 10_000
 
 
 def test_engine_hotkey_tag_in_session_log(engine: Session) -> None:

@@ -168,3 +168,35 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return True
+
+
+def test_model_folder_is_passed_only_when_set(tmp_path: Path) -> None:
+    cfg = WorkerConfig(python=sys.executable, camera="Camera", data_dir=str(tmp_path))
+    assert "--model" not in cfg.argv(4455, "127.0.0.1")   # blank: the worker's own default
+    assert cfg.key() != WorkerConfig(**{**cfg.__dict__, "model": str(tmp_path)}).key()  # a change restarts
+    bad = WorkerConfig(**{**cfg.__dict__, "model": str(tmp_path / "nothing")})
+    assert "has no config.json" in (bad.problem() or "")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    good = WorkerConfig(**{**cfg.__dict__, "model": str(tmp_path / "m")})
+    a = good.argv(4455, "127.0.0.1")
+    assert good.problem() is None and a[a.index("--model") + 1] == str(tmp_path / "m")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
+def test_fixed_password_restarts_the_worker(setup: dict[str, Any], tmp_path: Path) -> None:
+    """The streamer corrects the password in OBS: the worker is restarted with it,
+    and the config file the installer wrote is named to the worker."""
+    sup, cfg, data = setup["sup"], setup["cfg"], setup["data"]
+    merlb_cfg = tmp_path / "merlb.toml"
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "merlb_config": str(merlb_cfg)}))
+    sup.start()
+    first = wait_for(lambda: read_json(data / "fake-argv.json"), what="worker start")
+    assert first.get("merlb_config") == str(merlb_cfg)
+    gini = Path(cfg.obs_config_dir) / "global.ini"
+    gini.write_text(gini.read_text().replace("s3cret-pw", "n3w-pw"))
+    new = wait_for(lambda: (j := read_json(data / "fake-argv.json")) and j["pid"] != first["pid"]
+                   and j, timeout=15, what="restart after the password changed")
+    assert new["password_in_env"]
+    assert any("obs-websocket settings changed" in line for line in setup["logs"])
+    assert not any("n3w-pw" in line or "s3cret-pw" in line for line in setup["logs"])

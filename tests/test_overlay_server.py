@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -367,15 +368,20 @@ class FakeObs:
     def set_input_settings(self, name: str, settings: dict[str, Any], overlay: bool) -> None:
         self._check()
         with self.lock:
-            self.calls.append(("set", (name, settings["text"])))
+            self.calls.append(("set", (name, settings.get("text", settings.get("file")))))
         if name not in self.inputs:
             raise _NotFound(f"no input {name}")
         self.inputs[name].update(settings)
 
-    def create_input(self, scene: str, name: str, kind: str, settings: dict[str, Any], enabled: bool) -> None:
+    def create_input(self, scene: str, name: str, kind: str, settings: dict[str, Any], enabled: bool) -> Any:
         with self.lock:
             self.calls.append(("create", (scene, name, kind)))
         self.inputs[name] = dict(settings)
+        return type("R", (), {"scene_item_id": len(self.inputs)})()
+
+    def set_scene_item_transform(self, scene: str, item_id: int, transform: dict[str, Any]) -> None:
+        with self.lock:
+            self.calls.append(("move", (scene, item_id, transform.get("positionX"))))
 
     def get_current_program_scene(self) -> Any:
         return type("R", (), {"current_program_scene_name": "Scene"})()
@@ -383,9 +389,9 @@ class FakeObs:
     def disconnect(self) -> None:
         pass
 
-    def sets(self) -> list[str]:
+    def sets(self, name: str = "MERLB emotion") -> list[str]:
         with self.lock:
-            return [c[1][1] for c in self.calls if c[0] == "set"]
+            return [c[1][1] for c in self.calls if c[0] == "set" and c[1][0] == name]
 
 
 def test_format_state() -> None:
@@ -401,10 +407,10 @@ def test_format_state() -> None:
 
 def test_native_creates_missing_source_and_updates_only_on_change() -> None:
     obs = FakeObs()
-    with NativeTextOverlay("merlb emotion", client_factory=obs.factory, max_rate_hz=20) as nat:
+    with NativeTextOverlay("MERLB emotion", client_factory=obs.factory, max_rate_hz=20) as nat:
         nat.publish(_state("happy", 0.82))
         _wait(lambda: obs.sets() == ["😄 happy 82%"])
-        assert ("create", ("Scene", "merlb emotion", default_text_kind())) in obs.calls
+        assert ("create", ("Scene", "MERLB emotion", default_text_kind())) in obs.calls
         for _ in range(10):
             nat.publish(_state("happy", 0.82))  # same text: no request
         nat.publish({"type": "health", "fps": 15})
@@ -412,11 +418,11 @@ def test_native_creates_missing_source_and_updates_only_on_change() -> None:
         assert obs.sets() == ["😄 happy 82%"]
         nat.publish(_state(face_present=False))
         _wait(lambda: obs.sets()[-1] == "")
-    assert obs.inputs["merlb emotion"]["text"] == ""
+    assert obs.inputs["MERLB emotion"]["text"] == ""
 
 
 def test_native_throttles_to_rate() -> None:
-    obs = FakeObs({"merlb emotion": {}})
+    obs = FakeObs({"MERLB emotion": {}})
     with NativeTextOverlay(client_factory=obs.factory, max_rate_hz=2) as nat:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 1.6:
@@ -430,7 +436,7 @@ def test_native_throttles_to_rate() -> None:
 
 
 def test_native_survives_obs_going_away() -> None:
-    obs = FakeObs({"merlb emotion": {}})
+    obs = FakeObs({"MERLB emotion": {}})
     errors: list[str] = []
     nat = NativeTextOverlay(client_factory=obs.factory, max_rate_hz=50, password="hunter2",
                             on_error=errors.append).start()
@@ -446,6 +452,61 @@ def test_native_survives_obs_going_away() -> None:
         assert nat.last_error is None
     finally:
         nat.stop()
+
+
+def test_emoji_images_with_and_without_an_emoji_font(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from obs_merlb.overlay.native import EMOJI, find_emoji_font, render_emoji_images
+
+    badges = render_emoji_images(tmp_path / "badges", size=96, font=tmp_path / "no-such-font.ttf")
+    assert set(badges) == {"", *EMOJI}
+    for label, path in badges.items():
+        img = Image.open(path)
+        assert img.size == (96, 96) and img.mode == "RGBA"
+        opaque = int((np.asarray(img)[..., 3] > 128).sum())
+        assert (opaque == 0) if label == "" else opaque > 96 * 96 // 3, (label, opaque)
+    assert badges["happy"].name == "happy-badge-96.png" and badges[""].name == "none-blank-96.png"
+    if find_emoji_font() is None:
+        pytest.skip("no colour-emoji font (Debian: fonts-noto-color-emoji)")
+    emoji = render_emoji_images(tmp_path / "emoji", size=96)
+    assert emoji["happy"].name == "happy-emoji-96.png"
+    px = np.asarray(Image.open(emoji["happy"]).convert("RGBA")).reshape(-1, 4).astype(int)
+    px = px[px[:, 3] > 200]
+    yellow = (px[:, 0] > 200) & (px[:, 1] > 150) & (px[:, 2] < 120)
+    assert yellow.sum() > 0.4 * len(px)   # the yellow face of 😄, not a badge
+
+
+def test_native_image_source_follows_the_label_only(tmp_path) -> None:
+    obs = FakeObs()
+    with NativeTextOverlay(client_factory=obs.factory, max_rate_hz=20, image_source_name="MERLB emoji",
+                           image_dir=tmp_path, show_emoji=False) as nat:
+        nat.publish(_state("happy", 0.82))
+        _wait(lambda: obs.sets() == ["happy 82%"] and len(obs.sets("MERLB emoji")) == 1)
+        created = [c[1][1:] for c in obs.calls if c[0] == "create"]
+        assert ("MERLB emoji", "image_source") in created
+        assert Path(obs.inputs["MERLB emoji"]["file"]).name.startswith("happy-")
+        assert any(c[0] == "move" for c in obs.calls)   # both new: laid out side by side
+        nat.publish(_state("happy", 0.9))              # same emotion: only the text changes
+        _wait(lambda: obs.sets()[-1] == "happy 90%")
+        time.sleep(0.2)
+        assert len(obs.sets("MERLB emoji")) == 1
+        nat.publish(_state("sad", 0.7))
+        _wait(lambda: Path(obs.inputs["MERLB emoji"]["file"]).name.startswith("sad-"))
+        nat.publish(_state(face_present=False))        # hidden: blank text, transparent image
+        _wait(lambda: Path(obs.inputs["MERLB emoji"]["file"]).name.startswith("none-"))
+        assert obs.sets()[-1] == ""
+        assert len(obs.sets("MERLB emoji")) == 3
+
+
+def test_native_clears_on_stop_when_asked() -> None:
+    obs = FakeObs({"MERLB emotion": {}})
+    nat = NativeTextOverlay(client_factory=obs.factory, max_rate_hz=20).start()
+    nat.publish(_state("happy", 0.82))
+    _wait(lambda: obs.sets() == ["😄 happy 82%"])
+    nat.stop(clear=True)
+    assert obs.sets() == ["😄 happy 82%", ""]
 
 
 def test_native_without_create_reports_missing_source() -> None:
@@ -480,26 +541,58 @@ def test_native_updates_text_source_in_real_obs(tmp_path) -> None:
     with harness.running_obs(tmp_path) as obs:
         port, password = obs.home.websocket()
         errors: list[str] = []
-        nat = NativeTextOverlay("merlb emotion", port=port, password=password,
-                                scene_name=obs.home.scene, max_rate_hz=2, on_error=errors.append)
+        nat = NativeTextOverlay("MERLB emotion", port=port, password=password,
+                                scene_name=obs.home.scene, max_rate_hz=2, on_error=errors.append,
+                                image_source_name="MERLB emoji", image_dir=tmp_path / "emoji")
         with nat:
             nat.publish(_state("happy", 0.82))
-            _wait(lambda: nat.updates >= 1, timeout=20)
-            settings = obs.client.get_input_settings("merlb emotion").input_settings
+            _wait(lambda: nat.updates >= 2, timeout=20)
+            settings = obs.client.get_input_settings("MERLB emotion").input_settings
             assert settings["text"] == "😄 happy 82%"
-            kind = obs.client.get_input_settings("merlb emotion").input_kind
+            kind = obs.client.get_input_settings("MERLB emotion").input_kind
             assert kind == "text_ft2_source_v2"
             items = obs.client.get_scene_item_list(obs.home.scene).scene_items
-            assert any(i["sourceName"] == "merlb emotion" for i in items)
+            assert {"MERLB emotion", "MERLB emoji"} <= {i["sourceName"] for i in items}
+            image = obs.client.get_input_settings("MERLB emoji")
+            assert image.input_kind == "image_source"
+            assert Path(image.input_settings["file"]).name.startswith("happy-")
+            # OBS itself draws the PNG: its own screenshot of the source is opaque where the emoji is.
+            assert _opaque_share(obs.client, "MERLB emoji", lambda share: share > 0.3) > 0.3
             nat.publish(_state("surprise", 0.61))
-            _wait(lambda: obs.client.get_input_settings("merlb emotion").input_settings["text"]
+            _wait(lambda: obs.client.get_input_settings("MERLB emotion").input_settings["text"]
                   == "😲 surprise 61%", timeout=10)
+            # the image follows in the same update, right after the text
+            _wait(lambda: Path(obs.client.get_input_settings("MERLB emoji").input_settings["file"])
+                  .name.startswith("surprise-"), timeout=10)
+            nat.publish(_state(face_present=False))
+            _wait(lambda: Path(obs.client.get_input_settings("MERLB emoji").input_settings["file"])
+                  .name.startswith("none-"), timeout=10)
+            assert _opaque_share(obs.client, "MERLB emoji", lambda share: share < 0.01) < 0.01
             # Renamed by the streamer mid-stream: reported, then recreated, never fatal.
-            obs.client.set_input_name("merlb emotion", "renamed")
+            obs.client.set_input_name("MERLB emotion", "renamed")
             nat.publish(_state("sad", 0.7))
-            _wait(lambda: obs.client.get_input_settings("merlb emotion").input_settings.get("text")
-                  == "😢 sad 70%" if _exists(obs.client, "merlb emotion") else False, timeout=15)
+            _wait(lambda: obs.client.get_input_settings("MERLB emotion").input_settings.get("text")
+                  == "😢 sad 70%" if _exists(obs.client, "MERLB emotion") else False, timeout=15)
         assert password is None or all(password not in e for e in errors)
+
+
+def _opaque_share(client: Any, name: str, done: Any) -> float:
+    """Share of the source's pixels OBS renders opaque (GetSourceScreenshot, PNG keeps alpha),
+    polled until `done(share)`: an image source loads a new file on a later video tick."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    deadline = time.monotonic() + 10
+    while True:
+        uri = client.get_source_screenshot(name, "png", 64, 64, -1).image_data
+        img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGBA")
+        share = float((np.asarray(img)[..., 3] > 128).mean())
+        if done(share) or time.monotonic() > deadline:
+            return share
+        time.sleep(0.2)
 
 
 def _exists(client: Any, name: str) -> bool:

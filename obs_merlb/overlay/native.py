@@ -1,29 +1,58 @@
-"""Native overlay fallback: the current emotion as text in an OBS text source.
+"""Native overlay fallback: the current emotion in OBS text and image sources.
 
 For OBS builds without a browser source (Debian's, some Flatpaks), the worker
 writes "😄 happy 82%" into a text source through obs-websocket
-(`SetInputSettings`). It runs in its own thread with its own obsws-python
-client: that client is synchronous and not thread-safe, and OBS being closed
-must never stall the analysis loop (a connect attempt can block for seconds).
+(`SetInputSettings`), and optionally points an image source at a PNG of the
+emoji: OBS's FreeType text source on Linux draws no colour emoji, so with an
+image source the text carries only the label. It runs in its own thread with
+its own obsws-python client: that client is synchronous and not thread-safe,
+and OBS being closed must never stall the analysis loop (a connect attempt
+can block for seconds).
 
 Updates are throttled (at most `max_rate_hz`, 2 Hz by default) and sent only
-when the shown text changes, because every SetInputSettings re-renders the
-text source inside OBS's video thread.
+when the shown value changes, because every SetInputSettings re-renders the
+source inside OBS's video thread (an image source even re-reads its file).
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+# Default source names, shared by the worker, the installer and the panel
+# (the OBS script, stdlib-only, spells TEXT_SOURCE out itself).
+TEXT_SOURCE = "MERLB emotion"
+IMAGE_SOURCE = "MERLB emoji"
+IMAGE_KIND = "image_source"
+IMAGE_SIZE = 128
 
 EMOJI = {
     "angry": "😠", "disgust": "🤢", "fear": "😨", "happy": "😄",
     "neutral": "😐", "sad": "😢", "surprise": "😲",
 }
+
+# Badge colours when no colour-emoji font is installed (the browser overlay's palette).
+BADGE_COLORS = {
+    "angry": (229, 72, 77), "disgust": (94, 170, 72), "fear": (142, 92, 214), "happy": (246, 190, 40),
+    "neutral": (140, 150, 170), "sad": (70, 130, 220), "surprise": (240, 130, 40),
+}
+
+# Colour-emoji fonts Pillow can draw, by platform; Noto Color Emoji is the
+# Debian/Ubuntu package fonts-noto-color-emoji.
+EMOJI_FONTS = (
+    "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+    "/usr/share/fonts/noto/NotoColorEmoji.ttf",
+    "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf",
+    "/System/Library/Fonts/Apple Color Emoji.ttc",
+    "C:/Windows/Fonts/seguiemj.ttf",
+)
 
 # obs-websocket v5 RequestStatus.ResourceNotFound
 _NOT_FOUND = 600
@@ -35,13 +64,146 @@ def default_text_kind(platform: str | None = None) -> str:
     return "text_gdiplus_v2" if platform.startswith("win") else "text_ft2_source_v2"
 
 
+def text_source_settings(kind: str, text: str = "", *, font_face: str | None = None,
+                         font_size: int = 64) -> dict[str, Any]:
+    """Initial settings of the native text source: white, bold, outlined.
+
+    One definition for the worker (which creates a missing source), the
+    installer and the panel, so the source looks the same whoever made it.
+    """
+    face = font_face or ("Segoe UI Emoji" if kind == "text_gdiplus_v2" else "Sans")
+    font = {"face": face, "size": int(font_size), "style": "Bold", "flags": 1}
+    if kind == "text_gdiplus_v2":
+        return {"text": text, "font": font, "color": 0xFFFFFFFF, "outline": True,
+                "outline_size": 4, "outline_color": 0xFF000000}
+    return {"text": text, "font": font, "color1": 0xFFFFFFFF, "color2": 0xFFFFFFFF,
+            "outline": True, "drop_shadow": True}
+
+
+def shown_label(event: dict[str, Any]) -> str:
+    """The emotion the overlay shows for a `state` event; "" when hidden."""
+    label = event.get("label")
+    if (event.get("visible") is False or event.get("face_present") is False
+            or not isinstance(label, str) or label in ("", "uncertain")):
+        return ""
+    return label
+
+
+def emoji_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("obs-merlb", appauthor=False)) / "emoji"
+
+
+def find_emoji_font() -> Path | None:
+    for f in EMOJI_FONTS:
+        if os.path.isfile(f):
+            return Path(f)
+    return None
+
+
+def _load_emoji_font(path: Path) -> Any:
+    """Bitmap colour fonts only load at their strike sizes (Noto 109, Apple 160)."""
+    from PIL import ImageFont
+
+    for size in (109, 160, 96, 64):
+        try:
+            return ImageFont.truetype(str(path), size)
+        except OSError:
+            continue
+    return None
+
+
+def _render_emoji(label: str, size: int, font: Any) -> Any:
+    """The label's emoji scaled into a size x size transparent square, or None."""
+    from PIL import Image, ImageDraw
+
+    glyph = EMOJI.get(label)
+    if glyph is None or font is None:
+        return None
+    canvas = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+    try:
+        ImageDraw.Draw(canvas).text((128, 128), glyph, font=font, embedded_color=True, anchor="mm")
+    except (OSError, ValueError):  # a font without colour glyphs (FreeType lacks CBDT/COLR)
+        return None
+    box = canvas.getbbox()
+    if box is None:
+        return None
+    crop = canvas.crop(box)
+    scale = size / max(crop.size)
+    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+                       Image.LANCZOS)
+    out = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    out.paste(crop, ((size - crop.width) // 2, (size - crop.height) // 2), crop)
+    return out
+
+
+def _render_badge(label: str, size: int) -> Any:
+    """Without an emoji font: a round badge in the emotion's colour with its name."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(out)
+    d.ellipse((2, 2, size - 3, size - 3), fill=(*BADGE_COLORS.get(label, (140, 150, 170)), 255),
+              outline=(0, 0, 0, 200), width=max(2, size // 32))
+    text = label[:8]
+    px = max(8, int(size * 1.5 / max(4, len(text))))
+    try:
+        font = ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    d.text((size / 2, size / 2), text, font=font, fill=(255, 255, 255, 255), anchor="mm",
+           stroke_width=max(1, px // 12), stroke_fill=(0, 0, 0, 255))
+    return out
+
+
+def render_emoji_images(out_dir: str | os.PathLike[str] | None = None, *, size: int = IMAGE_SIZE,
+                        font: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """PNG per emotion ("" = transparent, for hidden) in `out_dir`; {label: path}.
+
+    Colour emoji when a colour-emoji font is found (Pillow), else plain
+    badges; the style is in the file name, so a font installed later gives
+    new files rather than stale ones. Files are replaced atomically: OBS may
+    be reading one while a second worker renders.
+    """
+    from PIL import Image
+
+    d = Path(out_dir) if out_dir is not None else emoji_cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    font_path = Path(font) if font is not None else find_emoji_font()
+    emoji_font = _load_emoji_font(font_path) if font_path is not None else None
+    paths: dict[str, Path] = {}
+    for label in ["", *EMOJI]:
+        if label:
+            img = _render_emoji(label, size, emoji_font)
+            style = "emoji" if img is not None else "badge"
+            if img is None:
+                img = _render_badge(label, size)
+        else:
+            img, style = Image.new("RGBA", (size, size), (0, 0, 0, 0)), "blank"
+        path = d / f"{label or 'none'}-{style}-{size}.png"
+        if not path.is_file():
+            fd, tmp = tempfile.mkstemp(prefix=".emoji-", suffix=".png", dir=d)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    img.save(fh, "PNG")
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        paths[label] = path
+    return paths
+
+
 def format_state(event: dict[str, Any], *, show_emoji: bool = True, show_confidence: bool = True) -> str:
     """The text for one `state` event; "" when the overlay should be hidden."""
     if event.get("type", "state") != "state":
         raise ValueError(f"format_state takes a state event, got {event.get('type')!r}")
-    label = event.get("label")
-    if (event.get("visible") is False or event.get("face_present") is False
-            or not isinstance(label, str) or label in ("", "uncertain")):
+    label = shown_label(event)
+    if not label:
         return ""
     parts = []
     if show_emoji:
@@ -54,17 +216,17 @@ def format_state(event: dict[str, Any], *, show_emoji: bool = True, show_confide
 
 
 class NativeTextOverlay:
-    """Keeps an OBS text source showing the latest emotion.
+    """Keeps an OBS text source (and optionally an emoji image source) showing the latest emotion.
 
     `publish(event)` is thread-safe and never blocks: it stores the latest
-    text; a background thread sends it to OBS when it changed and the rate
+    view; a background thread sends it to OBS when it changed and the rate
     limit allows. Connection problems are reported through `on_error` and
     `last_error` and retried with backoff, never raised to the engine.
     """
 
     def __init__(
         self,
-        source_name: str = "merlb emotion",
+        source_name: str = TEXT_SOURCE,
         *,
         host: str = "127.0.0.1",
         port: int = 4455,
@@ -76,6 +238,9 @@ class NativeTextOverlay:
         font_size: int = 64,
         show_emoji: bool = True,
         show_confidence: bool = True,
+        image_source_name: str | None = None,
+        image_dir: str | os.PathLike[str] | None = None,
+        image_size: int = IMAGE_SIZE,
         max_rate_hz: float = 2.0,
         timeout: float = 3.0,
         on_error: Callable[[str], None] | None = None,
@@ -90,21 +255,28 @@ class NativeTextOverlay:
         self.scene_name = scene_name
         self.create = create
         self.input_kind = input_kind or default_text_kind()
-        self.font_face = font_face or ("Segoe UI Emoji" if self.input_kind == "text_gdiplus_v2" else "Sans")
+        self.font_face = font_face
         self.font_size = font_size
         self.show_emoji = show_emoji
         self.show_confidence = show_confidence
+        self.image_source_name = image_source_name or None
+        self.image_dir = image_dir
+        self.image_size = image_size
+        self.images: dict[str, Path] | None = None  # rendered on the overlay thread, first use
         self.min_interval = 1.0 / max_rate_hz
         self.timeout = timeout
         self.on_error = on_error
         self._client_factory = client_factory or self._default_client
         self._client: Any = None
         self._cond = threading.Condition()
-        self._wanted: str | None = None  # latest text asked for
-        self._sent: str | None = None    # text OBS shows (as far as we know)
+        self._wanted: tuple[str, str] | None = None  # latest (text, emoji label) asked for
+        self._sent_text: str | None = None  # what OBS shows, as far as we know
+        self._sent_image: str | None = None
         self._stop = False
+        self._clear_on_stop = False
         self._thread: threading.Thread | None = None
-        self.updates = 0          # SetInputSettings calls that succeeded
+        self._created_items: dict[str, tuple[str, Any]] = {}  # name -> (scene, scene item id)
+        self.updates = 0          # SetInputSettings calls that succeeded (text and image)
         self.last_error: str | None = None
         self.connected = False
 
@@ -121,9 +293,12 @@ class NativeTextOverlay:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, clear: bool = False) -> None:
+        """Stop the thread; `clear` first blanks the sources (one try), so a
+        stopped worker leaves no stale emotion on stream."""
         with self._cond:
             self._stop = True
+            self._clear_on_stop = clear and self._sent_text not in (None, "")
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -131,13 +306,14 @@ class NativeTextOverlay:
         self._disconnect()
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Take any engine event; only `state` changes the text."""
+        """Take any engine event; only `state` changes what is shown."""
         if event.get("type") != "state":
             return
         text = format_state(event, show_emoji=self.show_emoji, show_confidence=self.show_confidence)
+        view = (text, shown_label(event))
         with self._cond:
-            if text != self._wanted:
-                self._wanted = text
+            if view != self._wanted:
+                self._wanted = view
                 self._cond.notify_all()
 
     def __enter__(self) -> "NativeTextOverlay":
@@ -155,24 +331,35 @@ class NativeTextOverlay:
         logging.getLogger("obsws_python").setLevel(logging.WARNING)
         return obs.ReqClient(host=self.host, port=self.port, password=self._password, timeout=self.timeout)
 
+    def _image_on(self) -> bool:
+        return self.image_source_name is not None
+
+    def _changed(self) -> bool:
+        """Under the lock: does OBS show something other than what is wanted?"""
+        if self._wanted is None:
+            return False
+        text, label = self._wanted
+        return text != self._sent_text or (self._image_on() and label != self._sent_image)
+
     def _run(self) -> None:
         backoff = 0.5
         last_send = 0.0
         while True:
             with self._cond:
-                while not self._stop and self._wanted == self._sent:
+                while not self._stop and not self._changed():
                     self._cond.wait()
                 if self._stop:
-                    return
+                    clear = self._clear_on_stop
+                    break
                 wait = self.min_interval - (time.monotonic() - last_send)
                 if wait > 0:
                     # Let rapid changes collapse into one update: whatever is
                     # wanted when the interval ends is what gets sent.
                     self._cond.wait(wait)
                     continue
-                text = self._wanted
+                view = self._wanted or ("", "")
             try:
-                self._send(text or "")
+                self._send(*view)
             except Exception as exc:  # OBS closed, source renamed, auth failed...
                 self._report(exc)
                 self._disconnect()
@@ -182,57 +369,109 @@ class NativeTextOverlay:
                 continue
             backoff = 0.5
             last_send = time.monotonic()
-            with self._cond:
-                self._sent = text
+        if clear:
+            try:
+                self._send("", "")
+            except Exception as exc:  # OBS already gone: nothing left to blank
+                log.debug("native overlay: not cleared on stop: %s", exc)
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str, label: str) -> None:
         if self._client is None:
             self._client = self._client_factory()
             self.connected = True
-            self._ensure_input(text)
-        try:
-            self._client.set_input_settings(self.source_name, {"text": text}, True)
-        except Exception as exc:
-            if getattr(exc, "code", None) == _NOT_FOUND and self.create:
-                # Renamed or deleted while we were running: make it again.
-                self._ensure_input(text)
-                self._client.set_input_settings(self.source_name, {"text": text}, True)
-            else:
-                raise
-        self.updates += 1
+            # A reconnect may find a restarted OBS: the sources must be checked again.
+            self._sent_text = self._sent_image = None
+            self._ensure_inputs(text, label)
+        if text != self._sent_text:
+            self._set(self.source_name, {"text": text}, lambda: self._ensure_text(text))
+            self._sent_text = text
+        if self._image_on() and label != self._sent_image:
+            settings = {"file": str(self._image_path(label))}
+            self._set(str(self.image_source_name), settings, lambda: self._ensure_image(label))
+            self._sent_image = label
         if self.last_error is not None:
             log.info("native overlay: updating %r again", self.source_name)
             self.last_error = None
 
-    def _ensure_input(self, text: str) -> None:
+    def _set(self, name: str, settings: dict[str, Any], ensure: Callable[[], bool]) -> None:
         try:
-            self._client.get_input_settings(self.source_name)
-            return
+            self._client.set_input_settings(name, settings, True)
+        except Exception as exc:
+            if getattr(exc, "code", None) == _NOT_FOUND and self.create:
+                # Renamed or deleted while we were running: make it again.
+                ensure()
+                self._client.set_input_settings(name, settings, True)
+            else:
+                raise
+        self.updates += 1
+
+    def _image_path(self, label: str) -> Path:
+        if self.images is None:
+            # Pillow and the font load here, on the overlay thread, never the analysis loop.
+            self.images = render_emoji_images(self.image_dir, size=self.image_size)
+        return self.images.get(label) or self.images[""]
+
+    def _ensure_inputs(self, text: str, label: str) -> None:
+        made_image = self._ensure_image(label) if self._image_on() else False
+        made_text = self._ensure_text(text)
+        if made_text and self._image_on():
+            self._place_text_beside_image(made_image)
+
+    def _ensure_text(self, text: str) -> bool:
+        return self._ensure_input(self.source_name, self.input_kind,
+                                  lambda: text_source_settings(self.input_kind, text,
+                                                               font_face=self.font_face,
+                                                               font_size=self.font_size))
+
+    def _ensure_image(self, label: str) -> bool:
+        return self._ensure_input(str(self.image_source_name), IMAGE_KIND,
+                                  lambda: {"file": str(self._image_path(label)), "unload": False})
+
+    def _ensure_input(self, name: str, kind: str, settings: Callable[[], dict[str, Any]]) -> bool:
+        """Create `name` in the scene when OBS has no such input; True when created."""
+        try:
+            self._client.get_input_settings(name)
+            return False
         except Exception as exc:
             if getattr(exc, "code", None) != _NOT_FOUND:
                 raise
             if not self.create:
                 raise RuntimeError(
-                    f"OBS has no source named {self.source_name!r}; create a text source with that "
+                    f"OBS has no source named {name!r}; create a {kind} source with that "
                     "name or let merlb create it (create=True)") from exc
         scene = self.scene_name or self._current_scene()
-        self._client.create_input(scene, self.source_name, self.input_kind, self._initial_settings(text), True)
-        log.info("native overlay: created text source %r in scene %r", self.source_name, scene)
+        resp = self._client.create_input(scene, name, kind, settings(), True)
+        self._created_items[name] = (scene, getattr(resp, "scene_item_id", None))
+        log.info("native overlay: created %s source %r in scene %r", kind, name, scene)
+        return True
+
+    def _place_text_beside_image(self, made_image: bool) -> None:
+        """Both sources new: emoji top-left, the text to its right, centred on it.
+
+        Only items we created are moved; a streamer's own layout is left alone.
+        """
+        margin = 24
+        moves = [(self.source_name, {"positionX": float(margin + self.image_size + margin // 2),
+                                     "positionY": float(margin + self.image_size / 2),
+                                     "alignment": 1})]  # OBS_ALIGN_LEFT, vertically centred
+        if made_image:
+            moves.append((str(self.image_source_name), {"positionX": float(margin),
+                                                         "positionY": float(margin), "alignment": 5}))
+        for name, transform in moves:
+            scene, item_id = self._created_items.get(name, (None, None))
+            if scene is None or item_id is None:
+                continue
+            try:
+                self._client.set_scene_item_transform(scene, item_id, transform)
+            except Exception as exc:  # cosmetic: the sources work wherever they are
+                log.debug("native overlay: %r not moved: %s", name, exc)
 
     def _current_scene(self) -> str:
         resp = self._client.get_current_program_scene()
         name = getattr(resp, "current_program_scene_name", None) or getattr(resp, "scene_name", None)
         if not name:
-            raise RuntimeError("OBS reported no current program scene to add the text source to")
+            raise RuntimeError("OBS reported no current program scene to add the overlay source to")
         return str(name)
-
-    def _initial_settings(self, text: str) -> dict[str, Any]:
-        font = {"face": self.font_face, "size": int(self.font_size), "style": "Bold", "flags": 1}
-        if self.input_kind == "text_gdiplus_v2":
-            return {"text": text, "font": font, "color": 0xFFFFFFFF, "outline": True,
-                    "outline_size": 4, "outline_color": 0xFF000000}
-        return {"text": text, "font": font, "color1": 0xFFFFFFFF, "color2": 0xFFFFFFFF,
-                "outline": True, "drop_shadow": True}
 
     def _disconnect(self) -> None:
         client, self._client = self._client, None
@@ -244,7 +483,7 @@ class NativeTextOverlay:
                 pass
 
     def _report(self, exc: Exception) -> None:
-        message = f"native overlay: cannot update OBS text source {self.source_name!r} " \
+        message = f"native overlay: cannot update OBS source {self.source_name!r} " \
                   f"at {self.host}:{self.port}: {type(exc).__name__}: {exc}"
         if self._password:
             message = message.replace(self._password, "***")

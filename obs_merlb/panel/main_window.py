@@ -30,7 +30,7 @@ from obs_merlb import config as cfgmod
 from obs_merlb.labels import EMOTIONS, MODALITIES
 from obs_merlb.panel import sessions as sessmod
 from obs_merlb.panel.client import WorkerClient
-from obs_merlb.panel.sources import SourceLister, SourceLists
+from obs_merlb.panel.sources import OverlayAdder, SourceLister, SourceLists
 from obs_merlb.panel.widgets import (
     ACCENT, ACCENT2, BAD, EMOTION_COLORS, MODALITY_COLORS, MUTED, OK, STYLESHEET, SURFACE, TEXT,
     WARN, BadgePreview, BarList, Pill, PreviewView, dark_palette,
@@ -141,6 +141,11 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self._build_live_tab(), "Live")
         self.tabs.addTab(self._build_controls_tab(), "Controls")
         self.tabs.addTab(self._build_sessions_tab(), "Sessions")
+        # Personalization (obs_merlb/panel/training.py): retrain on past streams, switch models.
+        from obs_merlb.panel.training import TrainingTab
+
+        self.training = TrainingTab(client, self.sessions_dir)
+        self.tabs.addTab(self.training, "Training")
         root.addWidget(self.tabs, 1)
         root.addWidget(self._build_tag_bar())
         self.setCentralWidget(central)
@@ -152,6 +157,8 @@ class MainWindow(QMainWindow):
         self.sessions_listed.connect(self._fill_sessions)
         self.lister = SourceLister(self)
         self.lister.listed.connect(self._on_sources)
+        self.adder = OverlayAdder(self)
+        self.adder.done.connect(self._on_overlay_added)
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -419,6 +426,21 @@ class MainWindow(QMainWindow):
         self.open_overlay_btn = QPushButton("Open live preview in browser")
         self.open_overlay_btn.clicked.connect(self.open_overlay_preview)
         ov_lay.addWidget(self.open_overlay_btn, 0, Qt.AlignLeft)
+        ov_lay.addWidget(muted("Add the overlay to OBS's current scene (through obs-websocket):"))
+        add_row = QHBoxLayout()
+        self.add_browser_btn = QPushButton("Add browser source")
+        self.add_browser_btn.setToolTip("\u201cMERLB overlay\u201d: this URL, 1920\u00d71080, transparent")
+        self.add_browser_btn.clicked.connect(lambda: self.add_overlay_to_obs("browser"))
+        self.add_text_btn = QPushButton("Add native text source")
+        self.add_text_btn.setToolTip("\u201cMERLB emotion\u201d, for OBS builds without a browser source; "
+                                     "set the script's Overlay to \u201cNative text source\u201d")
+        self.add_text_btn.clicked.connect(lambda: self.add_overlay_to_obs("text"))
+        add_row.addWidget(self.add_browser_btn)
+        add_row.addWidget(self.add_text_btn)
+        add_row.addStretch(1)
+        ov_lay.addLayout(add_row)
+        self.add_overlay_msg = muted("")
+        ov_lay.addWidget(self.add_overlay_msg)
         ov_lay.addStretch(1)
         self.theme_combo.currentTextChanged.connect(self._on_overlay_look)
         self.position_combo.currentTextChanged.connect(self._on_overlay_look)
@@ -878,6 +900,20 @@ class MainWindow(QMainWindow):
         ov = self._section("overlay")
         self.badge.set_look(str(ov.get("accent", ACCENT)), str(ov.get("panel_color", "#0d0f1a")),
                             bool(ov.get("emotion_colors", True)), bool(ov.get("show_confidence", True)))
+
+    def add_overlay_to_obs(self, mode: str) -> None:
+        """Create the browser or native text source in OBS's current scene (off the GUI thread)."""
+        if self.adder.add(self._section("obs"), mode, self.overlay_url.text()):
+            self.add_browser_btn.setEnabled(False)
+            self.add_text_btn.setEnabled(False)
+            self.add_overlay_msg.setStyleSheet("")
+            self.add_overlay_msg.setText("Asking OBS to add the overlay\u2026")
+
+    def _on_overlay_added(self, ok: bool, message: str) -> None:
+        self.add_browser_btn.setEnabled(True)
+        self.add_text_btn.setEnabled(True)
+        self.add_overlay_msg.setText(message)
+        self.add_overlay_msg.setStyleSheet(f"color: {OK};" if ok else f"color: {BAD};")
 
     def open_overlay_preview(self) -> None:
         from obs_merlb.overlay.server import STATIC_DIR

@@ -34,11 +34,20 @@ class SourceLists:
     mic_error: str | None = None
 
 
-def list_obs_inputs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> tuple[list[str], list[str]]:
-    """(camera-like inputs, gameplay-like inputs) from obs-websocket's GetInputList.
+NOT_CONFIGURED = ("OBS connection not configured: run `merlb install-obs` (it enables "
+                  "obs-websocket and saves the [obs] settings)")
+BROWSER_SIZE = (1920, 1080)
+TRANSPARENT_CSS = "body { background-color: rgba(0, 0, 0, 0); margin: 0; overflow: hidden; }"
 
-    Raises RuntimeError with a readable message when OBS cannot be reached.
+
+def connect_obs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> Any:
+    """An obsws-python ReqClient for the config's [obs] table.
+
+    Raises RuntimeError with a readable message (never the password) when
+    OBS is not configured or cannot be reached.
     """
+    if not obs_cfg:
+        raise RuntimeError(NOT_CONFIGURED)
     try:
         import obsws_python as obsws
     except ImportError as e:  # a broken install, not a user error
@@ -50,10 +59,19 @@ def list_obs_inputs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> tuple[l
     port = int(obs_cfg.get("port") or 4455)
     password = str(obs_cfg.get("password") or "")
     try:
-        client = obsws.ReqClient(host=host, port=port, password=password, timeout=timeout)
+        return obsws.ReqClient(host=host, port=port, password=password, timeout=timeout)
     except Exception as e:  # ConnectionRefusedError, auth failures, timeouts
-        raise RuntimeError(f"OBS not reachable at {host}:{port} ({_short(e)}); start OBS and enable "
+        detail = _short(e).replace(password, "***") if password else _short(e)
+        raise RuntimeError(f"OBS not reachable at {host}:{port} ({detail}); start OBS and enable "
                            "Tools > WebSocket Server Settings, or run `merlb install-obs`") from None
+
+
+def list_obs_inputs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> tuple[list[str], list[str]]:
+    """(camera-like inputs, gameplay-like inputs) from obs-websocket's GetInputList.
+
+    Raises RuntimeError with a readable message when OBS cannot be reached.
+    """
+    client = connect_obs(obs_cfg, timeout)
     try:
         inputs = client.get_input_list().inputs
     except Exception as e:
@@ -101,6 +119,102 @@ def list_microphones() -> list[str]:
     return names
 
 
+def add_overlay_to_obs(obs_cfg: Mapping[str, Any], mode: str, url: str = "",
+                       timeout: float = 3.0) -> str:
+    """Put the overlay into OBS's current program scene; returns what was done.
+
+    mode "browser": the browser source "MERLB overlay" showing `url`,
+    1920x1080 with a transparent page; "text": the native text source
+    "MERLB emotion" the worker fills (--overlay text). An existing source of
+    that name is reused (a browser source gets the new URL) and added to the
+    scene when it is not in it yet, so pressing the button twice is harmless.
+    Raises RuntimeError with what to do when OBS cannot take it.
+    """
+    from obs_merlb.install import OVERLAY_BROWSER
+    from obs_merlb.overlay.native import TEXT_SOURCE, default_text_kind, text_source_settings
+
+    if mode not in ("browser", "text"):
+        raise ValueError(f"mode must be 'browser' or 'text', not {mode!r}")
+    client = connect_obs(obs_cfg, timeout)
+    try:
+        scene = str(client.get_current_program_scene().current_program_scene_name)
+        if mode == "browser":
+            if not url:
+                raise RuntimeError("no overlay URL: connect the panel to a worker first")
+            kinds = client.get_input_kind_list(False).input_kinds
+            if "browser_source" not in kinds:
+                raise RuntimeError("this OBS has no browser source (the obs-browser plugin is missing, "
+                                   "as in Debian's OBS package): add the native text source instead")
+            name, kind = OVERLAY_BROWSER, "browser_source"
+            settings: dict[str, Any] = {"url": url, "is_local_file": False, "width": BROWSER_SIZE[0],
+                                        "height": BROWSER_SIZE[1], "css": TRANSPARENT_CSS,
+                                        "reroute_audio": False, "shutdown": False}
+        else:
+            name, kind = TEXT_SOURCE, default_text_kind()
+            settings = text_source_settings(kind)
+        existing = _input_kind(client, name)
+        if existing is None:
+            client.create_input(scene, name, kind, settings, True)
+            return f"Added {name!r} to scene {scene!r}."
+        if existing != kind:
+            raise RuntimeError(f"OBS already has a source named {name!r} that is a {existing}, "
+                               f"not a {kind}: rename or remove it, then try again")
+        note = ""
+        if mode == "browser":
+            client.set_input_settings(name, {"url": url}, True)
+            note = " (URL updated)"
+        items = client.get_scene_item_list(scene).scene_items
+        if any(i.get("sourceName") == name for i in items):
+            return f"{name!r} is already in scene {scene!r}{note}."
+        client.create_scene_item(scene, name, True)
+        return f"Added the existing {name!r} to scene {scene!r}{note}."
+    except RuntimeError:
+        raise
+    except Exception as e:  # a request OBS refused: say which, in one line
+        raise RuntimeError(f"OBS refused to add the overlay ({_short(e)})") from None
+    finally:
+        try:
+            client.disconnect()
+        except Exception:
+            pass
+
+
+def _input_kind(client: Any, name: str) -> str | None:
+    """The input's kind, or None when OBS has no input of that name."""
+    try:
+        return str(client.get_input_settings(name).input_kind)
+    except Exception as e:
+        if getattr(e, "code", None) == 600:  # obs-websocket ResourceNotFound
+            return None
+        raise
+
+
+class OverlayAdder(QObject):
+    """Runs add_overlay_to_obs off the GUI thread; `done` carries (ok, message)."""
+
+    done = pyqtSignal(bool, str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._busy = False
+
+    def add(self, obs_cfg: Mapping[str, Any], mode: str, url: str) -> bool:
+        if self._busy:
+            return False
+        self._busy = True
+        threading.Thread(target=self._work, args=(dict(obs_cfg), mode, url),
+                         name="merlb-panel-add-overlay", daemon=True).start()
+        return True
+
+    def _work(self, obs_cfg: dict[str, Any], mode: str, url: str) -> None:
+        try:
+            ok, msg = True, add_overlay_to_obs(obs_cfg, mode, url)
+        except (RuntimeError, ValueError) as e:
+            ok, msg = False, str(e)
+        self._busy = False
+        self.done.emit(ok, msg)
+
+
 class SourceLister(QObject):
     """Runs both lookups off the GUI thread; `listed` carries a SourceLists."""
 
@@ -121,8 +235,7 @@ class SourceLister(QObject):
     def _work(self, obs_cfg: dict[str, Any]) -> None:
         out = SourceLists()
         if not obs_cfg:
-            out.obs_error = ("OBS connection not configured: run `merlb install-obs` (it enables "
-                             "obs-websocket and saves the [obs] settings), then refresh")
+            out.obs_error = NOT_CONFIGURED + ", then refresh"
         else:
             try:
                 out.cameras, out.games = list_obs_inputs(obs_cfg)
