@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from obs_merlb.files import write_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,21 +64,7 @@ def save_config(config: Mapping[str, Any], path: str | os.PathLike[str] | None =
     p = Path(path) if path is not None else config_path()
     p.parent.mkdir(parents=True, exist_ok=True)
     data = tomli_w.dumps(_drop_none(config))
-    # mkstemp creates the file 0600, so the password is never readable by others,
-    # not even for the moment before the rename.
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(p, data)
     try:
         os.chmod(p, 0o600)
     except OSError:

@@ -30,7 +30,6 @@ import os
 import signal
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -41,6 +40,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from obs_merlb import __version__
+from obs_merlb.files import write_atomic
 from obs_merlb.labels import MODALITIES
 from obs_merlb.state import (StateConfig, StateTracker, error_event, health_event, hello_event,
                              preview_event, session_event, tag_event)
@@ -644,18 +644,8 @@ def obs_password(explicit: str | None = None) -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # Rewritten every second: the next write repairs a lost one, so no fsync.
+    write_atomic(path, json.dumps(data), durable=False)
 
 
 class Engine:

@@ -25,11 +25,12 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from obs_merlb.files import write_atomic
 
 ACTIVE_FILE = "active.json"
 CANDIDATE_FILE = "candidate.json"
@@ -54,20 +55,7 @@ def _root(root: str | os.PathLike[str] | None) -> Path:
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     """Replace `path` so a reader (or a crash) sees the old file or the new one, nothing between."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(doc, indent=1) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")
     _fsync_dir(path.parent)
 
 

@@ -15,14 +15,16 @@ source inside OBS's video thread (an image source even re-reads its file).
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from obs_merlb.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +185,9 @@ def render_emoji_images(out_dir: str | os.PathLike[str] | None = None, *, size: 
             img, style = Image.new("RGBA", (size, size), (0, 0, 0, 0)), "blank"
         path = d / f"{label or 'none'}-{style}-{size}.png"
         if not path.is_file():
-            fd, tmp = tempfile.mkstemp(prefix=".emoji-", suffix=".png", dir=d)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    img.save(fh, "PNG")
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            write_atomic(path, buf.getvalue(), durable=False)
         paths[label] = path
     return paths
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from PyQt5.QtCore import QPointF, QRectF, QSize, Qt
-from PyQt5.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen
+from PyQt5.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPalette, QPen
 from PyQt5.QtWidgets import QLabel, QSizePolicy, QWidget
 
 # One colour per emotion, used by the bars, the label and the plots, so a
@@ -255,10 +255,9 @@ class BadgePreview(QWidget):
         p.end()
 
 
-def dark_palette() -> "QPalette":
+def dark_palette() -> QPalette:
     """Fusion's palette in the panel's colours; spin boxes and scroll bars take it
     natively, which keeps their arrows (a style sheet on them would drop them)."""
-    from PyQt5.QtGui import QPalette
 
     pal = QPalette()
     for role, color in ((QPalette.Window, BG), (QPalette.WindowText, TEXT), (QPalette.Base, SURFACE2),
