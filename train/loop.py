@@ -78,6 +78,10 @@ class TrainConfig:
     onnx: bool = True
     resume: bool = False
     init: str | None = None                              # start from a saved model folder
+    # Parameter-name prefixes kept fixed (e.g. ["encoders."]): fine-tune the
+    # LSTMs/fusion/heads on top of pretrained encoders. Frozen modules also
+    # stay in eval mode so their batch-norm statistics do not drift.
+    freeze: list[str] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)  # MERLBConfig overrides
 
     @classmethod
@@ -258,6 +262,10 @@ def build_model(cfg: TrainConfig, train: Records):
 
     if cfg.init:
         model = load_model(cfg.init).train()
+        # Modality dropout is a training setting: the run's value wins over
+        # the one saved with the init weights (else a fusion stage started
+        # from a single-modality stage would silently train without it).
+        model.cfg.modality_dropout = cfg.modality_dropout
         return model
     mcfg = MERLBConfig(**{**cfg.model, "fusion": cfg.fusion, "task": cfg.task, "modalities": list(cfg.modalities),
                           "steps": cfg.steps, "modality_dropout": cfg.modality_dropout})
@@ -302,6 +310,11 @@ def train(cfg: TrainConfig, quiet: bool = False,
     console.print(f"val:   {describe(val_rec.items)}")
 
     model = build_model(cfg, train_rec).to(device)
+    frozen = tuple(cfg.freeze)
+    if frozen:
+        for name, p in model.named_parameters():
+            if name.startswith(frozen):
+                p.requires_grad_(False)
     heads = list(model.cfg.active_heads)
     labelled = [h for h in heads if (train_rec.targets[:, HEADS.index(h)] >= 0).any()]
     console.print(f"model: fusion={model.cfg.fusion} task={model.cfg.task} modalities={model.cfg.modalities} "
@@ -379,6 +392,10 @@ def train(cfg: TrainConfig, quiet: bool = False,
                 sampler.set_epoch(epoch)
             gen.manual_seed(cfg.seed + epoch)  # resume replays the same batch order
             ddp_model.train()
+            if frozen:
+                for name, mod in model.named_modules():
+                    if name and (name + ".").startswith(frozen):
+                        mod.eval()
             task = progress.add_task("", total=len(loader), epoch=epoch + 1, loss="-")
             losses = []
             for batch in loader:

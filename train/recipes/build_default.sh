@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Builds the shipped default model (assets/model) end to end, then measures it.
+#
+#   train/recipes/build_default.sh            # everything: preprocess, 3 stages, export, eval, bench
+#   train/recipes/build_default.sh train      # preprocess + the 3 training stages
+#   train/recipes/build_default.sh export     # copy RUNS/fusion/model to assets/model
+#   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
+#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | fusion
+#
+# Settings (environment):
+#   DATA  data root in the ../shared/data layout   (default ../shared/data)
+#   RUNS  run folder                                (default runs/default)
+#   CACHE feature cache                             (default RUNS/cache)
+#   DEST  where the model is shipped                (default assets/model)
+#   EXTRA extra `merlb train` flags for every stage, e.g. on a GPU:
+#         EXTRA="--device cuda --set max_items=100000 --epochs 40"  (see MODEL_CARD.md)
+#
+# Stages (recipes beside this file):
+#   1 default_face.toml    face encoder + heads on FER2013 train, selected on FER2013 val
+#  1b default_face2.toml   one more epoch over all of FER2013 train (init: stage 1)
+#   2 default_voice.toml   voice encoder on RAVDESS actors 01-16 + EmoDB speakers 09-14,
+#                          selected on actors 17-20 + EmoDB 03/08 (init: stage 1b)
+#   3 default_fusion.toml  LSTMs/TT fusion/heads on faces, voices and label-matched
+#                          pairs with modality dropout, encoders fixed (init: stage 2)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs/default}
+CACHE=${CACHE:-$RUNS/cache}
+DEST=${DEST:-assets/model}
+EXTRA=${EXTRA:-}
+MERLB=${MERLB:-merlb}
+PY=${PY:-python}
+# Two threads: the reference machine has 2 cores (shared); more threads than
+# cores only adds contention.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+what=${1:-all}
+mkdir -p "$RUNS"
+
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+preprocess() {
+    for d in fer2013 ravdess_speech emodb crema_d_samples; do
+        stamp "preprocess $d"
+        $MERLB preprocess "$DATA/$d" --out "$CACHE"
+    done
+}
+
+heldout() {
+    # Folders of links to the held-out people's files (the same people the
+    # recipes hold out), so `merlb eval` scores exactly them. Links to files,
+    # not folders: the dataset scan does not follow linked folders.
+    rm -rf "$RUNS/heldout"
+    mkdir -p "$RUNS/heldout/ravdess" "$RUNS/heldout/emodb"
+    for a in 17 18 19 20; do
+        for f in "$DATA"/ravdess_speech/Actor_$a/*.wav; do ln -s "$(realpath "$f")" "$RUNS/heldout/ravdess/"; done
+    done
+    for s in 03 08; do
+        for f in "$DATA"/emodb/wav/$s*.wav; do ln -s "$(realpath "$f")" "$RUNS/heldout/emodb/"; done
+    done
+}
+
+stage() {  # name, extra flags...
+    local name=$1; shift
+    stamp "stage $name"
+    local t0=$SECONDS
+    # shellcheck disable=SC2086
+    $MERLB train --config "train/recipes/default_$name.toml" --cache "$CACHE" --out "$RUNS/$name" "$@" $EXTRA
+    stamp "stage $name done in $((SECONDS - t0)) s"
+}
+
+face() { stage face --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val"; }
+face2() { stage face2 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face/model"; }
+voice() { stage voice --data "$DATA/ravdess_speech" --data "$DATA/emodb" --init "$RUNS/face2/model"; }
+fusion() {
+    stage fusion --data "$DATA/fer2013" --data "$DATA/ravdess_speech" --data "$DATA/emodb" \
+        --init "$RUNS/voice/model"
+}
+train_all() { preprocess; face; face2; voice; fusion; }
+
+export_model() {
+    # The run folder already holds weights, config (with label names) and the
+    # ONNX files the live engine loads (obs_merlb/inference.py onnx_files).
+    stamp "export $RUNS/fusion/model -> $DEST"
+    rm -rf "$DEST"
+    mkdir -p "$DEST"
+    cp "$RUNS"/fusion/model/{model.safetensors,config.json,*.onnx} "$DEST"/
+    du -sh "$DEST"
+}
+
+evaluate() {
+    heldout
+    local E="$RUNS/eval"
+    mkdir -p "$E"
+    stamp "eval FER2013 val"
+    $MERLB eval "$DATA/fer2013/val" --model "$DEST" --cache "$CACHE" --out "$E/fer_val" --json | tee "$E/fer_val.json"
+    stamp "eval RAVDESS held-out actors 17-20"
+    $MERLB eval "$RUNS/heldout/ravdess" --format ravdess --model "$DEST" --cache "$CACHE" --out "$E/ravdess_17_20" --json | tee "$E/ravdess_17_20.json"
+    stamp "eval EmoDB held-out speakers 03, 08"
+    $MERLB eval "$RUNS/heldout/emodb" --format emodb --model "$DEST" --cache "$CACHE" --out "$E/emodb_03_08" --json | tee "$E/emodb_03_08.json"
+    stamp "eval CREMA-D samples"
+    $MERLB eval "$DATA/crema_d_samples" --format crema_d --model "$DEST" --cache "$CACHE" --out "$E/crema_d" --json | tee "$E/crema_d.json"
+    stamp "eval label-matched pairs (FER2013 val faces x held-out voices)"
+    $PY -m obs_merlb.train.recipes.eval_pairs --model "$DEST" --cache "$CACHE" \
+        --faces "$DATA/fer2013/val" --voices "$RUNS/heldout/ravdess" --voices "$RUNS/heldout/emodb" \
+        --pairs 1000 --json | tee "$E/pairs.json"
+    stamp "bench (onnxruntime, one thread)"
+    $MERLB bench --model "$DEST" --json > "$E/bench.json"
+    $MERLB bench --model "$DEST"
+    stamp "eval done"
+}
+
+case $what in
+    all) train_all; export_model; evaluate ;;
+    train) train_all ;;
+    preprocess | face | face2 | voice | fusion) $what ;;   # one step (resume a build)
+    export) export_model ;;
+    eval) evaluate ;;
+    *) echo "usage: $0 [all|train|export|eval]" >&2; exit 2 ;;
+esac
