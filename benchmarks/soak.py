@@ -58,18 +58,26 @@ def main(argv: list[str] | None = None) -> int:
                         "threads": proc.num_threads(), "open_files": len(proc.open_files()),
                         "fds": proc.num_fds() if hasattr(proc, "num_fds") else -1})
 
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s of stream"),
+                        TextColumn("RSS {task.fields[rss]:.0f} MiB"), TimeRemainingColumn())
+    bar = progress.add_task("", total=total_s, rss=0.0)
+
     def on_tick(_ev: dict, t: float) -> None:
         nonlocal next_sample
         if t >= next_sample:
             sample(t)
             next_sample = t + args.sample_s
+            progress.update(bar, completed=t, rss=samples[-1]["rss_mb"])
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, progress:
         model_dir, model_name = _model_dir(args.model, tmp)
         engine = Engine(model_dir, rate=args.rate)
         # Samples come from inside the run only: after it, perception is closed
         # and its threads are gone, which would flatter the thread count.
         run = engine.run_file(args.video, on_tick=on_tick, loop_until_s=total_s)
+        progress.update(bar, completed=total_s)
 
     warm = [s for s in samples if s["t"] >= args.warmup * total_s]
     n = max(1, len(warm) // 10)
