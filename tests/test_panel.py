@@ -1,9 +1,10 @@
 """The PyQt control panel, offscreen, against a real `merlb live` worker on a video file.
 
-The worker runs a freshly initialised, seeded MERLB model (no shipped weights
-are needed): its outputs are near-uniform but real, so they move with the
-video, and a threshold change flips the label between an emotion and
-"uncertain" exactly as it would with trained weights. A few tests run
+The worker runs the shipped model (assets/model) when there is one, so the
+README's screenshot shows what a streamer sees; without it, a freshly
+initialised, seeded model: its outputs are near-uniform but real, so they
+move with the video, and a threshold change flips the label between an
+emotion and "uncertain" exactly as with trained weights. A few tests run
 against the real overlay server with events from obs_merlb.state instead,
 to cover reconnecting without paying for a worker.
 """
@@ -62,7 +63,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded, untrained model with its ONNX parts, as the engine loads it."""
+    """The shipped model, else a seeded untrained one with its ONNX parts."""
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "model"
+    if (shipped / "config.json").exists():
+        return shipped
     torch = pytest.importorskip("torch")
     from obs_merlb.model.config import MERLBConfig
     from obs_merlb.model.export import export_onnx
@@ -206,7 +210,7 @@ def test_tag_buttons_and_shortcuts_write_tags_to_the_session_log(
 
 @needs_engine
 def test_threshold_changes_the_engines_behaviour(qtbot: Any, panel: MainWindow) -> None:
-    # An untrained model is never sure: with a low bar it names an emotion...
+    # No model is that sure of a 2 s window: with a low bar it names an emotion...
     panel.set_threshold(0.05)
     qtbot.waitUntil(lambda: panel.engine_config.get("threshold") == 0.05, timeout=10_000)
     qtbot.waitUntil(lambda: panel.last_state["label"] != "uncertain", timeout=20_000)
