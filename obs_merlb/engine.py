@@ -42,8 +42,8 @@ import numpy as np
 from obs_merlb import __version__
 from obs_merlb.files import write_atomic
 from obs_merlb.labels import MODALITIES
-from obs_merlb.state import (StateConfig, StateTracker, error_event, health_event, hello_event,
-                             preview_event, session_event, tag_event)
+from obs_merlb.state import (StateConfig, StateTracker, error_event, extra_heads, health_event,
+                             hello_event, preview_event, session_event, tag_event)
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,10 @@ class Analyzer:
         self.modalities = list(backend.modalities)
         self.voice_k = getattr(cfg, "voice_key_segments", None)
         self.state = state or StateTracker()
+        # Heads beyond emotion/valence/arousal (a personalized model's `user`
+        # classes, a trained `behaviour`) are smoothed and published under
+        # `heads`; the tracker learns them from the model it is fed by.
+        self.state.set_extra_heads(backend.labels)
         self.contributions = contributions
         self.clock = clock
         self.perception = Perception(self.modalities, body=body, static=static_perception)
@@ -286,6 +290,8 @@ class Analyzer:
         self.backend = backend
         self.ring = StepRing(self.T, {m: d for m, d in backend.cfg.embed_dims.items()})
         self._last_face_emb = None
+        # A personalized model may add, drop or rename `user` classes.
+        self.state.set_extra_heads(backend.labels)
 
     def close(self) -> None:
         self.perception.close()
@@ -729,7 +735,9 @@ class Engine:
         return {**self.state_config.__dict__, "rate": self.target_rate, "effective_rate": self.rate,
                 "device": self.device, "backend": self.backend.name, "model": str(self.model_dir),
                 "paused": self.paused, "steps": self.backend.cfg.steps, "step_s": self.backend.cfg.step_s,
-                "modalities": self.backend.modalities}
+                "modalities": self.backend.modalities,
+                # Which extra heads `state` events carry, so clients can offer them before the first one.
+                "heads": {name: list(classes) for name, classes in extra_heads(self.backend.labels).items()}}
 
     def hello(self) -> dict[str, Any]:
         return hello_event("obs-merlb", __version__, self.config_dict())
@@ -1042,6 +1050,7 @@ class Engine:
                             contributions=self.contributions)
         if self._analyzer is not None:
             analyzer.state = self._analyzer.state   # keep the smoothed state across a restart
+            analyzer.state.set_extra_heads(self.backend.labels)
         return analyzer
 
     def start_threads(self, feed: Any, scene_feed: Any = None, stdin: Any = None) -> None:
@@ -1160,7 +1169,7 @@ ENGINE_SETTINGS: tuple[tuple[str, str, float], ...] = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from obs_merlb.overlay.native import IMAGE_SOURCE, TEXT_SOURCE
+    from obs_merlb.overlay.native import IMAGE_SOURCE, OVERLAY_HEADS, TEXT_SOURCE
 
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--video", help="a video file played in real time as the camera (with its audio)")
@@ -1189,6 +1198,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay-image-source", default=IMAGE_SOURCE,
                         help=f"OBS image source showing the emoji for --overlay text (default {IMAGE_SOURCE!r}); "
                              "'none': emoji in the text instead")
+    parser.add_argument("--overlay-head", choices=list(OVERLAY_HEADS), default="emotion",
+                        help="which head --overlay text shows: emotion (default), user (the classes of "
+                             "a personalized model) or behaviour; emotion when the model has no such head")
     parser.add_argument("--control", choices=["stdin", "none", "auto"], default="auto",
                         help="stdin: read JSON-line commands on stdin, EOF = stop (the OBS script); "
                              "auto: only when stdin is a pipe")
@@ -1392,7 +1404,7 @@ def _native_overlay(args: argparse.Namespace, obs_port: int, password: str,
 
     return NativeTextOverlay(args.overlay_text_source, host=args.obs_host, port=obs_port,
                              password=password, image_source_name=image,
-                             show_emoji=image is None, on_error=once).start()
+                             show_emoji=image is None, head=args.overlay_head, on_error=once).start()
 
 
 def _probe_obs(obs: Any) -> None:

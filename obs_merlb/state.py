@@ -21,13 +21,20 @@ Event schema, version 1. Every message is a JSON object with `"v": 1` and a
 ========== ==============================================================
 type       fields
 ========== ==============================================================
-hello      server, version, config (current engine settings)
+hello      server, version, config (current engine settings; config.heads
+           {name: [classes]} lists the extra heads `state` carries)
 state      seq, t (stream s), wall (unix s), face_present, speech, visible,
            label (emotion or "uncertain"), confidence, probs {emotion: p},
            valence {negative|neutral|positive: p}, arousal {low|neutral|high: p},
            valence_score, arousal_score (in [-1, 1]: p(pos)-p(neg), p(high)-p(low)),
            contributions {face|voice|body|scene: share, summing to 1 over the
-           present modalities}, latency_ms (frame capture -> event)
+           present modalities}, latency_ms (frame capture -> event),
+           heads {name: {label (class or "uncertain"), confidence,
+           probs {class: p}}} for the model's heads beyond emotion, valence
+           and arousal (a personalized model's "user" classes, "behaviour"
+           when trained); {} when it has none. Smoothed, thresholded and
+           dwelled exactly like the emotion label. Added within v=1:
+           clients must ignore fields they do not know.
 health     fps, target_fps, latency_ms_p50, latency_ms_p95, cpu_percent,
            backend, dropped, last_error, obs (latest GetStats subset or null)
 preview    jpeg (base64), size [w, h], box [x, y, w, h] | null, landmarks
@@ -45,8 +52,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +61,8 @@ from obs_merlb.labels import AROUSAL, EMOTIONS, MODALITIES, VALENCE
 
 SCHEMA_VERSION = 1
 UNCERTAIN = "uncertain"
+# Heads with their own fields in the `state` event; any other head goes to `heads`.
+CORE_HEADS = ("emotion", "valence", "arousal")
 # Reference tick rate for the meaning of `smoothing` (see module docstring).
 _REF_RATE_HZ = 15.0
 
@@ -91,6 +100,11 @@ def _as_dist(p: Any, n: int) -> np.ndarray:
     a = np.clip(np.nan_to_num(a, nan=0.0), 0.0, None)
     s = a.sum()
     return a / s if s > 0 else np.full(n, 1.0 / n)
+
+
+def _uniform(n: int) -> np.ndarray:
+    """What an unobserved head decays towards: no class preferred."""
+    return np.full(n, 1.0 / n)
 
 
 def va_score(dist: Mapping[str, float], low: str, high: str) -> float:
@@ -194,11 +208,58 @@ def preview_event(jpeg_b64: str, size: tuple[int, int], box: list[float] | None,
 
 # ---------------------------------------------------------------- tracker
 
-@dataclass
-class _Heads:
-    emotion: np.ndarray = field(default_factory=lambda: np.full(len(EMOTIONS), 1.0 / len(EMOTIONS)))
-    valence: np.ndarray = field(default_factory=lambda: np.full(len(VALENCE), 1.0 / len(VALENCE)))
-    arousal: np.ndarray = field(default_factory=lambda: np.full(len(AROUSAL), 1.0 / len(AROUSAL)))
+def extra_heads(labels: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """The heads of a model (name -> class names) that `state` publishes under `heads`.
+
+    A head without classes is one the model was never trained on (the shipped
+    model's empty `behaviour`): it has no output and is left out.
+    """
+    return {name: tuple(classes) for name, classes in labels.items()
+            if name not in CORE_HEADS and len(classes) > 0}
+
+
+class _LabelledHead:
+    """One classification head's smoothed distribution and its dwelled label.
+
+    The emotion head and every extra head run through this one class, so a
+    streamer's own classes get exactly the smoothing, threshold and dwell
+    time the emotion label gets.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.ema = self.uniform()
+        self.label: str = UNCERTAIN
+        self.candidate: str | None = None
+        self.candidate_since = 0.0
+
+    def uniform(self) -> np.ndarray:
+        return _uniform(len(self.names))
+
+    def step(self, new: np.ndarray, a: float, t: float, observed: bool, cfg: StateConfig) -> str:
+        """Blend in one tick's distribution (weight a on the old value); returns this tick's candidate."""
+        self.ema = a * self.ema + (1.0 - a) * new
+        top = int(np.argmax(self.ema))
+        candidate = self.names[top] if (observed and float(self.ema[top]) >= cfg.threshold) else UNCERTAIN
+        # Dwell: the candidate must lead continuously for min_dwell_s. Going to
+        # "uncertain" also dwells, so a single weak tick does not blank the label.
+        if candidate != self.candidate:
+            self.candidate, self.candidate_since = candidate, t
+        if candidate != self.label and (t - self.candidate_since) >= cfg.min_dwell_s - 1e-9:
+            self.label = candidate
+        return candidate
+
+    def confidence(self) -> float:
+        """The shown label's smoothed probability; the top one while "uncertain"."""
+        if self.label in self.names:
+            return float(self.ema[self.names.index(self.label)])
+        return float(self.ema.max())
+
+    def probs(self) -> dict[str, float]:
+        return {n: round(float(p), 4) for n, p in zip(self.names, self.ema)}
+
+    def summary(self) -> dict[str, Any]:
+        return {"label": self.label, "confidence": round(self.confidence(), 4), "probs": self.probs()}
 
 
 class StateTracker:
@@ -207,23 +268,43 @@ class StateTracker:
     def __init__(self, config: StateConfig | None = None,
                  emotions: tuple[str, ...] = EMOTIONS,
                  valence: tuple[str, ...] = VALENCE,
-                 arousal: tuple[str, ...] = AROUSAL) -> None:
+                 arousal: tuple[str, ...] = AROUSAL,
+                 extra: Mapping[str, Sequence[str]] | None = None) -> None:
         self.config = config or StateConfig()
         self.emotions, self.valence_names, self.arousal_names = emotions, valence, arousal
+        self.extra: dict[str, _LabelledHead] = {}
         self.reset()
+        if extra:
+            self.set_extra_heads(extra)
 
     def reset(self) -> None:
         self.seq = 0
-        self._ema = _Heads(np.full(len(self.emotions), 1.0 / len(self.emotions)),
-                           np.full(len(self.valence_names), 1.0 / len(self.valence_names)),
-                           np.full(len(self.arousal_names), 1.0 / len(self.arousal_names)))
+        self._emotion = _LabelledHead(self.emotions)
+        self._valence = _uniform(len(self.valence_names))
+        self._arousal = _uniform(len(self.arousal_names))
+        self.extra = {name: _LabelledHead(h.names) for name, h in self.extra.items()}
         self._primed = False           # first observation replaces the uniform prior
         self._last_t: float | None = None
-        self.label: str = UNCERTAIN
-        self._candidate: str | None = None
-        self._candidate_since = 0.0
         self._last_face_t: float | None = None
         self._uncertain_since: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The emotion label on screen."""
+        return self._emotion.label
+
+    def set_extra_heads(self, heads: Mapping[str, Sequence[str]]) -> None:
+        """Track these heads (name -> classes) besides emotion/valence/arousal.
+
+        Called when a model is loaded or swapped. A head whose classes did not
+        change keeps its smoothed state (a reloaded model must not make the
+        overlay flicker); a new or changed head starts from uniform and
+        "uncertain", a head the model no longer has disappears from `heads`.
+        """
+        wanted = extra_heads(heads)
+        self.extra = {name: (self.extra[name] if name in self.extra and self.extra[name].names == names
+                             else _LabelledHead(names))
+                      for name, names in wanted.items()}
 
     def config_dict(self) -> dict[str, float]:
         return asdict(self.config)
@@ -234,47 +315,40 @@ class StateTracker:
             return 0.0
         return float(s ** max(0.0, dt * _REF_RATE_HZ))
 
-    def _blend(self, old: np.ndarray, new: np.ndarray, a: float) -> np.ndarray:
-        return a * old + (1.0 - a) * new
-
     def update(self, t: float, probs: Mapping[str, Any] | None, *, face_present: bool,
                speech: bool, contributions: Mapping[str, float] | None = None,
                latency_ms: float | None = None, wall: float | None = None) -> dict[str, Any]:
         """Feed one tick at stream time t; returns the `state` event for it.
 
-        probs: {"emotion": 7 probs, "valence": 3, "arousal": 3} from the model,
-        or None when nothing was observed this tick (no face, no speech, no pose,
-        no game): then the smoothed values decay towards uniform.
+        probs: {"emotion": 7 probs, "valence": 3, "arousal": 3, plus one entry
+        per extra head} from the model, or None when nothing was observed this
+        tick (no face, no speech, no pose, no game): then the smoothed values
+        decay towards uniform. An extra head missing from probs decays the same way.
         """
         cfg = self.config
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
+        observed = probs is not None
         if probs is not None:
-            new = _Heads(_as_dist(probs["emotion"], len(self.emotions)),
-                         _as_dist(probs["valence"], len(self.valence_names)),
-                         _as_dist(probs["arousal"], len(self.arousal_names)))
             a = self._alpha(dt) if self._primed else 0.0
             self._primed = True
         else:
-            new = _Heads(np.full(len(self.emotions), 1.0 / len(self.emotions)),
-                         np.full(len(self.valence_names), 1.0 / len(self.valence_names)),
-                         np.full(len(self.arousal_names), 1.0 / len(self.arousal_names)))
             a = self._alpha(dt)
-        self._ema = _Heads(self._blend(self._ema.emotion, new.emotion, a),
-                           self._blend(self._ema.valence, new.valence, a),
-                           self._blend(self._ema.arousal, new.arousal, a))
 
-        top = int(np.argmax(self._ema.emotion))
-        confidence = float(self._ema.emotion[top])
-        observed = probs is not None
-        candidate = self.emotions[top] if (observed and confidence >= cfg.threshold) else UNCERTAIN
+        def dist(name: str, head_names: Sequence[str]) -> np.ndarray | None:
+            if probs is None or probs.get(name) is None:
+                return None
+            return _as_dist(probs[name], len(head_names))
 
-        # Dwell: the candidate must lead continuously for min_dwell_s. Going to
-        # "uncertain" also dwells, so a single weak tick does not blank the label.
-        if candidate != self._candidate:
-            self._candidate, self._candidate_since = candidate, t
-        if candidate != self.label and (t - self._candidate_since) >= cfg.min_dwell_s - 1e-9:
-            self.label = candidate
+        emo = dist("emotion", self.emotions)
+        candidate = self._emotion.step(_uniform(len(self.emotions)) if emo is None else emo, a, t, observed, cfg)
+        val = dist("valence", self.valence_names)
+        aro = dist("arousal", self.arousal_names)
+        self._valence = a * self._valence + (1.0 - a) * (_uniform(len(self.valence_names)) if val is None else val)
+        self._arousal = a * self._arousal + (1.0 - a) * (_uniform(len(self.arousal_names)) if aro is None else aro)
+        for name, head in self.extra.items():
+            new = dist(name, head.names)
+            head.step(head.uniform() if new is None else new, a, t, new is not None, cfg)
 
         if face_present:
             self._last_face_t = t
@@ -287,8 +361,8 @@ class StateTracker:
         uncertain_for = 0.0 if self._uncertain_since is None else t - self._uncertain_since
         visible = no_face_for <= cfg.hide_after_s and uncertain_for <= cfg.hide_after_s
 
-        valence = {n: round(float(p), 4) for n, p in zip(self.valence_names, self._ema.valence)}
-        arousal = {n: round(float(p), 4) for n, p in zip(self.arousal_names, self._ema.arousal)}
+        valence = {n: round(float(p), 4) for n, p in zip(self.valence_names, self._valence)}
+        arousal = {n: round(float(p), 4) for n, p in zip(self.arousal_names, self._arousal)}
         contrib = {m: 0.0 for m in MODALITIES}
         if contributions:
             contrib.update({m: round(float(v), 4) for m, v in contributions.items()})
@@ -296,13 +370,12 @@ class StateTracker:
         return _ev(
             "state", seq=self.seq, t=round(float(t), 3), wall=time.time() if wall is None else wall,
             face_present=bool(face_present), speech=bool(speech), visible=bool(visible),
-            label=self.label,
-            confidence=round(float(self._ema.emotion[self.emotions.index(self.label)])
-                             if self.label in self.emotions else confidence, 4),
-            probs={n: round(float(p), 4) for n, p in zip(self.emotions, self._ema.emotion)},
+            label=self._emotion.label, confidence=round(self._emotion.confidence(), 4),
+            probs=self._emotion.probs(),
             valence=valence, arousal=arousal,
             valence_score=round(va_score(valence, self.valence_names[0], self.valence_names[-1]), 4),
             arousal_score=round(va_score(arousal, self.arousal_names[0], self.arousal_names[-1]), 4),
             contributions=contrib,
             latency_ms=None if latency_ms is None else round(float(latency_ms), 2),
+            heads={name: head.summary() for name, head in self.extra.items()},
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def fresh_model_dir(path: Path) -> Path:
+def fresh_model_dir(path: Path, heads: dict[str, list[str]] | None = None) -> Path:
+    """`heads` replaces the default heads (e.g. a personalized model's extra `user` head)."""
     import torch
 
     from obs_merlb.model.config import MERLBConfig
@@ -20,7 +21,7 @@ def fresh_model_dir(path: Path) -> Path:
     from obs_merlb.model.merlb import MERLB
 
     torch.manual_seed(0)
-    model = MERLB(MERLBConfig()).eval()
+    model = MERLB(MERLBConfig() if heads is None else MERLBConfig(heads=heads)).eval()
     save_model(model, path)
     export_onnx(model, path)
     return path

@@ -152,6 +152,37 @@ def test_live_demo_events_commands_and_sigterm(model_dir: Path, tmp_path: Path) 
     assert status["running"] is False and status["state"] == "stopped"
 
 
+def test_user_head_reaches_state_events(tmp_path: Path) -> None:
+    """A personalized model's `user` head (the streamer's own classes) is published under `heads`."""
+    from obs_merlb.labels import AROUSAL, EMOTIONS, VALENCE
+
+    # As `merlb personalize` builds it from the shipped model: no behaviour head, a user head.
+    model = fresh_model_dir(tmp_path / "model", heads={
+        "emotion": list(EMOTIONS), "valence": list(VALENCE), "arousal": list(AROUSAL),
+        "behaviour": [], "user": ["hyped", "tilted"]})
+    live = Live(["--video", str(DEMO), "--model", str(model), "--no-session", "--no-body"], tmp_path)
+    assert live.ws_url, live.proc.stderr.read()
+    hello = live.wait_for(lambda e: e["type"] == "hello")
+    assert hello and hello["config"]["heads"] == {"user": ["hyped", "tilted"]}
+    # The default dwell is 1 s: wait until the user label has settled on a class.
+    sure = live.wait_for(lambda e: e["type"] == "state" and e["heads"]["user"]["label"] != "uncertain",
+                         timeout=60)
+    live.proc.send_signal(signal.SIGTERM)
+    assert live.finish(30) == 0, live.stderr
+    assert sure, "no state event named a user class"
+    states = live.of("state")
+    assert states and all(set(s["heads"]) == {"user"} for s in states)   # empty behaviour: not published
+    for s in states:
+        user = s["heads"]["user"]
+        assert user["label"] in ("hyped", "tilted", "uncertain")
+        assert set(user["probs"]) == {"hyped", "tilted"}
+        assert sum(user["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert 0.0 <= user["confidence"] <= 1.0
+        assert set(s["probs"]) == set(EMOTIONS)                          # the emotion fields as before
+    assert sure["heads"]["user"]["confidence"] == pytest.approx(
+        sure["heads"]["user"]["probs"][sure["heads"]["user"]["label"]], abs=1e-3)
+
+
 def test_config_file_gives_defaults_and_flags_win(model_dir: Path, tmp_path: Path) -> None:
     from obs_merlb import config as cfgmod
 

@@ -172,6 +172,42 @@ def test_shows_label_and_meter_for_events(driver: Any, server: OverlayServer) ->
     assert _js(driver, "getComputedStyle(document.getElementById('dot')).backgroundColor") != ""
 
 
+def _user(label: str, conf: float) -> dict[str, Any]:
+    """The `heads` field of a personalized model's state event."""
+    other = "tilted" if label == "hyped" else "hyped"
+    return {"user": {"label": label, "confidence": conf, "probs": {label: conf, other: round(1 - conf, 4)}}}
+
+
+def test_head_user_shows_the_streamers_own_label(driver: Any, server: OverlayServer) -> None:
+    _open(driver, server, "theme=badge&head=user&hide_after=5")
+    assert _js(driver, "window.__merlb.settings.head") == "user"
+    server.publish(_state("happy", 0.9, heads=_user("hyped", 0.74)))
+    _wait(lambda: _js(driver, "window.__merlb.shown") == "hyped", what="user label shown")
+    assert _js(driver, "window.__merlb.visible") is True and _js(driver, "window.__merlb.head") == "user"
+    assert _js(driver, "document.getElementById('label').textContent") == "hyped"
+    assert _js(driver, "document.getElementById('conf-pct').textContent") == "74%"   # the head's confidence
+    # No emoji for a streamer's own class: its initial, styled as such.
+    assert _js(driver, "document.getElementById('emoji').textContent") == "H"
+    assert _js(driver, "document.getElementById('emoji').classList.contains('initial')")
+    # A change animates as an emotion change does.
+    driver.execute_script("document.getElementById('emoji').classList.remove('pop')")
+    server.publish(_state("happy", 0.9, heads=_user("tilted", 0.66)))
+    _wait(lambda: _js(driver, "window.__merlb.shown") == "tilted", what="user label change")
+    assert _js(driver, "document.getElementById('emoji').textContent") == "T"
+    assert _js(driver, "document.getElementById('emoji').classList.contains('pop')")
+    assert _js(driver, "document.getElementById('label').classList.contains('swap')")
+    # The user head unsure: the badge dims as for an unsure emotion, whatever the emotion says.
+    server.publish(_state("happy", 0.9, heads={"user": {"label": "uncertain", "confidence": 0.3, "probs": {}}}))
+    _wait(lambda: _js(driver, "document.getElementById('widget').classList.contains('is-unsure')"),
+          what="unsure user head")
+    # A model without a user head (or an older worker): the emotion, with its emoji.
+    server.publish(_state("surprise", 0.8))
+    _wait(lambda: _js(driver, "window.__merlb.shown") == "surprise", what="fallback to emotion")
+    assert _js(driver, "window.__merlb.head") == "emotion"
+    assert _js(driver, "document.getElementById('emoji').textContent") == "😲"
+    assert not _js(driver, "document.getElementById('emoji').classList.contains('initial')")
+
+
 def test_hides_on_no_face_and_comes_back(driver: Any, server: OverlayServer) -> None:
     _open(driver, server, "theme=badge&hide_after=1")
     server.publish(_state("happy", 0.9))

@@ -73,6 +73,8 @@ def test_serves_overlay_page_and_assets(server: OverlayServer) -> None:
     assert {"theme", "position", "scale", "accent", "font", "hide_after",
             "show_confidence"} <= set(schema["properties"])
     assert schema["properties"]["theme"]["enum"] == ["badge", "meter", "timeline", "full"]
+    assert schema["properties"]["head"]["enum"] == ["emotion", "user", "behaviour"]
+    assert schema["properties"]["head"]["default"] == "emotion"
 
 
 @pytest.mark.parametrize("path", [
@@ -498,6 +500,40 @@ def test_native_image_source_follows_the_label_only(tmp_path) -> None:
         _wait(lambda: Path(obs.inputs["MERLB emoji"]["file"]).name.startswith("none-"))
         assert obs.sets()[-1] == ""
         assert len(obs.sets("MERLB emoji")) == 3
+
+
+def test_native_head_user_shows_the_streamers_class(tmp_path) -> None:
+    user = {"user": {"label": "hyped", "confidence": 0.74, "probs": {"hyped": 0.74, "tilted": 0.26}}}
+    assert format_state(_state("happy", 0.82, heads=user), head="user") == "Ⓗ hyped 74%"
+    assert format_state(_state("happy", 0.82, heads=user), head="behaviour") == "😄 happy 82%"   # no such head
+    assert format_state(_state("happy", 0.82, heads={"user": {**user["user"], "label": "uncertain"}}),
+                        head="user") == ""
+    with pytest.raises(ValueError):
+        NativeTextOverlay(head="mood")
+    obs = FakeObs()
+    with NativeTextOverlay(client_factory=obs.factory, max_rate_hz=20, image_source_name="MERLB emoji",
+                           image_dir=tmp_path, show_emoji=False, head="user") as nat:
+        nat.publish(_state("happy", 0.82, heads=user))
+        _wait(lambda: obs.sets() == ["hyped 74%"] and len(obs.sets("MERLB emoji")) == 1)
+        # No emoji for the streamer's own class: a PNG of its initial, drawn on first use.
+        image = Path(obs.inputs["MERLB emoji"]["file"])
+        assert image.name.startswith("hyped-") and "initial" in image.name and image.is_file()
+        nat.publish(_state("sad", 0.7))                # a model without a user head: the emotion
+        _wait(lambda: obs.sets()[-1] == "sad 70%"
+              and Path(obs.inputs["MERLB emoji"]["file"]).name.startswith("sad-"))
+
+
+def test_overlay_head_flag() -> None:
+    import argparse
+
+    from obs_merlb.engine import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).overlay_head == "emotion"
+    assert parser.parse_args(["--overlay-head", "user"]).overlay_head == "user"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--overlay-head", "mood"])
 
 
 def test_native_clears_on_stop_when_asked() -> None:

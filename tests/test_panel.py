@@ -321,6 +321,41 @@ def test_client_reconnects_to_a_restarted_server(qtbot: Any, home: Path) -> None
     window.close()
 
 
+def test_extra_heads_card_shows_user_classes_and_hides_without_them(qtbot: Any, home: Path) -> None:
+    from obs_merlb.overlay.server import OverlayServer
+    from obs_merlb.state import StateConfig, StateTracker
+
+    port = free_port()
+    client = WorkerClient(f"ws://127.0.0.1:{port}/ws")
+    window = MainWindow(client, sessions_dir=home / "none")
+    qtbot.addWidget(window)
+    window.show()
+    srv = OverlayServer(port=port).start()
+    try:
+        client.start()
+        qtbot.waitUntil(lambda: client.connected and srv.client_count == 1, timeout=10_000)
+        probs = {"emotion": [0.02, 0.02, 0.02, 0.85, 0.05, 0.02, 0.02], "valence": [0.1, 0.2, 0.7],
+                 "arousal": [0.1, 0.3, 0.6]}
+        # A personalized model: the tracker smooths its `user` head like the emotion.
+        tracker = StateTracker(StateConfig(min_dwell_s=0.0), extra={"user": ["hyped", "tilted"]})
+        for i in range(5):
+            srv.publish(tracker.update(i * 0.1, {**probs, "user": [0.2, 0.8]}, face_present=True, speech=True))
+        qtbot.waitUntil(lambda: window.state_count >= 5, timeout=5000)
+        assert window.heads_card.isVisible()
+        title, bars = window.head_rows["user"]
+        assert title.text() == "user: tilted  (80%)"
+        assert bars.names == ["hyped", "tilted"] and bars.values["tilted"] == pytest.approx(0.8, abs=0.01)
+        assert window.label_text.text() == "Happy"                  # the emotion card is unchanged
+        # A model without extra heads (the shipped one): the card goes away.
+        plain = StateTracker()
+        srv.publish(plain.update(1.0, probs, face_present=True, speech=True))
+        qtbot.waitUntil(lambda: window.state_count >= 6, timeout=5000)
+        assert not window.heads_card.isVisible() and window.head_rows == {}
+    finally:
+        window.close()
+        srv.stop()
+
+
 def test_sources_explain_what_is_missing(qtbot: Any, home: Path) -> None:
     from obs_merlb.panel.sources import SourceLister
 

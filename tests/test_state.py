@@ -31,7 +31,7 @@ def test_event_schema_fields() -> None:
                                contributions={"face": 0.7, "voice": 0.3}, latency_ms=12.3)
     assert ev["v"] == 1 and ev["type"] == "state"
     for key in ("seq", "t", "wall", "face_present", "speech", "visible", "label", "confidence", "probs",
-                "valence", "arousal", "valence_score", "arousal_score", "contributions", "latency_ms"):
+                "valence", "arousal", "valence_score", "arousal_score", "contributions", "latency_ms", "heads"):
         assert key in ev
     assert set(ev["probs"]) == set(EMOTIONS)
     assert -1 <= ev["valence_score"] <= 1 and -1 <= ev["arousal_score"] <= 1
@@ -129,3 +129,68 @@ def test_contributions_by_occlusion() -> None:
     assert c["face"] == 0.0 and c["scene"] == 0.0
     even = contributions_from_deltas({}, {"face": True, "voice": True})
     assert even["face"] == even["voice"] == 0.5
+
+
+def test_extra_heads_smoothed_and_dwelled_like_emotion() -> None:
+    # A personalized model: the streamer's own "user" classes beside the usual heads.
+    # An untrained (empty) behaviour head has no output and is left out.
+    tr = StateTracker(StateConfig(smoothing=0.8, threshold=0.5, min_dwell_s=1.0),
+                      extra={"user": ["hyped", "tilted"], "behaviour": [], "emotion": list(EMOTIONS)})
+    assert list(tr.extra) == ["user"]
+
+    def tick(t: float, user: list[float] | None, emotion: str = "happy") -> dict:
+        probs = None if user is None else {**probs_for(emotion), "user": user}
+        return tr.update(t, probs, face_present=user is not None, speech=False)
+
+    rate, t, ev = 15.0, 0.0, []
+    for _ in range(30):                         # 2 s hyped
+        ev.append(tick(t, [0.9, 0.1]))
+        t += 1 / rate
+    for _ in range(30):                         # 2 s tilted
+        ev.append(tick(t, [0.1, 0.9]))
+        t += 1 / rate
+    user = [e["heads"]["user"] for e in ev]
+    assert set(user[0]) == {"label", "confidence", "probs"} and set(user[0]["probs"]) == {"hyped", "tilted"}
+    # Same dwell as the emotion label: "hyped" only after leading for 1 s.
+    first_hyped = next(i for i, u in enumerate(user) if u["label"] == "hyped")
+    assert first_hyped / rate == pytest.approx(1.0, abs=0.1)
+    assert user[first_hyped]["label"] == ev[first_hyped]["label"].replace("happy", "hyped")
+    # Smoothed: one tick after the switch the EMA still favours hyped, below the raw 0.9 / 0.1.
+    assert 0.5 < user[31]["probs"]["hyped"] < 0.9
+    assert user[31]["label"] == "hyped"
+    # The switch to tilted shows once the smoothed tilted has led for min_dwell_s.
+    first_tilted = next(i for i, u in enumerate(user) if u["label"] == "tilted")
+    assert 1.0 + 0.1 < (first_tilted - 30) / rate < 1.0 + 0.5
+    assert user[-1]["confidence"] == pytest.approx(user[-1]["probs"]["tilted"], abs=1e-4)
+    # Below the threshold: uncertain (after dwelling), with the top probability as confidence.
+    for _ in range(30):
+        ev.append(tick(t, [0.45, 0.55]))       # raw top 0.55 >= 0.5 ...
+        t += 1 / rate
+    tr.config.threshold = 0.6                   # ... but not >= 0.6
+    for _ in range(30):
+        ev.append(tick(t, [0.45, 0.55]))
+        t += 1 / rate
+    assert ev[-1]["heads"]["user"]["label"] == UNCERTAIN
+    assert ev[-1]["heads"]["user"]["confidence"] == pytest.approx(0.55, abs=0.01)
+    # Nothing observed: decays towards uniform and goes uncertain, like the emotion.
+    for _ in range(45):
+        ev.append(tick(t, None))
+        t += 1 / rate
+    assert ev[-1]["heads"]["user"]["label"] == UNCERTAIN
+    assert ev[-1]["heads"]["user"]["probs"]["hyped"] == pytest.approx(0.5, abs=0.01)
+    # The emotion fields are unchanged by the extra head.
+    assert ev[29]["label"] == "happy" and set(ev[29]["probs"]) == set(EMOTIONS)
+
+
+def test_extra_heads_survive_a_model_swap_only_when_unchanged() -> None:
+    tr = StateTracker(StateConfig(smoothing=0.0, threshold=0.5, min_dwell_s=0.0))
+    assert tr.update(0.0, probs_for("happy"), face_present=True, speech=False)["heads"] == {}
+    tr.set_extra_heads({"user": ("hyped", "tilted")})
+    ev = tr.update(0.1, {**probs_for("happy"), "user": [0.8, 0.2]}, face_present=True, speech=False)
+    assert ev["heads"]["user"]["label"] == "hyped"
+    tr.set_extra_heads({"user": ["hyped", "tilted"]})          # same classes: state kept
+    assert tr.extra["user"].label == "hyped"
+    tr.set_extra_heads({"user": ["hyped", "tilted", "clutch"]})  # retrained with a new class: fresh
+    assert tr.extra["user"].label == UNCERTAIN
+    tr.set_extra_heads({"emotion": list(EMOTIONS)})            # a model without it: gone
+    assert tr.update(0.2, probs_for("happy"), face_present=True, speech=False)["heads"] == {}

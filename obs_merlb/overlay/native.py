@@ -1,5 +1,9 @@
 """Native overlay fallback: the current emotion in OBS text and image sources.
 
+`head` shows another head of the `state` event instead (a personalized
+model's "user" classes, or "behaviour"), with the class's initial where it
+has no emoji ("Ⓗ hyped 74%").
+
 For OBS builds without a browser source (Debian's, some Flatpaks), the worker
 writes "😄 happy 82%" into a text source through obs-websocket
 (`SetInputSettings`), and optionally points an image source at a PNG of the
@@ -22,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from obs_merlb.files import write_atomic
 
@@ -39,6 +43,18 @@ EMOJI = {
     "angry": "😠", "disgust": "🤢", "fear": "😨", "happy": "😄",
     "neutral": "😐", "sad": "😢", "surprise": "😲",
 }
+
+# The paper's gameplay behaviours, when a model has a trained `behaviour` head
+# (same glyphs as the browser overlay). A streamer's own `user` classes have no
+# emoji: they get their initial instead (see `icon_for`).
+BEHAVIOUR_EMOJI = {
+    "routing": "🧭", "procurement": "🛒", "respawning": "🔁", "exploring": "🔭",
+    "fighting": "🤺", "punching": "👊", "defending": "🛡️", "defeated": "💀",
+}
+GLYPHS = {**EMOJI, **BEHAVIOUR_EMOJI}
+
+# Heads the overlay can show: emotion, or an extra head of the `state` event's `heads`.
+OVERLAY_HEADS = ("emotion", "user", "behaviour")
 
 # Badge colours when no colour-emoji font is installed (the browser overlay's palette).
 BADGE_COLORS = {
@@ -82,13 +98,40 @@ def text_source_settings(kind: str, text: str = "", *, font_face: str | None = N
             "outline": True, "drop_shadow": True}
 
 
-def shown_label(event: dict[str, Any]) -> str:
-    """The emotion the overlay shows for a `state` event; "" when hidden."""
-    label = event.get("label")
+def head_view(event: dict[str, Any], head: str = "emotion") -> tuple[Any, Any]:
+    """(label, confidence) of `head` in a `state` event.
+
+    An extra head comes from the event's `heads`; a model without that head
+    (or a worker older than the field) falls back to the emotion, so a
+    setting that asks for "user" never blanks the overlay.
+    """
+    if head != "emotion":
+        heads = event.get("heads")
+        view = heads.get(head) if isinstance(heads, dict) else None
+        if isinstance(view, dict) and isinstance(view.get("label"), str):
+            return view["label"], view.get("confidence")
+    return event.get("label"), event.get("confidence")
+
+
+def shown_label(event: dict[str, Any], head: str = "emotion") -> str:
+    """The label the overlay shows for a `state` event; "" when hidden."""
+    label, _ = head_view(event, head)
     if (event.get("visible") is False or event.get("face_present") is False
             or not isinstance(label, str) or label in ("", "uncertain")):
         return ""
     return label
+
+
+def icon_for(label: str) -> str:
+    """The label's emoji, else its initial in a circle (Ⓗ for "hyped"): a streamer's
+    own class has no emoji, and a guessed one could say something they did not mean."""
+    glyph = GLYPHS.get(label)
+    if glyph is not None:
+        return glyph
+    first = label[:1].upper()
+    if "A" <= first <= "Z":
+        return chr(0x24B6 + ord(first) - ord("A"))   # CIRCLED LATIN CAPITAL LETTER A..Z
+    return "●"
 
 
 def emoji_cache_dir() -> Path:
@@ -120,7 +163,7 @@ def _render_emoji(label: str, size: int, font: Any) -> Any:
     """The label's emoji scaled into a size x size transparent square, or None."""
     from PIL import Image, ImageDraw
 
-    glyph = EMOJI.get(label)
+    glyph = GLYPHS.get(label)
     if glyph is None or font is None:
         return None
     canvas = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
@@ -159,9 +202,55 @@ def _render_badge(label: str, size: int) -> Any:
     return out
 
 
+def _render_initial(label: str, size: int) -> Any:
+    """A class without an emoji (a streamer's own): its initial on a neutral grey disc."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(out)
+    d.ellipse((2, 2, size - 3, size - 3), fill=(*BADGE_COLORS["neutral"], 255),
+              outline=(0, 0, 0, 200), width=max(2, size // 32))
+    px = max(8, int(size * 0.55))
+    try:
+        font = ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    d.text((size / 2, size / 2), (label[:1] or "?").upper(), font=font, fill=(255, 255, 255, 255),
+           anchor="mm", stroke_width=max(1, px // 16), stroke_fill=(0, 0, 0, 255))
+    return out
+
+
+def render_label_image(label: str, out_dir: str | os.PathLike[str] | None = None, *,
+                       size: int = IMAGE_SIZE, font: str | os.PathLike[str] | None = None) -> Path:
+    """PNG for one label of any head: its emoji (or badge) when it has one, else its initial.
+
+    Names come from the streamer's tags, so the file name is a sanitised
+    prefix plus a hash of the exact label: any text is safe and two labels
+    that sanitise alike never share a file.
+    """
+    import hashlib
+    import re
+
+    if label in GLYPHS:
+        return render_emoji_images(out_dir, size=size, font=font, labels=[label])[label]
+    d = Path(out_dir) if out_dir is not None else emoji_cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", label)[:32] or "label"
+    digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:10]
+    path = d / f"{safe}-{digest}-initial-{size}.png"
+    if not path.is_file():
+        buf = io.BytesIO()
+        _render_initial(label, size).save(buf, "PNG")
+        write_atomic(path, buf.getvalue(), durable=False)
+    return path
+
+
 def render_emoji_images(out_dir: str | os.PathLike[str] | None = None, *, size: int = IMAGE_SIZE,
-                        font: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+                        font: str | os.PathLike[str] | None = None,
+                        labels: Sequence[str] | None = None) -> dict[str, Path]:
     """PNG per emotion ("" = transparent, for hidden) in `out_dir`; {label: path}.
+
+    `labels` picks other labels with a glyph (behaviours) instead of the emotions.
 
     Colour emoji when a colour-emoji font is found (Pillow), else plain
     badges; the style is in the file name, so a font installed later gives
@@ -175,7 +264,7 @@ def render_emoji_images(out_dir: str | os.PathLike[str] | None = None, *, size: 
     font_path = Path(font) if font is not None else find_emoji_font()
     emoji_font = _load_emoji_font(font_path) if font_path is not None else None
     paths: dict[str, Path] = {}
-    for label in ["", *EMOJI]:
+    for label in ["", *(EMOJI if labels is None else labels)]:
         if label:
             img = _render_emoji(label, size, emoji_font)
             style = "emoji" if img is not None else "badge"
@@ -192,18 +281,22 @@ def render_emoji_images(out_dir: str | os.PathLike[str] | None = None, *, size: 
     return paths
 
 
-def format_state(event: dict[str, Any], *, show_emoji: bool = True, show_confidence: bool = True) -> str:
-    """The text for one `state` event; "" when the overlay should be hidden."""
+def format_state(event: dict[str, Any], *, show_emoji: bool = True, show_confidence: bool = True,
+                 head: str = "emotion") -> str:
+    """The text for one `state` event; "" when the overlay should be hidden.
+
+    `head` picks what is shown (OVERLAY_HEADS); see `head_view` for the fallback.
+    """
     if event.get("type", "state") != "state":
         raise ValueError(f"format_state takes a state event, got {event.get('type')!r}")
-    label = shown_label(event)
+    label = shown_label(event, head)
     if not label:
         return ""
     parts = []
     if show_emoji:
-        parts.append(EMOJI.get(label, "🙂"))
+        parts.append(icon_for(label))
     parts.append(label)
-    conf = event.get("confidence")
+    _, conf = head_view(event, head)
     if show_confidence and isinstance(conf, (int, float)):
         parts.append(f"{round(max(0.0, min(1.0, float(conf))) * 100)}%")
     return " ".join(parts)
@@ -232,6 +325,7 @@ class NativeTextOverlay:
         font_size: int = 64,
         show_emoji: bool = True,
         show_confidence: bool = True,
+        head: str = "emotion",
         image_source_name: str | None = None,
         image_dir: str | os.PathLike[str] | None = None,
         image_size: int = IMAGE_SIZE,
@@ -242,6 +336,8 @@ class NativeTextOverlay:
     ) -> None:
         if max_rate_hz <= 0:
             raise ValueError("max_rate_hz must be > 0")
+        if head not in OVERLAY_HEADS:
+            raise ValueError(f"head must be one of {OVERLAY_HEADS}, got {head!r}")
         self.source_name = source_name
         self.host = host
         self.port = port
@@ -253,6 +349,7 @@ class NativeTextOverlay:
         self.font_size = font_size
         self.show_emoji = show_emoji
         self.show_confidence = show_confidence
+        self.head = head
         self.image_source_name = image_source_name or None
         self.image_dir = image_dir
         self.image_size = image_size
@@ -303,8 +400,9 @@ class NativeTextOverlay:
         """Take any engine event; only `state` changes what is shown."""
         if event.get("type") != "state":
             return
-        text = format_state(event, show_emoji=self.show_emoji, show_confidence=self.show_confidence)
-        view = (text, shown_label(event))
+        text = format_state(event, show_emoji=self.show_emoji, show_confidence=self.show_confidence,
+                            head=self.head)
+        view = (text, shown_label(event, self.head))
         with self._cond:
             if view != self._wanted:
                 self._wanted = view
@@ -403,6 +501,9 @@ class NativeTextOverlay:
         if self.images is None:
             # Pillow and the font load here, on the overlay thread, never the analysis loop.
             self.images = render_emoji_images(self.image_dir, size=self.image_size)
+        if label and label not in self.images:
+            # A behaviour or a streamer's own class: drawn the first time it is shown.
+            self.images[label] = render_label_image(label, self.image_dir, size=self.image_size)
         return self.images.get(label) or self.images[""]
 
     def _ensure_inputs(self, text: str, label: str) -> None:

@@ -235,6 +235,19 @@ class MainWindow(QMainWindow):
         self.prob_bars = BarList(EMOTIONS, EMOTION_COLORS)
         emo_lay.addWidget(self.prob_bars)
 
+        # The model's heads beyond emotion/valence/arousal (a personalized model's
+        # own classes, a trained behaviour head): hidden until a state event has one.
+        self.heads_card, heads_lay = card("Your model's heads")
+        self.heads_box = QVBoxLayout()
+        self.heads_box.setSpacing(6)
+        heads_lay.addLayout(self.heads_box)
+        self.head_rows: dict[str, tuple[QLabel, BarList]] = {}
+        self.heads_card.hide()
+        emo_col = QVBoxLayout()
+        emo_col.setSpacing(12)
+        emo_col.addWidget(emo_card, 3)
+        emo_col.addWidget(self.heads_card, 2)
+
         contrib_card, _ = card("What it is looking at (modality share)")
         self.contrib_bars = BarList(MODALITIES, MODALITY_COLORS, highlight_top=False)
         contrib_card.layout().addWidget(self.contrib_bars)
@@ -286,7 +299,7 @@ class MainWindow(QMainWindow):
         health_lay.addStretch(1)
 
         grid.addWidget(prev_card, 0, 0, 2, 1)
-        grid.addWidget(emo_card, 0, 1)
+        grid.addLayout(emo_col, 0, 1)
         grid.addWidget(contrib_card, 1, 1)
         grid.addWidget(va_card, 2, 0, 1, 1)
         grid.addWidget(health_card, 2, 1)
@@ -689,6 +702,7 @@ class MainWindow(QMainWindow):
                                f"top {max((ev.get('probs') or {'': 0}).values()) * 100:.0f}%")
         self.prob_bars.set_values(ev.get("probs") or {})
         self.contrib_bars.set_values(ev.get("contributions") or {})
+        self._show_heads(ev.get("heads"))
         face, speech, visible = bool(ev.get("face_present")), bool(ev.get("speech")), bool(ev.get("visible"))
         self.face_pill.set_state("ok" if face else "warn", "face seen" if face else "no face")
         self.speech_pill.set_state("ok" if speech else "idle", "speech" if speech else "silent")
@@ -701,6 +715,33 @@ class MainWindow(QMainWindow):
         self.history.append((t, v, a))
         self.va_now.setText(f"valence {v:+.2f}   arousal {a:+.2f}   ")
         self._plot_dirty = True
+
+    def _show_heads(self, heads: Any) -> None:
+        """One label and bar list per extra head; the card hides when the model has none."""
+        heads = {str(name): h for name, h in heads.items()
+                 if isinstance(h, dict) and isinstance(h.get("probs"), dict)} if isinstance(heads, dict) else {}
+        layout = {name: tuple(h["probs"]) for name, h in heads.items()}
+        if layout != {name: tuple(bars.names) for name, (_, bars) in self.head_rows.items()}:
+            # A reloaded model may bring other heads or classes: rebuild (rare), never per event.
+            for title, bars in self.head_rows.values():
+                title.deleteLater()
+                bars.deleteLater()
+            self.head_rows = {}
+            for name, classes in layout.items():
+                title = QLabel()
+                title.setObjectName("metricName")
+                bars = BarList(classes, {c: EMOTION_COLORS[c] for c in classes if c in EMOTION_COLORS})
+                self.heads_box.addWidget(title)
+                self.heads_box.addWidget(bars)
+                self.head_rows[name] = (title, bars)
+        for name, h in heads.items():
+            title, bars = self.head_rows[name]
+            label = str(h.get("label", "uncertain"))
+            conf = h.get("confidence")
+            sure = label != "uncertain" and isinstance(conf, (int, float))
+            title.setText(f"{name}: {label}" + (f"  ({conf * 100:.0f}%)" if sure else ""))
+            bars.set_values(h["probs"])
+        self.heads_card.setVisible(bool(self.head_rows))
 
     def _on_health(self, ev: dict[str, Any]) -> None:
         self.last_health = ev

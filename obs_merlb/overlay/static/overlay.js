@@ -1,5 +1,9 @@
 /* obs-merlb overlay: renders the engine's `state` events (see docs/ARCHITECTURE.md).
  *
+ * The badge shows the emotion, or with `head=user` / `head=behaviour` that
+ * head's label from the event's `heads` (a personalized model's own classes),
+ * falling back to the emotion while the model has no such head.
+ *
  * Connects to ws://<same host>/ws and reconnects on its own with backoff, so
  * a browser source never needs a manual refresh when the worker restarts.
  * Tests read window.__merlb.
@@ -16,7 +20,21 @@
     sad:       { emoji: "😢", color: "#5b9cff", v: -0.6, a: -0.5 },
     surprise:  { emoji: "😲", color: "#ff9f43", v: 0.25, a: 0.8 },
   };
-  const UNKNOWN = { emoji: "🙂", color: "#a0aec0" };
+  // The paper's gameplay behaviours (a model with a trained `behaviour` head).
+  const BEHAVIOURS = {
+    routing:     { emoji: "🧭", color: "#22d3ee" },
+    procurement: { emoji: "🛒", color: "#5dd39e" },
+    respawning:  { emoji: "🔁", color: "#a0aec0" },
+    exploring:   { emoji: "🔭", color: "#5b9cff" },
+    fighting:    { emoji: "🤺", color: "#ff4d6d" },
+    punching:    { emoji: "👊", color: "#ff9f43" },
+    defending:   { emoji: "🛡️", color: "#b794f4" },
+    defeated:    { emoji: "💀", color: "#718096" },
+  };
+  // A streamer's own classes have no emoji (a guessed one could say what they
+  // did not mean): they get their initial, in a colour picked by name so each
+  // class keeps its colour from stream to stream.
+  const CLASS_COLORS = ["#f472b6", "#34d399", "#60a5fa", "#fbbf24", "#c084fc", "#fb923c", "#22d3ee", "#a3e635"];
   const MAX_POINTS = 600;   // timeline samples kept, whatever the event rate
   const TRAIL_POINTS = 14;  // meter trail length
 
@@ -29,6 +47,7 @@
     last: null,          // last event of any type
     lastState: null,     // last `state` event
     shown: null,         // label on screen (the last sure one)
+    head: "emotion",     // head that label came from (the setting, or emotion as fallback)
     visible: false,
     connected: false,
     received: 0,
@@ -84,7 +103,10 @@
       settings.animate ? "" : "no-anim",
     ].filter(Boolean).join(" ");
     $("legend-1").textContent = settings.timeline_metric === "confidence" ? "confidence" : "valence";
-    if (state.shown) paintLabel(state.shown, false);
+    // A changed `head` (settings preview) shows the new head's label at once.
+    const ev = state.lastState;
+    if (ev && isSure(ev)) paintLabel(view(ev).label, false);
+    else if (state.shown) paintLabel(state.shown, false);
     renderTimeline();
     evaluateVisibility();
   }
@@ -105,9 +127,34 @@
     return [clamp(num(v, 0), -1, 1), clamp(num(a, 0), -1, 1)];
   }
 
+  /* {head, label, confidence} the badge shows for a state event: the chosen
+   * head's from `heads`, else the emotion (a model without that head, or an
+   * older worker without the field). */
+  function view(ev) {
+    const head = state.settings ? state.settings.head : "emotion";
+    if (head && head !== "emotion" && ev.heads && typeof ev.heads === "object") {
+      const h = ev.heads[head];
+      if (h && typeof h === "object" && typeof h.label === "string") {
+        return { head, label: h.label, confidence: h.confidence };
+      }
+    }
+    return { head: "emotion", label: ev.label, confidence: ev.confidence };
+  }
+
   function isSure(ev) {
+    const label = view(ev).label;
     return ev.visible !== false && ev.face_present !== false &&
-      typeof ev.label === "string" && ev.label !== "uncertain" && ev.label !== "";
+      typeof label === "string" && label !== "uncertain" && label !== "";
+  }
+
+  /* Emoji and colour of a label of any head; {initial: true} when it has no emoji. */
+  function iconFor(label) {
+    const known = EMOTIONS[label] || BEHAVIOURS[label];
+    if (known) return { emoji: known.emoji, color: known.color, initial: false };
+    let hash = 0;
+    for (const ch of label) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+    const first = Array.from(label)[0] || "?";
+    return { emoji: first.toUpperCase(), color: CLASS_COLORS[hash % CLASS_COLORS.length], initial: true };
   }
 
   function handleEvent(ev) {
@@ -119,10 +166,12 @@
     state.lastState = ev;
     state.lastStateAt = now;
     const [v, a] = scores(ev);
-    const conf = clamp(num(ev.confidence, 0), 0, 1);
+    const shown = view(ev);
+    state.head = shown.head;
+    const conf = clamp(num(shown.confidence, 0), 0, 1);
     if (isSure(ev)) {
       state.lastGoodAt = now;
-      paintLabel(ev.label, true);
+      paintLabel(shown.label, true);
       $("conf-fill").style.width = `${Math.round(conf * 100)}%`;
       $("conf-pct").textContent = `${Math.round(conf * 100)}%`;
     }
@@ -137,9 +186,10 @@
 
   function paintLabel(label, animate) {
     const changed = label !== state.shown;
-    const info = EMOTIONS[label] || UNKNOWN;
+    const info = iconFor(label);
     state.shown = label;
     $("emoji").textContent = info.emoji;
+    $("emoji").classList.toggle("initial", info.initial);
     $("label").textContent = label;
     setEmotionColor(state.settings && !state.settings.emotion_colors ? state.settings.accent : info.color);
     if (changed && animate && state.settings && state.settings.animate) {
@@ -279,6 +329,11 @@
   /* Made-up events for the settings preview (no engine needed). */
   function startDemo() {
     const order = ["happy", "surprise", "neutral", "sad", "angry", "happy", "fear", "neutral", "disgust"];
+    // What a personalized model might say at the same moments, so `head=user`
+    // and `head=behaviour` preview something too.
+    const userOf = { happy: "hyped", surprise: "hyped", neutral: "focused", sad: "tilted",
+                     angry: "tilted", fear: "tilted", disgust: "tilted" };
+    const behaviours = Object.keys(BEHAVIOURS);
     let i = 0, since = 0, v = 0, a = 0, seq = 0;
     const tick = () => {
       since += 1;
@@ -292,6 +347,10 @@
         v: 1, type: "state", seq: seq++, t: seq / 10, wall: Date.now() / 1000,
         face_present: true, speech: false, visible: true, label, confidence: conf,
         valence_score: clamp(v, -1, 1), arousal_score: clamp(a, -1, 1),
+        heads: {
+          user: { label: userOf[label], confidence: conf, probs: {} },
+          behaviour: { label: behaviours[i % behaviours.length], confidence: conf, probs: {} },
+        },
       });
     };
     // Seed the timeline with a believable past so the preview is not empty.
