@@ -433,88 +433,48 @@ class Analyzer:
 # ---------------------------------------------------------------- file feed
 
 class FileFeed:
-    """A file played in real time by a capture thread, into a single slot + audio ring.
+    """A file played in real time (capture.file.FileSource) adapted to the feed API.
 
-    Frames are stamped with the monotonic time they were released, so the
-    engine can measure frame-to-event latency; `loop` replays forever with
-    ever-increasing times (soak tests).
+    Stream time is the file's own media time; frames carry the monotonic time
+    they were released, so the engine can measure frame-to-event latency.
+    `loop` replays forever with ever-increasing times (soak tests).
     """
 
     def __init__(self, path: str, *, paced: bool = True, loop: bool = False, speed: float = 1.0,
                  max_width: int | None = 640) -> None:
-        from obs_merlb.capture.base import AudioRing
-        from obs_merlb.capture.file import probe
+        from obs_merlb.capture.file import FileSource
 
+        # FileSource probes the file now: a clear MediaError in the caller's thread.
+        self.source = FileSource(path, paced=paced, loop=loop, speed=speed, max_width=max_width,
+                                 autostart=False)
         self.path = path
-        self.clock_origin = 0.0          # stream time is the file's own media time
-        self.info = probe(path)          # a clear MediaError now, in the caller's thread
-        self.paced, self.loop, self.speed, self.max_width = paced, loop, speed, max_width
-        self.audio_ring = AudioRing(10.0) if self.info.has_audio else None
-        self._lock = threading.Lock()
-        self._frame: Any = None
-        self._mono = 0.0
-        self.seq = 0
-        self._taken = 0
-        self.dropped = 0
-        self.done = threading.Event()
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="merlb-capture", daemon=True)
+        self.info = self.source.info
+        self.clock_origin = 0.0
+        self.audio_ring = self.source.audio if self.source.has_audio else None
+        self.done = self.source.done
 
     def start(self) -> "FileFeed":
-        self._thread.start()
+        self.source.start()
         return self
 
-    def _run(self) -> None:
-        import warnings
+    @property
+    def seq(self) -> int:
+        return self.source.frame_seq
 
-        from obs_merlb.capture.base import VideoFrame
-        from obs_merlb.capture.file import MediaError, iter_media
+    @property
+    def dropped(self) -> int:
+        return self.source.dropped
 
-        offset = 0.0
-        try:
-            while not self._stop.is_set():
-                end = offset
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    for item in iter_media(self.path, paced=self.paced, speed=self.speed,
-                                           max_width=self.max_width, stop=self._stop):
-                        if isinstance(item, VideoFrame):
-                            item.t += offset
-                            with self._lock:
-                                if self._frame is not None and self.seq != self._taken:
-                                    self.dropped += 1
-                                self._frame, self._mono = item, time.monotonic()
-                                self.seq += 1
-                            end = max(end, item.t)
-                        elif self.audio_ring is not None:
-                            self.audio_ring.write(item.samples, item.t + offset)
-                            end = max(end, item.t + offset + item.duration)
-                for w in caught:
-                    self.last_error = str(w.message)
-                    log.warning("%s", w.message)
-                if not self.loop:
-                    break
-                offset = end + 1.0 / 30
-        except MediaError as e:
-            self.last_error = str(e)
-            log.error("%s", e)
-        except Exception as e:  # a decoder crash ends the feed, never the engine
-            self.last_error = f"{self.path}: {e}"
-            log.exception("capture failed")
-        finally:
-            self.done.set()
+    @property
+    def last_error(self) -> str | None:
+        return self.source.last_error
 
     def latest(self) -> tuple[Any, float, int]:
         """(frame or None, capture monotonic time, seq)."""
-        with self._lock:
-            self._taken = self.seq
-            return self._frame, self._mono, self.seq
+        return self.source.read_latest_timed()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
+        self.source.close()
 
 
 class SourceFeed:

@@ -9,6 +9,7 @@ one clock too. Never mix a file clock with a live clock.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -73,6 +74,7 @@ class LatestSlot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._frame: VideoFrame | None = None
+        self._put_mono = 0.0
         self._seq = 0
         self.dropped = 0
         self._taken_seq = 0
@@ -82,12 +84,20 @@ class LatestSlot:
             if self._frame is not None and self._seq != self._taken_seq:
                 self.dropped += 1
             self._frame = frame
+            self._put_mono = time.monotonic()
             self._seq += 1
 
     def get(self) -> VideoFrame | None:
         with self._lock:
             self._taken_seq = self._seq
             return self._frame
+
+    def get_timed(self) -> tuple[VideoFrame | None, float, int]:
+        """(frame, monotonic time it was put, seq): a file's frame times are media
+        times, so latency must be measured from when the frame was released."""
+        with self._lock:
+            self._taken_seq = self._seq
+            return self._frame, self._put_mono, self._seq
 
     @property
     def seq(self) -> int:

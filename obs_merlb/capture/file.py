@@ -320,7 +320,7 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike, *, paced: bool = True, loop: bool = False,
                  speed: float = 1.0, max_width: int | None = 640, ring_seconds: float = 10.0,
-                 video: bool = True, audio: bool = True) -> None:
+                 video: bool = True, audio: bool = True, autostart: bool = True) -> None:
         self.path = os.fspath(path)
         self.info = probe(self.path)  # fail now, in the caller's thread, with a clear error
         self.paced = paced
@@ -337,7 +337,14 @@ class FileSource:
         self.status = "starting"
         self._thread = threading.Thread(target=self._run, name=f"file:{os.path.basename(self.path)}",
                                         daemon=True)
-        self._thread.start()
+        if autostart:
+            self._thread.start()
+
+    def start(self) -> "FileSource":
+        """Start playing (for a source made with ``autostart=False``)."""
+        if not self._thread.is_alive() and not self.done.is_set():
+            self._thread.start()
+        return self
 
     def _run(self) -> None:
         offset = 0.0
@@ -368,11 +375,19 @@ class FileSource:
             self.last_error = str(e)
             self.status = "error"
             log.error("%s", e)
+        except Exception as e:  # a decoder crash ends this source, never its consumer
+            self.last_error = f"{self.path}: {e}"
+            self.status = "error"
+            log.exception("decoding %s failed", self.path)
         finally:
             self.done.set()
 
     def read_latest(self) -> VideoFrame | None:
         return self._slot.get() if self.has_video else None
+
+    def read_latest_timed(self) -> tuple[VideoFrame | None, float, int]:
+        """(newest frame, monotonic time it was released, seq)."""
+        return self._slot.get_timed() if self.has_video else (None, 0.0, 0)
 
     @property
     def frame_seq(self) -> int:
