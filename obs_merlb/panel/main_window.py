@@ -968,24 +968,25 @@ class MainWindow(QMainWindow):
     # ---- sessions
     def refresh_sessions(self) -> None:
         directory = self.sessions_dir
-
-        def work() -> None:
-            try:
-                result: Any = sessmod.list_sessions(directory)
-            except OSError as e:
-                result = e
-            self._emit_safely(self.sessions_listed, result)
-
-        threading.Thread(target=work, name="merlb-panel-sessions", daemon=True).start()
+        self._read_in_background(lambda: sessmod.list_sessions(directory), self.sessions_listed,
+                                 "merlb-panel-sessions")
 
     @staticmethod
-    def _emit_safely(signal: Any, value: Any) -> None:
-        # The window may have been closed (and its C++ side deleted) while a
-        # background read was running; its result is simply not needed then.
-        try:
-            signal.emit(value)
-        except (RuntimeError, AttributeError):
-            pass
+    def _read_in_background(read: Any, signal: Any, name: str) -> None:
+        """Run a disk read off the GUI thread; its result, or the OSError, arrives by `signal`."""
+        def work() -> None:
+            try:
+                result: Any = read()
+            except OSError as e:
+                result = e
+            # The window may have been closed (and its C++ side deleted) while
+            # the read was running; its result is simply not needed then.
+            try:
+                signal.emit(result)
+            except (RuntimeError, AttributeError):
+                pass
+
+        threading.Thread(target=work, name=name, daemon=True).start()
 
     def _fill_sessions(self, result: Any) -> None:
         selected = self._selected_session_path()
@@ -1017,15 +1018,7 @@ class MainWindow(QMainWindow):
             return
         self.session_title.setText(Path(path).name)
         self.session_info.setText("loading…")
-
-        def work() -> None:
-            try:
-                result: Any = sessmod.load_session(path)
-            except OSError as e:
-                result = e
-            self._emit_safely(self.session_loaded, result)
-
-        threading.Thread(target=work, name="merlb-panel-session", daemon=True).start()
+        self._read_in_background(lambda: sessmod.load_session(path), self.session_loaded, "merlb-panel-session")
 
     def _show_session(self, detail: Any) -> None:
         self.session_plot.clear()
