@@ -21,7 +21,7 @@ Worker command line (argv carries no secret)::
     <python> -m obs_merlb live --obs-host 127.0.0.1 --obs-port PORT
         --obs-source CAMERA [--obs-game-source GAME] --mic DEVICE
         --device cpu|cuda:N --rate HZ --overlay browser|text|none
-        [--overlay-text-source NAME] [--model DIR] --status-file PATH --control stdin
+        [--overlay-text-source NAME [--overlay-head user|behaviour]] [--model DIR] --status-file PATH --control stdin
 
 ``--model`` only when the streamer set a model folder; without it the worker
 uses the active personalized model, else the shipped one. The worker reads
@@ -201,7 +201,7 @@ class WorkerConfig:
                  device: str = "cpu", rate: float = 8.0, overlay: str = "browser",
                  text_source: str = TEXT_SOURCE, data_dir: str = "",
                  obs_config_dir: str = "", merlb_config: str = "", obs_major: int = 0,
-                 model: str = "") -> None:
+                 model: str = "", head: str = "emotion") -> None:
         self.python = python
         self.camera = camera
         self.game = game
@@ -215,12 +215,13 @@ class WorkerConfig:
         self.merlb_config = merlb_config
         self.obs_major = obs_major
         self.model = model
+        self.head = head
 
     def key(self) -> tuple[Any, ...]:
         """What a restart depends on (the rate is sent live instead)."""
         return (self.python, self.camera, self.game, self.mic, self.device, self.overlay,
                 self.text_source, self.data_dir, self.obs_config_dir, self.merlb_config,
-                self.model)
+                self.model, self.head)
 
     @property
     def status_file(self) -> str:
@@ -249,6 +250,8 @@ class WorkerConfig:
                  "--rate", f"{self.rate:g}", "--overlay", self.overlay]
         if self.overlay == "text":
             args += ["--overlay-text-source", self.text_source]
+            if self.head != "emotion":
+                args += ["--overlay-head", self.head]
         if self.model:
             args += ["--model", self.model]
         args += ["--status-file", self.status_file, "--control", "stdin"]
@@ -736,7 +739,7 @@ def _config_from(settings: Any) -> WorkerConfig:
         text_source=g(settings, "overlay_text_source") or TEXT_SOURCE,
         data_dir=g(settings, "data_dir"), obs_config_dir=g(settings, "obs_config_dir"),
         merlb_config=g(settings, "merlb_config"), obs_major=_obs_major(),
-        model=g(settings, "model_dir").strip())
+        model=g(settings, "model_dir").strip(), head=g(settings, "overlay_head") or "emotion")
 
 
 def _tags(settings: Any) -> list[str]:
@@ -870,6 +873,7 @@ def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_double(settings, "rate", 8.0)
     obs.obs_data_set_default_string(settings, "overlay_mode", "browser")
     obs.obs_data_set_default_string(settings, "overlay_text_source", TEXT_SOURCE)
+    obs.obs_data_set_default_string(settings, "overlay_head", "emotion")
     obs.obs_data_set_default_string(settings, "mic", "default")
     obs.obs_data_set_default_bool(settings, "autostart", True)
     obs.obs_data_set_default_string(settings, "status_line", "stopped")
@@ -919,6 +923,12 @@ def script_properties() -> Any:
     obs.obs_property_list_add_string(p_ov, "None", "none")
     obs.obs_properties_add_text(props, "overlay_text_source", "Text source name",
                                 obs.OBS_TEXT_DEFAULT)
+    # The browser overlay picks its head by URL (?head=user); this is for the text source.
+    p_head = obs.obs_properties_add_list(props, "overlay_head", "Text source shows",
+                                         obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_STRING)
+    obs.obs_property_list_add_string(p_head, "Emotion", "emotion")
+    obs.obs_property_list_add_string(p_head, "Your own classes (personalized model)", "user")
+    obs.obs_property_list_add_string(p_head, "Game behaviour (when trained)", "behaviour")
 
     obs.obs_properties_add_editable_list(props, "tags", "Tag hotkeys (set keys in Settings > "
                                          "Hotkeys)", obs.OBS_EDITABLE_LIST_TYPE_STRINGS, "", "")

@@ -61,6 +61,17 @@ def setup(tmp_path: Path) -> dict[str, Any]:
     sup.thread.join(15)
 
 
+def test_text_overlay_head_is_passed_and_restarts_the_worker(tmp_path: Path) -> None:
+    cfg = WorkerConfig(python=sys.executable, camera="Camera", data_dir=str(tmp_path), overlay="text")
+    assert "--overlay-head" not in cfg.argv(4455, "127.0.0.1")   # emotion is the worker's default
+    user = WorkerConfig(**{**cfg.__dict__, "head": "user"})
+    a = user.argv(4455, "127.0.0.1")
+    assert a[a.index("--overlay-head") + 1] == "user"
+    assert user.key() != cfg.key()
+    browser = WorkerConfig(**{**user.__dict__, "overlay": "browser"})
+    assert "--overlay-head" not in browser.argv(4455, "127.0.0.1")   # the page takes ?head= instead
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
 def test_worker_lifecycle(setup: dict[str, Any]) -> None:
     sup, cfg, data = setup["sup"], setup["cfg"], setup["data"]
