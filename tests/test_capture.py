@@ -17,18 +17,7 @@ import pytest
 from obs_merlb.capture import (AudioChunk, AudioRing, FileSource, LatestSlot, MediaError,
                                VideoFrame, iter_media, load_media, probe)
 
-ROOT = Path(__file__).resolve().parents[1]
-FIX = ROOT / "tests" / "fixtures"
-DEMO = ROOT / "assets" / "demo.mp4"
-CREMA_FLV = ROOT.parent / "shared" / "data" / "crema_d_samples" / "1001_DFA_ANG_XX.flv"
-
-
-def av_clip() -> Path:
-    """A real CREMA-D audio-visual clip: the demo video, else a shared FLV."""
-    for p in (DEMO, CREMA_FLV):
-        if p.exists():
-            return p
-    pytest.skip("no CREMA-D audio-visual clip (assets/demo.mp4 or ../shared/data/crema_d_samples)")
+from media import FIX, av_clip  # tests/media.py (pytest puts tests/ on sys.path)
 
 
 def make_clip(path: Path, *, seconds: float = 2.0, fps: int = 25, event_s: float = 1.0,

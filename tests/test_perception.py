@@ -13,17 +13,7 @@ from obs_merlb.perception import Perceiver, Steps, clip_steps
 from obs_merlb.perception import voice as V
 from obs_merlb.perception.scene import thumbnail
 
-ROOT = Path(__file__).resolve().parents[1]
-FIX = ROOT / "tests" / "fixtures"
-DEMO = ROOT / "assets" / "demo.mp4"
-CREMA_FLV = ROOT.parent / "shared" / "data" / "crema_d_samples" / "1001_DFA_HAP_XX.flv"
-
-
-def av_clip() -> Path:
-    for p in (DEMO, CREMA_FLV):
-        if p.exists():
-            return p
-    pytest.skip("no CREMA-D audio-visual clip (assets/demo.mp4 or ../shared/data/crema_d_samples)")
+from media import FIX, av_clip  # tests/media.py (pytest puts tests/ on sys.path)
 
 
 @pytest.fixture(scope="module")
