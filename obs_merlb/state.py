@@ -11,7 +11,10 @@ label. `StateTracker` turns the raw stream into what the overlay shows:
   (minimum dwell time), so a one-tick blip never reaches the overlay.
 * `"uncertain"` when the smoothed top probability is below `threshold`, or when
   nothing is observed (no face, no speech): then the probabilities decay
-  towards uniform instead of freezing on the last guess.
+  towards uniform instead of freezing on the last guess. `threshold` is
+  stated for the 7-class emotion head; a head with k classes uses the point
+  the same share of the way from chance (1/k) to certainty (`head_threshold`),
+  so a 2-class head is not "sure" at 0.4, below chance.
 * `visible`: the overlay hides after `hide_after_s` without a face, or after
   `hide_after_s` of continuous uncertainty.
 
@@ -100,6 +103,19 @@ def _as_dist(p: Any, n: int) -> np.ndarray:
     a = np.clip(np.nan_to_num(a, nan=0.0), 0.0, None)
     s = a.sum()
     return a / s if s > 0 else np.full(n, 1.0 / n)
+
+
+def head_threshold(threshold: float, n_classes: int, reference: int = len(EMOTIONS)) -> float:
+    """`threshold` (stated for `reference` classes) moved to a head with `n_classes`.
+
+    Keeps its position between chance and certainty: with the default 0.40 for
+    7 classes, a 3-class head needs 0.53 and a 2-class head 0.65.
+    """
+    chance, ref_chance = 1.0 / max(n_classes, 1), 1.0 / reference
+    if threshold <= ref_chance:     # below chance: 0 stays 0 ("never uncertain")
+        return float(chance * max(threshold, 0.0) / ref_chance)
+    share = (threshold - ref_chance) / (1.0 - ref_chance)
+    return float(min(chance + share * (1.0 - chance), 1.0))
 
 
 def _uniform(n: int) -> np.ndarray:
@@ -240,7 +256,8 @@ class _LabelledHead:
         """Blend in one tick's distribution (weight a on the old value); returns this tick's candidate."""
         self.ema = a * self.ema + (1.0 - a) * new
         top = int(np.argmax(self.ema))
-        candidate = self.names[top] if (observed and float(self.ema[top]) >= cfg.threshold) else UNCERTAIN
+        sure = float(self.ema[top]) >= head_threshold(cfg.threshold, len(self.names))
+        candidate = self.names[top] if (observed and sure) else UNCERTAIN
         # Dwell: the candidate must lead continuously for min_dwell_s. Going to
         # "uncertain" also dwells, so a single weak tick does not blank the label.
         if candidate != self.candidate:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from obs_merlb.labels import EMOTIONS
-from obs_merlb.state import (UNCERTAIN, StateConfig, StateTracker, contributions_from_deltas,
+from obs_merlb.state import (UNCERTAIN, StateConfig, StateTracker, contributions_from_deltas, head_threshold,
                              modality_contributions)
 
 
@@ -151,27 +151,31 @@ def test_extra_heads_smoothed_and_dwelled_like_emotion() -> None:
         t += 1 / rate
     user = [e["heads"]["user"] for e in ev]
     assert set(user[0]) == {"label", "confidence", "probs"} and set(user[0]["probs"]) == {"hyped", "tilted"}
-    # Same dwell as the emotion label: "hyped" only after leading for 1 s.
+    # Same dwell as the emotion label: "hyped" shows once its smoothed share has
+    # been above the (2-class) threshold for 1 s.
+    sure = head_threshold(0.5, 2)
+    crossed = next(i for i, u in enumerate(user) if u["probs"]["hyped"] >= sure)
     first_hyped = next(i for i, u in enumerate(user) if u["label"] == "hyped")
-    assert first_hyped / rate == pytest.approx(1.0, abs=0.1)
-    assert user[first_hyped]["label"] == ev[first_hyped]["label"].replace("happy", "hyped")
+    assert (first_hyped - crossed) / rate == pytest.approx(1.0, abs=0.1)
     # Smoothed: one tick after the switch the EMA still favours hyped, below the raw 0.9 / 0.1.
     assert 0.5 < user[31]["probs"]["hyped"] < 0.9
     assert user[31]["label"] == "hyped"
     # The switch to tilted shows once the smoothed tilted has led for min_dwell_s.
+    crossed = next(i for i, u in enumerate(user) if i >= 30 and u["probs"]["tilted"] >= sure)
     first_tilted = next(i for i, u in enumerate(user) if u["label"] == "tilted")
-    assert 1.0 + 0.1 < (first_tilted - 30) / rate < 1.0 + 0.5
+    assert (first_tilted - crossed) / rate == pytest.approx(1.0, abs=0.1)
     assert user[-1]["confidence"] == pytest.approx(user[-1]["probs"]["tilted"], abs=1e-4)
     # Below the threshold: uncertain (after dwelling), with the top probability as confidence.
     for _ in range(30):
-        ev.append(tick(t, [0.45, 0.55]))       # raw top 0.55 >= 0.5 ...
+        ev.append(tick(t, [0.25, 0.75]))       # 0.75 >= head_threshold(0.5, 2) = 0.71 ...
         t += 1 / rate
-    tr.config.threshold = 0.6                   # ... but not >= 0.6
+    assert ev[-1]["heads"]["user"]["label"] == "tilted"
+    tr.config.threshold = 0.6                   # ... but not >= head_threshold(0.6, 2) = 0.77
     for _ in range(30):
-        ev.append(tick(t, [0.45, 0.55]))
+        ev.append(tick(t, [0.25, 0.75]))
         t += 1 / rate
     assert ev[-1]["heads"]["user"]["label"] == UNCERTAIN
-    assert ev[-1]["heads"]["user"]["confidence"] == pytest.approx(0.55, abs=0.01)
+    assert ev[-1]["heads"]["user"]["confidence"] == pytest.approx(0.75, abs=0.01)
     # Nothing observed: decays towards uniform and goes uncertain, like the emotion.
     for _ in range(45):
         ev.append(tick(t, None))
@@ -194,3 +198,19 @@ def test_extra_heads_survive_a_model_swap_only_when_unchanged() -> None:
     assert tr.extra["user"].label == UNCERTAIN
     tr.set_extra_heads({"emotion": list(EMOTIONS)})            # a model without it: gone
     assert tr.update(0.2, probs_for("happy"), face_present=True, speech=False)["heads"] == {}
+
+
+def test_threshold_scales_with_the_number_of_classes() -> None:
+    # The threshold is stated for 7 emotions; a head keeps its place between chance and certainty.
+    assert head_threshold(0.4, 7) == pytest.approx(0.4)
+    assert head_threshold(0.4, 3) == pytest.approx(1 / 3 + (0.4 - 1 / 7) / (6 / 7) * (2 / 3))
+    assert head_threshold(0.4, 2) == pytest.approx(0.65, abs=0.01)
+    assert head_threshold(0.0, 2) == 0.0 and head_threshold(1.0, 2) == 1.0
+
+    # With the default 0.4: a 7-class emotion at 0.45 is shown, a 2-class head at 0.6
+    # (barely above its coin flip) is "uncertain", at 0.8 it is shown.
+    tr = StateTracker(StateConfig(smoothing=0.0, min_dwell_s=0.0), extra={"user": ["hyped", "calm"]})
+    ev = tr.update(0.0, {**probs_for("happy", 0.45), "user": [0.6, 0.4]}, face_present=True, speech=False)
+    assert ev["label"] == "happy" and ev["heads"]["user"]["label"] == UNCERTAIN
+    ev = tr.update(0.1, {**probs_for("happy", 0.45), "user": [0.8, 0.2]}, face_present=True, speech=False)
+    assert ev["heads"]["user"]["label"] == "hyped"

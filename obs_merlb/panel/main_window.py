@@ -365,7 +365,8 @@ class MainWindow(QMainWindow):
         rows = [
             ("Analysis rate", self.rate_spin, "Upper limit; the worker lowers it by itself when OBS drops frames."),
             ("Confidence threshold", self._pair(self.threshold_slider, self.threshold_value),
-             "Below this the overlay shows \u201cuncertain\u201d instead of a guess."),
+             "Below this the overlay shows \u201cuncertain\u201d instead of a guess "
+             "(set for the 7 emotions; heads with fewer classes need proportionally more)."),
             ("Smoothing", self._pair(self.smoothing_slider, self.smoothing_value),
              "Higher is calmer but slower to follow you."),
             ("Minimum dwell", self.dwell_spin, "A new emotion must lead this long before it shows."),
