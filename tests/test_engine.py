@@ -160,7 +160,10 @@ def test_user_head_reaches_state_events(tmp_path: Path) -> None:
     model = fresh_model_dir(tmp_path / "model", heads={
         "emotion": list(EMOTIONS), "valence": list(VALENCE), "arousal": list(AROUSAL),
         "behaviour": [], "user": ["hyped", "tilted"]})
-    live = Live(["--video", str(DEMO), "--model", str(model), "--no-session", "--no-body"], tmp_path)
+    # A low threshold: this random model's two-class head sits near 0.5, under the
+    # two-class threshold that the default 0.40 becomes (0.65, state.head_threshold).
+    live = Live(["--video", str(DEMO), "--model", str(model), "--no-session", "--no-body", "--threshold", "0.1"],
+                tmp_path)
     assert live.ws_url, live.proc.stderr.read()
     hello = live.wait_for(lambda e: e["type"] == "hello")
     assert hello and hello["config"]["heads"] == {"user": ["hyped", "tilted"]}
