@@ -89,3 +89,75 @@ def test_schedule_warms_up_then_decays() -> None:
     assert lrs[0] < lrs[9] == pytest.approx(1.0) and lrs[-1] < 0.05
     one = [loop.lr_at(s, 100, 0, 1.0, "onecycle") for s in range(100)]
     assert int(np.argmax(one)) == 30
+
+
+def test_init_part_takes_one_encoder_from_another_model(tmp_path: Path) -> None:
+    from obs_merlb.model.config import MERLBConfig
+    from obs_merlb.model.io import save_model
+    from obs_merlb.model.merlb import MERLB
+
+    torch.manual_seed(0)
+    base, donor = MERLB(MERLBConfig(modalities=["face", "voice"])), MERLB(MERLBConfig(modalities=["face", "voice"]))
+    save_model(base, tmp_path / "base")
+    save_model(donor, tmp_path / "donor")
+    cfg = TrainConfig(init=str(tmp_path / "base"), init_parts=[f"encoders.voice.={tmp_path / 'donor'}"])
+    model = loop.build_model(cfg, None)
+    got, want_voice, want_rest = model.state_dict(), donor.state_dict(), base.state_dict()
+    for k, v in got.items():
+        assert torch.equal(v, want_voice[k] if k.startswith("encoders.voice.") else want_rest[k]), k
+    assert not torch.equal(got["encoders.voice.body.0.0.weight"], want_rest["encoders.voice.body.0.0.weight"])
+
+    # A prefix the donor lacks, or a malformed spec, stops with a message instead of a silent no-op.
+    for spec in (f"encoders.body.={tmp_path / 'donor'}", "encoders.voice."):
+        with pytest.raises(SystemExit, match="init part"):
+            loop.build_model(TrainConfig(init=str(tmp_path / "base"), init_parts=[spec]), None)
+
+
+def test_augmentations_keep_shape_range_and_vary() -> None:
+    from obs_merlb.train.data import augment_face, augment_voice
+
+    rng = np.random.default_rng(0)
+    face = np.random.default_rng(1).random((3, 1, 64, 64)).astype(np.float32)
+    outs = [augment_face(face, rng) for _ in range(4)]
+    assert all(o.shape == face.shape and o.dtype == np.float32 and 0 <= o.min() and o.max() <= 1 for o in outs)
+    assert not np.allclose(outs[0], outs[1])
+    # One transform per window: the steps of an identical-step window stay identical.
+    same = augment_face(np.repeat(face[:1], 3, axis=0), rng)
+    assert np.allclose(same[0], same[2])
+
+    voice = np.random.default_rng(2).normal(size=(4, 1, 64, 100)).astype(np.float32)
+    v1, v2 = augment_voice(voice, rng), augment_voice(voice, rng)
+    assert v1.shape == voice.shape and v1.dtype == voice.dtype and not np.allclose(v1, v2)
+    assert np.array_equal(voice, np.random.default_rng(2).normal(size=(4, 1, 64, 100)).astype(np.float32))
+
+
+def test_weight_average_is_what_gets_validated_saved_and_resumed(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    summary = train(_cfg(tmp_path, ema_epochs=1.0, epochs=2), quiet=True)
+    run = Path(summary["out"])
+    raw = load_file(str(run / "checkpoint" / "model.safetensors"))
+    avg = load_file(str(run / "checkpoint" / "ema.safetensors"))
+    best = load_file(str(run / "best" / "model.safetensors"))
+    key = "fusion.heads.heads.emotion.weight"
+    # The shipped best model is the average (taken at the best epoch), not the raw weights.
+    assert not torch.equal(raw[key], avg["module." + key])
+    if summary["best_epoch"] == 2:
+        assert torch.equal(best[key], avg["module." + key])
+    resumed = train(_cfg(tmp_path, ema_epochs=1.0, epochs=3, resume=True), quiet=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    with pytest.raises(SystemExit, match="weight average"):
+        (run / "checkpoint" / "ema.safetensors").unlink()
+        train(_cfg(tmp_path, ema_epochs=1.0, epochs=4, resume=True), quiet=True)
+
+
+def test_training_windows_hold_something() -> None:
+    from obs_merlb.train.data import window
+
+    mask = np.zeros((12, 4), np.float32)
+    mask[9:, 1] = 1                                         # speech only in the last 3 steps
+    rec = {"mask": mask, "voice": np.arange(12, dtype=np.float32)[:, None]}
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        assert window(rec, 4, rng)["mask"].any()
+    assert window(rec, 4, None)["voice"][0, 0] == 4          # validation: the centred window
