@@ -55,3 +55,20 @@ def test_missing_model_names_path_and_how_to_train(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["eval", str(FIX / "fer2013"), "--model", str(tmp_path / "nothing")])
     assert str(tmp_path / "nothing") in str(e.value) and "merlb train" in str(e.value)
+
+
+def test_card_tables_render_the_eval_json(tmp_path: Path, capsys) -> None:
+    from obs_merlb.train.recipes import card_tables
+
+    m = {"n": 10, "accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.3,
+         "per_class_f1": {"angry": 0.25, "disgust": None}}
+    (tmp_path / "fer_val.json").write_text(json.dumps({"emotion": m, "valence": m}))
+    (tmp_path / "pairs.json").write_text(json.dumps(
+        {"pairs": 10, **{k: {"emotion": m, "valence": m, "arousal": m} for k in ("fusion", "face_only", "voice_only")}}))
+    assert card_tables.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| FER2013 val (faces) | emotion | 10 | 0.500 | 0.400 | 0.300 |" in out
+    assert "fer_val emotion per-class F1: angry 0.25" in out and "disgust" not in out
+    assert "| face only | 0.500 |" in out and "RAVDESS" not in out
+    with pytest.raises(SystemExit, match="no eval folder"):
+        card_tables.main([str(tmp_path / "missing")])

@@ -115,6 +115,8 @@ evaluate() {
     stamp "bench (onnxruntime, one thread)"
     $MERLB bench --model "$DEST" --json > "$E/bench.json"
     $MERLB bench --model "$DEST"
+    stamp "the model card's tables"
+    $PY -m obs_merlb.train.recipes.card_tables "$E" | tee "$E/card_tables.md"
     stamp "eval done"
 }
 
