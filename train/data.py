@@ -176,9 +176,9 @@ def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | No
     else:
         # Only windows that hold something: a clip's leading silence alone would
         # train the heads to name an emotion from no input at all.
-        present = rec["mask"].any(axis=1)
-        starts = [s for s in range(n - steps + 1) if present[s:s + steps].any()] or list(range(n - steps + 1))
-        start = starts[int(rng.integers(0, len(starts)))]
+        seen = np.concatenate([[0], np.cumsum(rec["mask"].any(axis=1))])
+        starts = np.flatnonzero(seen[steps:] > seen[:-steps])   # windows with a present step
+        start = int(starts[rng.integers(0, len(starts))]) if len(starts) else int(rng.integers(0, n - steps + 1))
     return {k: v[start:start + steps] for k, v in rec.items()}
 
 
