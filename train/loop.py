@@ -79,7 +79,8 @@ class TrainConfig:
     resume: bool = False
     init: str | None = None                              # start from a saved model folder
     # "PREFIX=MODEL_DIR": after `init`, the weights whose names start with
-    # PREFIX come from another saved model (e.g. "encoders.voice=runs/voice/model"),
+    # PREFIX come from another saved model (e.g. "encoders.voice.=runs/voice/model";
+    # end the prefix with "." so it names whole modules),
     # so encoders trained in separate runs meet in one fusion run.
     init_parts: list[str] = field(default_factory=list)
     # Measure the voice encoder's per-band input scale on this run's data even
@@ -218,9 +219,10 @@ def save_checkpoint(d: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     from safetensors.torch import save_file
 
     d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
-    if ema is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(d / "ema.safetensors"))
+    for name, module in (("model", model), ("ema", ema)):
+        if module is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                      str(d / f"{name}.safetensors"))
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
@@ -285,7 +287,7 @@ def load_part(model: torch.nn.Module, spec: str) -> int:
 
     prefix, sep, directory = spec.partition("=")
     if not sep or not prefix or not directory:
-        raise SystemExit(f"init part {spec!r}: expected PREFIX=MODEL_DIR, e.g. encoders.voice=runs/voice/model")
+        raise SystemExit(f"init part {spec!r}: expected PREFIX=MODEL_DIR, e.g. encoders.voice.=runs/voice/model")
     source = load_file(str(Path(directory) / WEIGHTS))
     own = model.state_dict()
     picked = {k: v for k, v in source.items() if k.startswith(prefix)}
@@ -603,7 +605,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="start from a saved model folder")
     parser.add_argument("--init-part", dest="init_parts", action="append", metavar="PREFIX=MODEL_DIR",
                         help="after --init, take the weights named PREFIX... from another model "
-                             "(e.g. encoders.voice=runs/voice/model; repeatable)")
+                             "(e.g. encoders.voice.=runs/voice/model; repeatable)")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, TOML value syntax (e.g. --set model.lstm_hidden=32)")
