@@ -72,6 +72,21 @@ def test_pairs_match_labels_across_people(tmp_path: Path) -> None:
     assert batch["face"].shape[:2] == batch["mask"].shape[:2] and batch["y"].shape == (2, 4)
 
 
+def test_mismatched_pairs_disagree_and_take_the_faces_label(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, val_fraction=0.0)
+    train_rec, _ = loop.load_data(cfg, quiet=True)
+    emo = train_rec.targets[:, 0]
+    always = PairedDataset(train_rec, ["face", "voice"], 8, train=True, n_pairs=12, mismatch=1.0)
+    assert len(always.voices) >= 2                      # fixtures hold voices of several emotions
+    for i in range(len(always)):
+        f, v = always.pair(i)
+        assert emo[f] != emo[v] and always.mismatched(i)
+        assert np.array_equal(always[i]["y"], train_rec.targets[f])     # the face's label, every head
+    some = PairedDataset(train_rec, ["face", "voice"], 8, train=True, n_pairs=400, mismatch=0.25)
+    share = np.mean([some.mismatched(i) for i in range(len(some))])
+    assert 0.15 < share < 0.35
+
+
 def test_cli_flags_override_the_recipe(tmp_path: Path) -> None:
     from obs_merlb.cli import main
 

@@ -226,12 +226,17 @@ class StepDataset(Dataset):
 
 
 class PairedDataset(StepDataset):
-    """Face sample + voice clip of the same emotion, from different people (see module doc)."""
+    """Face sample + voice clip of the same emotion, from different people (see module doc).
+
+    With ``mismatch`` > 0 that share of pairs takes a voice of another
+    emotion, labelled by the face.
+    """
 
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  n_pairs: int = 0, augment: bool = True, seed: int = 0,
-                 key_segments: int | None = None) -> None:
+                 key_segments: int | None = None, mismatch: float = 0.0) -> None:
         super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments)
+        self.mismatch = mismatch
         masks = [r["mask"].any(axis=0) for r in records.arrays]
         emo = records.targets[:, HEADS.index("emotion")]
         self.faces = [i for i, m in enumerate(masks) if m[FACE] and not m[VOICE] and emo[i] >= 0]
@@ -248,9 +253,16 @@ class PairedDataset(StepDataset):
         rng = np.random.default_rng((self.seed, self.epoch if self.train else 0, i, 7))
         f = self.faces[int(rng.integers(len(self.faces)))]
         emo = int(self.records.targets[f, HEADS.index("emotion")])
+        others = [e for e in self.voices if e != emo]
+        if others and rng.random() < self.mismatch:
+            emo = others[int(rng.integers(len(others)))]
         group = self.records.items[f].group
         pool = [v for v in self.voices[emo] if self.records.items[v].group != group] or self.voices[emo]
         return f, pool[int(rng.integers(len(pool)))]
+
+    def mismatched(self, i: int) -> bool:
+        f, v = self.pair(i)
+        return bool(self.records.targets[f, HEADS.index("emotion")] != self.records.targets[v, HEADS.index("emotion")])
 
     def __len__(self) -> int:
         return self.n_pairs
@@ -266,10 +278,15 @@ class PairedDataset(StepDataset):
         for m, src in (("face", face), ("voice", voice)):
             if m in src:
                 out[m] = src[m][:t]
-        # A head counts only where both sides say the same (valence/arousal
-        # tables differ between sets for a few emotions).
         yf, yv = self.records.targets[f], self.records.targets[v]
-        out["y"] = np.where(yf == yv, yf, IGNORE)
+        if yf[HEADS.index("emotion")] != yv[HEADS.index("emotion")]:
+            # A disagreeing pair (`mismatch`) is labelled by the face: see
+            # TrainConfig.pair_mismatch for why the face wins.
+            out["y"] = yf.copy()
+        else:
+            # A head counts only where both sides say the same (valence/arousal
+            # tables differ between sets for a few emotions).
+            out["y"] = np.where(yf == yv, yf, IGNORE)
         return out
 
 

@@ -68,6 +68,13 @@ class TrainConfig:
     oversample: int = 0                                  # seed oversampling: at most this many additions
     pairing: bool = False                                # add label-matched face+voice pairs
     pairs_per_epoch: int = 0                             # 0 = as many as the smaller side
+    # Share of pairs whose voice shows another emotion than the face, labelled
+    # by the face. Label-matched pairs always agree, so without these the
+    # fusion never sees a conflict and follows whichever side is more
+    # confident, which on an unfamiliar voice is the voice's mistake. The
+    # face wins because it is the better-measured modality (held-out
+    # accuracy, MODEL_CARD.md) and the one the stream shows.
+    pair_mismatch: float = 0.0
     modality_dropout: float = 0.2
     augment: bool = True
     max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
@@ -395,7 +402,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
     k = cfg.voice_key_segments
     parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k)]
     if cfg.pairing:
-        paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k)
+        paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
+                               mismatch=cfg.pair_mismatch)
         console.print(f"label-matched face+voice pairs per epoch: {len(paired)}")
         if len(paired):
             parts.append(paired)
