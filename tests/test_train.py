@@ -85,6 +85,8 @@ def test_mismatched_pairs_disagree_and_take_the_faces_label(tmp_path: Path) -> N
     some = PairedDataset(train_rec, ["face", "voice"], 8, train=True, n_pairs=400, mismatch=0.25)
     share = np.mean([some.mismatched(i) for i in range(len(some))])
     assert 0.15 < share < 0.35
+    with pytest.raises(SystemExit, match="pair_mismatch"):
+        train(_cfg(tmp_path, pair_mismatch=1.5), quiet=True)
 
 
 def test_cli_flags_override_the_recipe(tmp_path: Path) -> None:

@@ -355,6 +355,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
     from obs_merlb.model.io import save_model
     from obs_merlb.model.merlb import multitask_loss
 
+    if not 0.0 <= cfg.pair_mismatch <= 1.0:
+        raise SystemExit(f"pair_mismatch is a share of the pairs, 0 to 1; got {cfg.pair_mismatch}")
     dist_info, device = setup_distributed(cfg.device)
     console = Console(stderr=True, quiet=quiet or not dist_info.main)
     seed_everything(cfg.seed)
