@@ -289,8 +289,16 @@ def test_publish_is_thread_safe(server: OverlayServer) -> None:
             t.start()
         for t in threads:
             t.join()
-        seqs = {_recv_json(ws)["seq"] for _ in range(80)}
-        assert len(seqs) == 80
+        # A client that falls more than CLIENT_BACKLOG behind loses its oldest
+        # messages by design (a slow overlay needs the newest state), so on a
+        # busy machine some of the 80 may be dropped: every message is either
+        # delivered once, intact, or counted as dropped, and each thread's
+        # last one always arrives.
+        dropped = server.dropped
+        seqs = [_recv_json(ws)["seq"] for _ in range(80 - dropped)]
+        assert len(set(seqs)) == len(seqs) == 80 - dropped
+        assert set(seqs) <= {k * 100 + i for k in range(4) for i in range(20)}
+        assert {k * 100 + 19 for k in range(4)} <= set(seqs)
 
 
 def test_restart_on_same_port() -> None:
