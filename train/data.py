@@ -260,10 +260,6 @@ class PairedDataset(StepDataset):
         pool = [v for v in self.voices[emo] if self.records.items[v].group != group] or self.voices[emo]
         return f, pool[int(rng.integers(len(pool)))]
 
-    def mismatched(self, i: int) -> bool:
-        f, v = self.pair(i)
-        return bool(self.records.targets[f, HEADS.index("emotion")] != self.records.targets[v, HEADS.index("emotion")])
-
     def __len__(self) -> int:
         return self.n_pairs
 

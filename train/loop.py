@@ -406,7 +406,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
     if cfg.pairing:
         paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
                                mismatch=cfg.pair_mismatch)
-        console.print(f"label-matched face+voice pairs per epoch: {len(paired)}")
+        console.print(f"face+voice pairs per epoch: {len(paired)} "
+                      f"({cfg.pair_mismatch:.0%} disagreeing, labelled by the face)")
         if len(paired):
             parts.append(paired)
     train_ds = ConcatDataset(parts)
