@@ -178,3 +178,22 @@ def test_training_windows_hold_something() -> None:
     for _ in range(50):
         assert window(rec, 4, rng)["mask"].any()
     assert window(rec, 4, None)["voice"][0, 0] == 4          # validation: the centred window
+
+
+def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
+    """A typo in a recipe (an unknown setting) fails here, not hours into a rebuild."""
+    import re
+
+    recipes = ROOT / "train" / "recipes"
+    for toml in sorted(recipes.glob("*.toml")):
+        cfg = TrainConfig.from_toml(toml)
+        assert cfg.epochs >= 1 and cfg.lr > 0, toml.name
+    script = (recipes / "build_default.sh").read_text()
+    stages = re.findall(r"^(\w+)\(\) \{ stage (\w+) ", script, flags=re.M) + \
+        re.findall(r"^\s+stage (fusion) ", script, flags=re.M)
+    names = {s[1] if isinstance(s, tuple) else s for s in stages}
+    assert {"face", "face5", "voice", "fusion"} <= names
+    train_all = re.search(r"^train_all\(\) \{(.*)\}$", script, flags=re.M).group(1)
+    for name in names:
+        assert (recipes / f"default_{name}.toml").exists(), name
+        assert f" {name};" in train_all, f"train_all skips stage {name}"
