@@ -37,6 +37,9 @@ class MERLBConfig:
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     # Per-step embedding sizes.
     face_dim: int = 128
+    # Dense layers in the face encoder's last block (8x8): its cheapest place
+    # to add capacity (`grow_face` adds layers to a trained model).
+    face_top_layers: int = 4
     voice_dim: int = 128
     body_dim: int = 64
     scene_dim: int = 64
@@ -67,6 +70,8 @@ class MERLBConfig:
             raise ValueError("tt_out_modes needs one entry per enabled modality")
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
+        if self.face_top_layers < 1:
+            raise ValueError("face_top_layers must be >= 1")
 
     @property
     def active_heads(self) -> dict[str, list[str]]:

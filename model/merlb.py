@@ -27,7 +27,8 @@ class MERLB(nn.Module):
         self.cfg = cfg or MERLBConfig()
         c = self.cfg
         self.encoders = nn.ModuleDict({
-            m: build_encoder(m, d, c.n_mels, c.pose_dim, c.dropout * 0.5) for m, d in c.embed_dims.items()})
+            m: build_encoder(m, d, c.n_mels, c.pose_dim, c.dropout * 0.5, c.face_top_layers)
+            for m, d in c.embed_dims.items()})
         self.fusion = build_fusion(c)
         # Columns of the 4-wide mask that belong to the enabled modalities.
         self.register_buffer("mask_cols", torch.tensor([MODALITIES.index(m) for m in c.modalities]),

@@ -231,3 +231,52 @@ def test_single_task_and_switched_off_parts() -> None:
         MERLBConfig(fusion="outer")
     with pytest.raises(ValueError):
         MERLBConfig(task="nonexistent")
+
+
+def test_grow_face_keeps_outputs_then_trains_the_new_layers(tmp_path: Path) -> None:
+    from obs_merlb.model.grow import grow_face
+    from obs_merlb.model.io import load_model, save_model
+
+    faces, names = fer_batch()
+    n = faces.shape[0]
+    mask = torch.zeros(n, 1, 4)
+    mask[..., 0] = 1
+    face = faces[:, None]
+    torch.manual_seed(0)
+    model = MERLB(MERLBConfig(modalities=["face", "voice"], steps=1, modality_dropout=0.0))
+    # Batch-norm statistics away from their defaults, as in a trained model.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(face, None, None, None, mask)
+    model.eval()
+    before = model(face, None, None, None, mask)
+
+    grown = grow_face(model, 2)
+    assert grown.cfg.face_top_layers == model.cfg.face_top_layers + 2 and not grown.training
+    n_params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in grown.parameters()) > n_params
+    after = grown(face, None, None, None, mask)
+    for head in before:
+        assert torch.allclose(before[head], after[head], atol=1e-5), head
+    # The original is left as it was.
+    assert model.cfg.face_top_layers == 4 and len(model.encoders["face"].features[5]) == 4
+
+    # Training reaches the new layers: first through the zero-started output
+    # weights, then (once those moved) into the layers themselves.
+    grown.train()
+    opt = torch.optim.Adam(grown.parameters(), lr=1e-3)
+    targets = {"emotion": torch.tensor([EMOTIONS.index(e) for e in names])}
+    new_layer = grown.encoders["face"].features[5][-1]
+    for _ in range(2):
+        opt.zero_grad()
+        loss, _ = multitask_loss(grown(face, None, None, None, mask), targets)
+        loss.backward()
+        opt.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in new_layer.parameters())
+
+    # The depth travels with the weights.
+    save_model(grown, tmp_path / "grown")
+    assert load_model(tmp_path / "grown").cfg.face_top_layers == 6
+    with pytest.raises(ValueError, match="at least one"):
+        grow_face(model, 0)

@@ -195,3 +195,20 @@ def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
     for name in names:
         assert (recipes / f"default_{name}.toml").exists(), name
         assert f" {name};" in train_all, f"train_all skips stage {name}"
+
+
+def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> None:
+    from obs_merlb.model.config import MERLBConfig
+    from obs_merlb.model.io import save_model
+    from obs_merlb.model.merlb import MERLB
+
+    torch.manual_seed(0)
+    base = MERLB(MERLBConfig(modalities=["face", "voice"]))
+    save_model(base, tmp_path / "base")
+    model = loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=3), None)
+    assert model.cfg.face_top_layers == 7
+    old = base.state_dict()
+    same = [k for k, v in model.state_dict().items() if k in old and old[k].shape == v.shape]
+    assert len(same) > 0.9 * len(old) and all(torch.equal(model.state_dict()[k], old[k]) for k in same)
+    with pytest.raises(SystemExit, match="grow_face needs init"):
+        loop.build_model(TrainConfig(grow_face=3), None)
