@@ -319,6 +319,10 @@ def build_model(cfg: TrainConfig, train: Records):
     from obs_merlb.model.merlb import MERLB
 
     if cfg.init:
+        from obs_merlb.model.config import CONFIG_FILE
+        if not (Path(cfg.init) / CONFIG_FILE).is_file():
+            raise SystemExit(f"init {cfg.init}: not a saved model folder (no {CONFIG_FILE}); "
+                             "point --init at a run's model/ folder, e.g. runs/face/model")
         model = load_model(cfg.init).train()
         # Modality dropout is a training setting: the run's value wins over
         # the one saved with the init weights (else a fusion stage started
