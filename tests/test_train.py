@@ -190,7 +190,7 @@ def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
         assert cfg.epochs >= 1 and cfg.lr > 0, toml.name
     script = (recipes / "build_default.sh").read_text()
     names = set(re.findall(r"\bstage (\w+) --", script))
-    assert {"face", "face5", "voice", "fusion"} <= names
+    assert {"face", "face6", "voice", "fusion"} <= names
     train_all = re.search(r"^train_all\(\) \{(.*)\}$", script, flags=re.M).group(1)
     for name in names:
         assert (recipes / f"default_{name}.toml").exists(), name
