@@ -212,6 +212,11 @@ def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> N
     assert len(same) > 0.9 * len(old) and all(torch.equal(model.state_dict()[k], old[k]) for k in same)
     with pytest.raises(SystemExit, match="grow_face needs init"):
         loop.build_model(TrainConfig(grow_face=3), None)
+    with pytest.raises(SystemExit, match="at least one layer"):
+        loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=-1), None)
+    save_model(MERLB(MERLBConfig(modalities=["voice"])), tmp_path / "voice_only")
+    with pytest.raises(SystemExit, match="needs a model with a face encoder"):
+        loop.build_model(TrainConfig(init=str(tmp_path / "voice_only"), grow_face=2), None)
     # A run folder instead of its model/ folder: a message, not a traceback.
     with pytest.raises(SystemExit, match="not a saved model folder"):
         loop.build_model(TrainConfig(init=str(tmp_path)), None)

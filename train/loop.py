@@ -332,7 +332,10 @@ def build_model(cfg: TrainConfig, train: Records):
             load_part(model, spec)
         if cfg.grow_face:
             from obs_merlb.model.grow import grow_face
-            model = grow_face(model, cfg.grow_face)
+            try:
+                model = grow_face(model, cfg.grow_face)
+            except ValueError as e:       # a face-less init, or a count below 1
+                raise SystemExit(f"grow_face={cfg.grow_face} with init {cfg.init}: {e}") from None
         if cfg.measure_voice_scale:
             _measure_voice_scale(model, train, cfg.seed)
         return model
