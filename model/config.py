@@ -37,8 +37,9 @@ class MERLBConfig:
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     # Per-step embedding sizes.
     face_dim: int = 128
-    # Dense layers in the face encoder's last block (8x8): its cheapest place
-    # to add capacity (`grow_face` adds layers to a trained model).
+    # Dense layers in the face encoder's two dense blocks: the middle one at
+    # 16x16 and the last at 8x8 (`grow_face` adds layers to a trained model).
+    face_mid_layers: int = 4
     face_top_layers: int = 4
     voice_dim: int = 128
     body_dim: int = 64
@@ -70,8 +71,8 @@ class MERLBConfig:
             raise ValueError("tt_out_modes needs one entry per enabled modality")
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
-        if self.face_top_layers < 1:
-            raise ValueError("face_top_layers must be >= 1")
+        if self.face_top_layers < 1 or self.face_mid_layers < 1:
+            raise ValueError("face_mid_layers and face_top_layers must be >= 1")
 
     @property
     def active_heads(self) -> dict[str, list[str]]:

@@ -62,15 +62,17 @@ class FaceEncoder(nn.Module):
 
     64 -> stem (stride 2) 32 -> inception -> pool 16 -> dense block ->
     transition 8 -> inception -> dense block -> global pool. About 40 MFLOPs,
-    a few ms per face on one CPU core in onnxruntime. `top_layers` sets the
-    last dense block's depth; each layer adds 24 channels at 8x8 (~1.5 MFLOPs).
+    a few ms per face on one CPU core in onnxruntime. `mid_layers` and
+    `top_layers` set the dense blocks' depths; each layer adds 16 channels at
+    16x16 or 24 at 8x8.
     """
 
-    def __init__(self, dim: int = 128, dropout: float = 0.2, top_layers: int = 4) -> None:
+    def __init__(self, dim: int = 128, dropout: float = 0.2, top_layers: int = 4,
+                 mid_layers: int = 4) -> None:
         super().__init__()
         self.stem = nn.Sequential(conv_bn(1, 16, 3, 2), conv_bn(16, 32, 3))         # 32x32
         inc1 = Inception(32, 16, (16, 24), (8, 12), 12)                                # 64 ch
-        dense1 = DenseBlock(inc1.out_channels, 4, 16, 32)                              # 128 ch
+        dense1 = DenseBlock(inc1.out_channels, mid_layers, 16, 32)                     # 128 ch at 4
         inc2 = Inception(64, 32, (32, 48), (16, 24), 24)                               # 128 ch
         dense2 = DenseBlock(inc2.out_channels, top_layers, 24, 48)                     # 224 ch at 4
         self.features = nn.Sequential(
@@ -163,9 +165,9 @@ class SceneEncoder(nn.Module):
 
 
 def build_encoder(modality: str, dim: int, n_mels: int = 64, pose_dim: int = 132,
-                  dropout: float = 0.2, face_top_layers: int = 4) -> nn.Module:
+                  dropout: float = 0.2, face_top_layers: int = 4, face_mid_layers: int = 4) -> nn.Module:
     if modality == "face":
-        return FaceEncoder(dim, dropout, face_top_layers)
+        return FaceEncoder(dim, dropout, face_top_layers, face_mid_layers)
     if modality == "voice":
         return VoiceEncoder(dim, n_mels, dropout)
     if modality == "body":

@@ -9,6 +9,13 @@ encoder's output layer makes the grown model compute exactly what the old
 one did; training then moves those weights off zero (their gradient is the
 new channels' activations, which are not zero), and the new layers learn
 from there, as a zero-initialised residual branch does.
+
+The middle block (16x16) grows the same way: there the layer that first sees
+the new channels is the transition convolution into the 8x8 part, and it is
+that layer's weights for them that start at zero. Stage 1f grew the last
+block and gained a point while its training loss fell and validation stayed
+flat; the middle block, four times the pixels, is where the encoder's
+mid-level features (16 channels per layer) are thin.
 """
 from __future__ import annotations
 
@@ -19,22 +26,34 @@ import torch
 from .merlb import MERLB
 
 
-def grow_face(model: MERLB, layers: int) -> MERLB:
+# The layer that reads each block's output channels: its weights for new
+# channels start at zero.
+_READER = {"top": "encoders.face.head.1.weight",           # Linear(channels -> dim)
+           "mid": "encoders.face.features.3.2.weight"}     # transition Conv2d(channels -> 64, 1x1)
+
+
+def grow_face(model: MERLB, layers: int, block: str = "top") -> MERLB:
     """A copy of `model` with `layers` more dense layers in the face encoder's
-    last block, computing the same outputs (in eval mode) as `model`."""
+    last (`top`, 8x8) or middle (`mid`, 16x16) dense block, computing the
+    same outputs (in eval mode) as `model`."""
     if layers < 1:
         raise ValueError(f"grow_face adds at least one layer, got {layers}")
+    if block not in _READER:
+        raise ValueError(f"grow_face grows block 'top' or 'mid', got {block!r}")
     if "face" not in model.cfg.modalities:
         raise ValueError("grow_face needs a model with a face encoder")
     cfg = copy.deepcopy(model.cfg)
-    cfg.face_top_layers += layers
+    if block == "top":
+        cfg.face_top_layers += layers
+    else:
+        cfg.face_mid_layers += layers
     grown = MERLB(cfg).to(next(model.parameters()).device)
     old = model.state_dict()
     new = grown.state_dict()
-    # The only old tensors whose shape changes are those that see the last
-    # block's output: the final batch norm (per channel) and the output
-    # layer's weight (out x channels). The old channels come first.
-    head = "encoders.face.head.1.weight"
+    # The only old tensors whose shape changes are those that see the grown
+    # block's output: a batch norm (per channel) and the reading layer's
+    # weight (out x channels [x 1 x 1]). The old channels come first.
+    head = _READER[block]
     with torch.no_grad():
         for name, tensor in new.items():
             if name not in old:

@@ -233,7 +233,9 @@ def test_single_task_and_switched_off_parts() -> None:
         MERLBConfig(task="nonexistent")
 
 
-def test_grow_face_keeps_outputs_then_trains_the_new_layers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block, index, depth", [("top", 5, "face_top_layers"), ("mid", 2, "face_mid_layers")])
+def test_grow_face_keeps_outputs_then_trains_the_new_layers(tmp_path: Path, block: str, index: int,
+                                                            depth: str) -> None:
     from obs_merlb.model.grow import grow_face
     from obs_merlb.model.io import load_model, save_model
 
@@ -252,22 +254,23 @@ def test_grow_face_keeps_outputs_then_trains_the_new_layers(tmp_path: Path) -> N
     model.eval()
     before = model(face, None, None, None, mask)
 
-    grown = grow_face(model, 2)
-    assert grown.cfg.face_top_layers == model.cfg.face_top_layers + 2 and not grown.training
+    grown = grow_face(model, 2, block)
+    assert getattr(grown.cfg, depth) == getattr(model.cfg, depth) + 2 and not grown.training
+    assert len(grown.encoders["face"].features[index]) == 6
     n_params = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in grown.parameters()) > n_params
     after = grown(face, None, None, None, mask)
     for head in before:
         assert torch.allclose(before[head], after[head], atol=1e-5), head
     # The original is left as it was.
-    assert model.cfg.face_top_layers == 4 and len(model.encoders["face"].features[5]) == 4
+    assert getattr(model.cfg, depth) == 4 and len(model.encoders["face"].features[index]) == 4
 
     # Training reaches the new layers: first through the zero-started output
     # weights, then (once those moved) into the layers themselves.
     grown.train()
     opt = torch.optim.Adam(grown.parameters(), lr=1e-3)
     targets = {"emotion": torch.tensor([EMOTIONS.index(e) for e in names])}
-    new_layer = grown.encoders["face"].features[5][-1]
+    new_layer = grown.encoders["face"].features[index][-1]
     for _ in range(2):
         opt.zero_grad()
         loss, _ = multitask_loss(grown(face, None, None, None, mask), targets)
@@ -277,6 +280,8 @@ def test_grow_face_keeps_outputs_then_trains_the_new_layers(tmp_path: Path) -> N
 
     # The depth travels with the weights.
     save_model(grown, tmp_path / "grown")
-    assert load_model(tmp_path / "grown").cfg.face_top_layers == 6
+    assert getattr(load_model(tmp_path / "grown").cfg, depth) == 6
     with pytest.raises(ValueError, match="at least one"):
-        grow_face(model, 0)
+        grow_face(model, 0, block)
+    with pytest.raises(ValueError, match="'top' or 'mid'"):
+        grow_face(model, 1, "stem")

@@ -210,8 +210,14 @@ def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> N
     old = base.state_dict()
     same = [k for k, v in model.state_dict().items() if k in old and old[k].shape == v.shape]
     assert len(same) > 0.9 * len(old) and all(torch.equal(model.state_dict()[k], old[k]) for k in same)
+    both = loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=1, grow_face_mid=2), None)
+    assert (both.cfg.face_top_layers, both.cfg.face_mid_layers) == (5, 6)
     with pytest.raises(SystemExit, match="grow_face needs init"):
         loop.build_model(TrainConfig(grow_face=3), None)
+    with pytest.raises(SystemExit, match="grow_face needs init"):
+        loop.build_model(TrainConfig(grow_face_mid=3), None)
+    with pytest.raises(SystemExit, match="grow_face_mid=-2"):
+        loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face_mid=-2), None)
     with pytest.raises(SystemExit, match="at least one layer"):
         loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=-1), None)
     save_model(MERLB(MERLBConfig(modalities=["voice"])), tmp_path / "voice_only")

@@ -96,8 +96,10 @@ class TrainConfig:
     # face-only weights). A fresh model always measures it.
     measure_voice_scale: bool = False
     # When starting from `init`: add this many dense layers to the face
-    # encoder's last block without changing its outputs (model/grow.py).
+    # encoder's last (8x8) / middle (16x16) dense block without changing its
+    # outputs (model/grow.py).
     grow_face: int = 0
+    grow_face_mid: int = 0
     # Validate, select and ship an exponential moving average of the weights
     # (and batch-norm statistics) over about this many epochs; 0 = the raw
     # weights. Small sets (the voice stage has ~40 steps per epoch) swing a
@@ -330,20 +332,23 @@ def build_model(cfg: TrainConfig, train: Records):
         model.cfg.modality_dropout = cfg.modality_dropout
         for spec in cfg.init_parts:
             load_part(model, spec)
-        if cfg.grow_face:
-            from obs_merlb.model.grow import grow_face
+        from obs_merlb.model.grow import grow_face
+        for key, block in (("grow_face", "top"), ("grow_face_mid", "mid")):
+            n = getattr(cfg, key)
+            if not n:
+                continue
             try:
-                model = grow_face(model, cfg.grow_face)
+                model = grow_face(model, n, block)
             except ValueError as e:       # a face-less init, or a count below 1
-                raise SystemExit(f"grow_face={cfg.grow_face} with init {cfg.init}: {e}") from None
+                raise SystemExit(f"{key}={n} with init {cfg.init}: {e}") from None
         if cfg.measure_voice_scale:
             _measure_voice_scale(model, train, cfg.seed)
         return model
     if cfg.init_parts:
         raise SystemExit("init_parts needs init: the model they are copied into")
-    if cfg.grow_face:
-        raise SystemExit("grow_face needs init: the trained model to grow "
-                         "(a fresh model sets its depth with model.face_top_layers)")
+    if cfg.grow_face or cfg.grow_face_mid:
+        raise SystemExit("grow_face needs init: the trained model to grow (a fresh model sets "
+                         "its depth with model.face_top_layers / model.face_mid_layers)")
     mcfg = MERLBConfig(**{**cfg.model, "fusion": cfg.fusion, "task": cfg.task, "modalities": list(cfg.modalities),
                           "steps": cfg.steps, "modality_dropout": cfg.modality_dropout})
     model = MERLB(mcfg)
