@@ -5,7 +5,7 @@
 #   train/recipes/build_default.sh train      # preprocess + the 3 training stages
 #   train/recipes/build_default.sh export     # copy RUNS/fusion/model to assets/model
 #   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
-#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | ... | face6 | voice | fusion
+#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | ... | face7 | voice | fusion
 #
 # Settings (environment):
 #   DATA  data root in the ../shared/data layout   (default ../shared/data)
@@ -22,11 +22,12 @@
 #  1d default_face4.toml   16 more epochs, lower peak lr, weight average (init: stage 1c)
 #  1e default_face5.toml   22 more epochs, peak lr 1e-3, weight average (init: stage 1d)
 #  1f default_face6.toml   face encoder grown by 8 dense layers, 20 more epochs (init: stage 1e)
+#  1g default_face7.toml   its middle block grown by 8 dense layers, 10 more epochs (init: stage 1f)
 #   2 default_voice.toml   voice encoder on RAVDESS actors 01-16 + EmoDB speakers 09-14,
 #                          selected on actors 17-20 + EmoDB 03/08 (init: stage 1b; it
-#                          does not need stages 1c-1f, so they can run side by side)
+#                          does not need stages 1c-1g, so they can run side by side)
 #   3 default_fusion.toml  LSTMs/TT fusion/heads on faces, voices and label-matched
-#                          pairs with modality dropout, encoders fixed (init: stage 1f,
+#                          pairs with modality dropout, encoders fixed (init: stage 1g,
 #                          with the voice encoder and voice LSTM of stage 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -81,16 +82,17 @@ face3() { stage face3 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val
 face4() { stage face4 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face3/model"; }
 face5() { stage face5 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face4/model"; }
 face6() { stage face6 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face5/model"; }
+face7() { stage face7 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face6/model"; }
 voice() { stage voice --data "$DATA/ravdess_speech" --data "$DATA/emodb" --init "$RUNS/face2/model"; }
 fusion() {
     # Voice is modality 1: fusion.temporals.1 / fusion.norms.1 are its Bi-LSTM and norm.
     stage fusion --data "$DATA/fer2013" --data "$DATA/ravdess_speech" --data "$DATA/emodb" \
-        --init "$RUNS/face6/model" \
+        --init "$RUNS/face7/model" \
         --init-part "encoders.voice.=$RUNS/voice/model" \
         --init-part "fusion.temporals.1.=$RUNS/voice/model" \
         --init-part "fusion.norms.1.=$RUNS/voice/model"
 }
-train_all() { preprocess; face; face2; face3; face4; face5; face6; voice; fusion; }
+train_all() { preprocess; face; face2; face3; face4; face5; face6; face7; voice; fusion; }
 
 export_model() {
     # The run folder already holds weights, config (with label names) and the
@@ -129,7 +131,7 @@ evaluate() {
 case $what in
     all) train_all; export_model; evaluate ;;
     train) train_all ;;
-    preprocess | face | face2 | face3 | face4 | face5 | face6 | voice | fusion) $what ;;   # one step (resume a build)
+    preprocess | face | face2 | face3 | face4 | face5 | face6 | face7 | voice | fusion) $what ;;   # one step (resume a build)
     export) export_model ;;
     eval) evaluate ;;
     *) echo "usage: $0 [all|train|export|eval]" >&2; exit 2 ;;
