@@ -26,10 +26,10 @@ import torch
 from .merlb import MERLB
 
 
-# The layer that reads each block's output channels: its weights for new
-# channels start at zero.
-_READER = {"top": "encoders.face.head.1.weight",           # Linear(channels -> dim)
-           "mid": "encoders.face.features.3.2.weight"}     # transition Conv2d(channels -> 64, 1x1)
+# Per block: the config field holding its depth, and the layer that reads its
+# output channels (its weights for new channels start at zero).
+_BLOCKS = {"top": ("face_top_layers", "encoders.face.head.1.weight"),          # Linear(channels -> dim)
+           "mid": ("face_mid_layers", "encoders.face.features.3.2.weight")}    # transition 1x1 conv
 
 
 def grow_face(model: MERLB, layers: int, block: str = "top") -> MERLB:
@@ -38,22 +38,19 @@ def grow_face(model: MERLB, layers: int, block: str = "top") -> MERLB:
     same outputs (in eval mode) as `model`."""
     if layers < 1:
         raise ValueError(f"grow_face adds at least one layer, got {layers}")
-    if block not in _READER:
+    if block not in _BLOCKS:
         raise ValueError(f"grow_face grows block 'top' or 'mid', got {block!r}")
     if "face" not in model.cfg.modalities:
         raise ValueError("grow_face needs a model with a face encoder")
+    depth, head = _BLOCKS[block]
     cfg = copy.deepcopy(model.cfg)
-    if block == "top":
-        cfg.face_top_layers += layers
-    else:
-        cfg.face_mid_layers += layers
+    setattr(cfg, depth, getattr(cfg, depth) + layers)
     grown = MERLB(cfg).to(next(model.parameters()).device)
     old = model.state_dict()
     new = grown.state_dict()
     # The only old tensors whose shape changes are those that see the grown
     # block's output: a batch norm (per channel) and the reading layer's
     # weight (out x channels [x 1 x 1]). The old channels come first.
-    head = _READER[block]
     with torch.no_grad():
         for name, tensor in new.items():
             if name not in old:

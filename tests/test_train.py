@@ -214,7 +214,7 @@ def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> N
     assert (both.cfg.face_top_layers, both.cfg.face_mid_layers) == (5, 6)
     with pytest.raises(SystemExit, match="grow_face needs init"):
         loop.build_model(TrainConfig(grow_face=3), None)
-    with pytest.raises(SystemExit, match="grow_face needs init"):
+    with pytest.raises(SystemExit, match="grow_face_mid needs init.*model.face_mid_layers"):
         loop.build_model(TrainConfig(grow_face_mid=3), None)
     with pytest.raises(SystemExit, match="grow_face_mid=-2"):
         loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face_mid=-2), None)

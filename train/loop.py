@@ -346,9 +346,10 @@ def build_model(cfg: TrainConfig, train: Records):
         return model
     if cfg.init_parts:
         raise SystemExit("init_parts needs init: the model they are copied into")
-    if cfg.grow_face or cfg.grow_face_mid:
-        raise SystemExit("grow_face needs init: the trained model to grow (a fresh model sets "
-                         "its depth with model.face_top_layers / model.face_mid_layers)")
+    for key, depth in (("grow_face", "face_top_layers"), ("grow_face_mid", "face_mid_layers")):
+        if getattr(cfg, key):
+            raise SystemExit(f"{key} needs init: the trained model to grow "
+                             f"(a fresh model sets its depth with model.{depth})")
     mcfg = MERLBConfig(**{**cfg.model, "fusion": cfg.fusion, "task": cfg.task, "modalities": list(cfg.modalities),
                           "steps": cfg.steps, "modality_dropout": cfg.modality_dropout})
     model = MERLB(mcfg)
