@@ -148,6 +148,32 @@ def test_augmentations_keep_shape_range_and_vary() -> None:
     assert np.array_equal(voice, np.random.default_rng(2).normal(size=(4, 1, 64, 100)).astype(np.float32))
 
 
+def test_face_erasing_covers_one_rectangle_per_window_and_is_off_by_default(tmp_path: Path) -> None:
+    from obs_merlb.train.data import augment_face
+
+    face = np.full((3, 1, 64, 64), 0.5, np.float32)
+    for seed in range(40):
+        plain = augment_face(face, np.random.default_rng(seed))
+        # erase=0 draws nothing extra: recipes without it keep their augmentation stream.
+        assert np.array_equal(plain, augment_face(face, np.random.default_rng(seed), erase=0.0))
+        erased = augment_face(face, np.random.default_rng(seed), erase=1.0)
+        changed = np.abs(erased - plain)[0, 0] > 0
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+        assert 0.005 * 64 * 64 < changed.sum() <= box <= 0.25 * 64 * 64
+        assert np.array_equal(erased[0], erased[2])           # the same occluder at every step
+
+    # The recipe setting reaches the training windows; validation windows are never erased.
+    train_rec, _ = loop.load_data(_cfg(tmp_path, val_fraction=0.0), quiet=True)
+    faces = [i for i in range(len(train_rec)) if train_rec.arrays[i]["mask"][:, 0].any()]
+    on = StepDataset(train_rec, ["face"], 8, True, face_erase=1.0)
+    off = StepDataset(train_rec, ["face"], 8, True)
+    assert any(not np.array_equal(on[i]["face"], off[i]["face"]) for i in faces)
+    val = StepDataset(train_rec, ["face"], 8, False, face_erase=1.0)
+    assert np.array_equal(val[faces[0]]["face"], StepDataset(train_rec, ["face"], 8, False)[faces[0]]["face"])
+    assert TrainConfig().face_erase == 0.0 and TrainConfig.from_dict({"face_erase": 0.5}).face_erase == 0.5
+
+
 def test_weight_average_is_what_gets_validated_saved_and_resumed(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

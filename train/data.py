@@ -94,12 +94,16 @@ def to_float(modality: str, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- augmentation
 
 
-def augment_face(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment_face(x: np.ndarray, rng: np.random.Generator, erase: float = 0.0) -> np.ndarray:
     """(t, 1, S, S) float: one random flip/rotation/shift/zoom/contrast for the whole window.
 
     The same transform for every step of a window, because a webcam does not
     re-frame the face between steps. One affine warp does rotation, zoom and
     shift together (edges replicated, as a live crop near the frame edge is).
+    With probability ``erase``, a random rectangle (2-20% of the face) is
+    then filled with noise, the same one at every step (random erasing,
+    Zhong et al. 2020): a hand, a mic or a headset strap over part of the
+    face, and a regulariser that makes the encoder use more than one region.
     """
     import cv2
 
@@ -115,7 +119,16 @@ def augment_face(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                                    borderMode=cv2.BORDER_REPLICATE)[None] for c in x])
     gain, bias = rng.uniform(0.75, 1.25), rng.uniform(-0.1, 0.1)
     mean = out.mean()
-    return np.clip((out - mean) * gain + mean + bias, 0.0, 1.0).astype(np.float32)
+    out = np.clip((out - mean) * gain + mean + bias, 0.0, 1.0).astype(np.float32)
+    # Drawn only when asked for, so runs without erasing keep their augmentation stream.
+    if erase > 0 and rng.random() < erase:
+        area = rng.uniform(0.02, 0.2) * s * s
+        aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
+        h = int(min(s, max(1, round(np.sqrt(area * aspect)))))
+        w = int(min(s, max(1, round(np.sqrt(area / aspect)))))
+        top, left = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
+        out[..., top:top + h, left:left + w] = rng.random((h, w), dtype=np.float32)
+    return out
 
 
 def augment_voice(x: np.ndarray, rng: np.random.Generator, warp: bool = True) -> np.ndarray:
@@ -185,10 +198,10 @@ def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | No
 class StepDataset(Dataset):
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  augment: bool = True, image_steps: int = 1, seed: int = 0,
-                 key_segments: int | None = None) -> None:
+                 key_segments: int | None = None, face_erase: float = 0.0) -> None:
         self.records, self.modalities, self.steps = records, list(modalities), steps
         self.train, self.augment, self.image_steps, self.seed = train, augment, image_steps, seed
-        self.key_segments = key_segments
+        self.key_segments, self.face_erase = key_segments, face_erase
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -215,7 +228,8 @@ class StepDataset(Dataset):
             if m in w:
                 x = to_float(m, w[m])
                 if rng is not None and self.augment:
-                    x = augment_face(x, rng) if m == "face" else augment_voice(x, rng) if m == "voice" else x
+                    x = (augment_face(x, rng, self.face_erase) if m == "face"
+                         else augment_voice(x, rng) if m == "voice" else x)
                 out[m] = np.ascontiguousarray(x)
         return out
 

@@ -77,6 +77,8 @@ class TrainConfig:
     pair_mismatch: float = 0.0
     modality_dropout: float = 0.2
     augment: bool = True
+    # Share of training faces with a random rectangle erased (data.augment_face).
+    face_erase: float = 0.0
     max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
     preprocess_workers: int = field(default_factory=default_workers)
     loader_workers: int = 0
@@ -424,7 +426,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
 
     mods = model.cfg.modalities
     k = cfg.voice_key_segments
-    parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k)]
+    parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k,
+                         cfg.face_erase)]
     if cfg.pairing:
         paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
                                mismatch=cfg.pair_mismatch)
