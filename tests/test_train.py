@@ -172,6 +172,8 @@ def test_face_erasing_covers_one_rectangle_per_window_and_is_off_by_default(tmp_
     val = StepDataset(train_rec, ["face"], 8, False, face_erase=1.0)
     assert np.array_equal(val[faces[0]]["face"], StepDataset(train_rec, ["face"], 8, False)[faces[0]]["face"])
     assert TrainConfig().face_erase == 0.0 and TrainConfig.from_dict({"face_erase": 0.5}).face_erase == 0.5
+    with pytest.raises(SystemExit, match="face_erase"):
+        train(_cfg(tmp_path, face_erase=1.5), quiet=True)
 
 
 def test_weight_average_is_what_gets_validated_saved_and_resumed(tmp_path: Path) -> None:

@@ -381,6 +381,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
 
     if not 0.0 <= cfg.pair_mismatch <= 1.0:
         raise SystemExit(f"pair_mismatch is a share of the pairs, 0 to 1; got {cfg.pair_mismatch}")
+    if not 0.0 <= cfg.face_erase <= 1.0:
+        raise SystemExit(f"face_erase is a share of the training faces, 0 to 1; got {cfg.face_erase}")
     dist_info, device = setup_distributed(cfg.device)
     console = Console(stderr=True, quiet=quiet or not dist_info.main)
     seed_everything(cfg.seed)
