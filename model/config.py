@@ -41,6 +41,8 @@ class MERLBConfig:
     # 16x16 and the last at 8x8 (`grow_face` adds layers to a trained model).
     face_mid_layers: int = 4
     face_top_layers: int = 4
+    # Channel multiplier of the whole face encoder (1.0 = the seed's widths).
+    face_width: float = 1.0
     voice_dim: int = 128
     body_dim: int = 64
     scene_dim: int = 64
@@ -73,6 +75,8 @@ class MERLBConfig:
             raise ValueError("steps must be >= 1")
         if self.face_top_layers < 1 or self.face_mid_layers < 1:
             raise ValueError("face_mid_layers and face_top_layers must be >= 1")
+        if not isinstance(self.face_width, (int, float)) or not 0.25 <= self.face_width <= 4.0:
+            raise ValueError(f"face_width must be between 0.25 and 4, got {self.face_width}")
 
     @property
     def active_heads(self) -> dict[str, list[str]]:

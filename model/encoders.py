@@ -61,23 +61,30 @@ class FaceEncoder(nn.Module):
     """Deep CNN of inception modules and dense blocks on a 1x64x64 grey face.
 
     64 -> stem (stride 2) 32 -> inception -> pool 16 -> dense block ->
-    transition 8 -> inception -> dense block -> global pool. About 40 MFLOPs,
-    a few ms per face on one CPU core in onnxruntime. `mid_layers` and
-    `top_layers` set the dense blocks' depths; each layer adds 16 channels at
-    16x16 or 24 at 8x8.
+    transition 8 -> inception -> dense block -> global pool. About 40 MFLOPs
+    at width 1, a few ms per face on one CPU core in onnxruntime.
+    `mid_layers` and `top_layers` set the dense blocks' depths; each layer
+    adds 16 channels at 16x16 or 24 at 8x8. `width` scales every channel
+    count (stem, inception branches, growth, bottlenecks): the early layers
+    are the encoder's thinnest part, and only a wider model trained from
+    scratch widens them (`grow_face` can only deepen a trained one).
     """
 
     def __init__(self, dim: int = 128, dropout: float = 0.2, top_layers: int = 4,
-                 mid_layers: int = 4) -> None:
+                 mid_layers: int = 4, width: float = 1.0) -> None:
         super().__init__()
-        self.stem = nn.Sequential(conv_bn(1, 16, 3, 2), conv_bn(16, 32, 3))         # 32x32
-        inc1 = Inception(32, 16, (16, 24), (8, 12), 12)                                # 64 ch
-        dense1 = DenseBlock(inc1.out_channels, mid_layers, 16, 32)                     # 128 ch at 4
-        inc2 = Inception(64, 32, (32, 48), (16, 24), 24)                               # 128 ch
-        dense2 = DenseBlock(inc2.out_channels, top_layers, 24, 48)                     # 224 ch at 4
+
+        def w(c: int) -> int:
+            return max(4, int(round(c * width / 4)) * 4)    # multiples of 4 keep SIMD lanes full
+
+        self.stem = nn.Sequential(conv_bn(1, w(16), 3, 2), conv_bn(w(16), w(32), 3))      # 32x32
+        inc1 = Inception(w(32), w(16), (w(16), w(24)), (w(8), w(12)), w(12))               # 64 ch at width 1
+        dense1 = DenseBlock(inc1.out_channels, mid_layers, w(16), w(32))                   # +16 per layer
+        inc2 = Inception(w(64), w(32), (w(32), w(48)), (w(16), w(24)), w(24))              # 128 ch at width 1
+        dense2 = DenseBlock(inc2.out_channels, top_layers, w(24), w(48))                   # +24 per layer
         self.features = nn.Sequential(
-            inc1, nn.MaxPool2d(2),                                                     # 16x16
-            dense1, transition(dense1.out_channels, 64),                               # 8x8
+            inc1, nn.MaxPool2d(2),                                                         # 16x16
+            dense1, transition(dense1.out_channels, w(64)),                                # 8x8
             inc2, dense2, nn.BatchNorm2d(dense2.out_channels), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dense2.out_channels, dim))
         self.dim = dim
@@ -165,9 +172,10 @@ class SceneEncoder(nn.Module):
 
 
 def build_encoder(modality: str, dim: int, n_mels: int = 64, pose_dim: int = 132,
-                  dropout: float = 0.2, face_top_layers: int = 4, face_mid_layers: int = 4) -> nn.Module:
+                  dropout: float = 0.2, face_top_layers: int = 4, face_mid_layers: int = 4,
+                  face_width: float = 1.0) -> nn.Module:
     if modality == "face":
-        return FaceEncoder(dim, dropout, face_top_layers, face_mid_layers)
+        return FaceEncoder(dim, dropout, face_top_layers, face_mid_layers, face_width)
     if modality == "voice":
         return VoiceEncoder(dim, n_mels, dropout)
     if modality == "body":

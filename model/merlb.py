@@ -28,7 +28,7 @@ class MERLB(nn.Module):
         c = self.cfg
         self.encoders = nn.ModuleDict({
             m: build_encoder(m, d, c.n_mels, c.pose_dim, c.dropout * 0.5, c.face_top_layers,
-                             c.face_mid_layers)
+                             c.face_mid_layers, c.face_width)
             for m, d in c.embed_dims.items()})
         self.fusion = build_fusion(c)
         # Columns of the 4-wide mask that belong to the enabled modalities.
@@ -59,7 +59,9 @@ class MERLB(nn.Module):
             idx = torch.nonzero(m.reshape(-1) > 0).squeeze(1)
             out = m.new_zeros(b * t, dim)
             if idx.numel():
-                out = out.index_copy(0, idx, self.encoders[modality](flat.index_select(0, idx)))
+                enc = self.encoders[modality](flat.index_select(0, idx))
+                # Under autocast the encoder answers in bf16/fp16: the filler takes its dtype.
+                out = out.to(enc.dtype).index_copy(0, idx, enc)
         else:
             # Eval: encoders are per-sample, so encoding everything and zeroing
             # the missing steps gives the same result with static shapes (ONNX).

@@ -285,3 +285,56 @@ def test_grow_face_keeps_outputs_then_trains_the_new_layers(tmp_path: Path, bloc
         grow_face(model, 0, block)
     with pytest.raises(ValueError, match="'top' or 'mid'"):
         grow_face(model, 1, "stem")
+
+
+def test_face_width_scales_every_face_channel_and_keeps_width_one_as_the_seed_layout(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from obs_merlb.model.io import load_model, save_model
+
+    cfg = dict(modalities=["face"], face_mid_layers=12, face_top_layers=12)
+    # Width 1 is the layout every model saved before face_width has (their
+    # config.json has no face_width): the seed's channel counts.
+    narrow = MERLB(MERLBConfig(**cfg))
+    enc = narrow.encoders["face"]
+    assert [enc.stem[0][0].out_channels, enc.stem[1][0].out_channels] == [16, 32]
+    assert enc.features[3][2].in_channels == 64 + 12 * 16            # transition after the middle block
+    assert enc.head[1].in_features == 128 + 12 * 24                  # after the last block
+    assert sum(p.numel() for p in enc.parameters()) == 512_600        # session 6's face encoder
+    # The shipped model's config names its width, and its weights fit the layout it builds.
+    from obs_merlb.model.config import load_config
+    shipped_cfg, _ = load_config(ROOT / "assets" / "model")
+    with safe_open(str(ROOT / "assets" / "model" / "model.safetensors"), "pt") as f:
+        shipped = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("encoders.face.")}
+    ours = {k: tuple(v.shape) for k, v in MERLB(shipped_cfg).state_dict().items() if k.startswith("encoders.face.")}
+    assert ours == shipped
+
+    wide = MERLB(MERLBConfig(**cfg, face_width=2.0))
+    stem = wide.encoders["face"].stem
+    assert [stem[0][0].out_channels, stem[1][0].out_channels] == [32, 64]
+    # A dense layer's growth doubles too: the last block ends at 2 x (128 + 12 x 24) channels.
+    assert wide.encoders["face"].head[1].in_features == 2 * narrow.encoders["face"].head[1].in_features
+    face = torch.rand(3, 1, 1, 64, 64)
+    mask = torch.tensor([[[1, 0, 0, 0]]] * 3, dtype=torch.float32)
+    out = wide.eval()(face, None, None, None, mask)
+    assert out["emotion"].shape == (3, len(EMOTIONS))
+    # The width travels with the weights.
+    save_model(wide, tmp_path / "wide")
+    again = load_model(tmp_path / "wide")
+    assert again.cfg.face_width == 2.0
+    assert torch.allclose(again(face, None, None, None, mask)["emotion"], out["emotion"], atol=1e-5)
+    with pytest.raises(ValueError, match="face_width"):
+        MERLBConfig(face_width=0.1)
+
+
+def test_training_forward_under_autocast_keeps_the_encoders_low_precision_output() -> None:
+    # A CUDA run trains under autocast; the steps of missing data are filled
+    # in the encoder's dtype (bf16 here, as on an H100), not float32.
+    model = MERLB(MERLBConfig(modalities=["face", "voice"])).train()
+    face = torch.rand(2, 3, 1, 64, 64)
+    mask = torch.ones(2, 3)
+    mask[0, 1] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model._encode_steps("face", face, mask)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 3, model.cfg.face_dim)
+    assert torch.count_nonzero(out[0, 1]) == 0 and torch.count_nonzero(out[0, 0]) > 0

@@ -176,6 +176,35 @@ def test_face_erasing_covers_one_rectangle_per_window_and_is_off_by_default(tmp_
         train(_cfg(tmp_path, face_erase=1.5), quiet=True)
 
 
+def test_loader_workers_see_each_new_epoch_of_augmentations_and_pairs(tmp_path: Path) -> None:
+    """Persistent DataLoader workers hold their own dataset copies: set_epoch
+    in the main process must still reach them (else every epoch replays
+    epoch 0's augmentations, and a GPU run with workers memorises them)."""
+    from torch.utils.data import DataLoader
+
+    from obs_merlb.train.data import Collate, PairedDataset
+
+    train_rec, _ = loop.load_data(_cfg(tmp_path, val_fraction=0.0), quiet=True)
+    faces = [i for i in range(len(train_rec)) if train_rec.arrays[i]["mask"][:, 0].any()][:4]
+    ds = StepDataset(train_rec, ["face", "voice"], 8, True, face_erase=0.5)
+    loader = DataLoader(torch.utils.data.Subset(ds, faces), batch_size=len(faces), num_workers=2,
+                        persistent_workers=True, collate_fn=Collate(["face", "voice"]))
+    seen = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        (batch,) = list(loader)
+        # What a worker drew is what the main process draws for that epoch.
+        assert torch.equal(batch["face"], Collate(["face", "voice"])([ds[i] for i in faces])["face"])
+        seen.append(batch["face"])
+    assert not torch.equal(seen[0], seen[1])
+
+    pairs = PairedDataset(train_rec, ["face", "voice"], 8, True, face_erase=0.5)
+    assert pairs.face_erase == 0.5
+    if len(pairs):
+        pairs.set_epoch(3)
+        assert pairs.epoch == 3 and pairs.pair(0) == pairs.pair(0)
+
+
 def test_weight_average_is_what_gets_validated_saved_and_resumed(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -218,7 +247,7 @@ def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
         assert cfg.epochs >= 1 and cfg.lr > 0, toml.name
     script = (recipes / "build_default.sh").read_text()
     names = set(re.findall(r"\bstage (\w+) --", script))
-    assert {"face", "face6", "voice", "fusion"} <= names
+    assert {"face", "face_wide", "face_wide2", "voice", "fusion"} <= names
     train_all = re.search(r"^train_all\(\) \{(.*)\}$", script, flags=re.M).group(1)
     for name in names:
         assert (recipes / f"default_{name}.toml").exists(), name
@@ -254,3 +283,19 @@ def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> N
     # A run folder instead of its model/ folder: a message, not a traceback.
     with pytest.raises(SystemExit, match="not a saved model folder"):
         loop.build_model(TrainConfig(init=str(tmp_path)), None)
+
+
+def test_bad_model_settings_stop_with_a_message_naming_them(tmp_path: Path) -> None:
+    import argparse
+
+    with pytest.raises(SystemExit, match="face_width must be between"):
+        train(_cfg(tmp_path, model={"face_width": 9}), quiet=True)
+    with pytest.raises(SystemExit, match="face_width must be between"):
+        train(_cfg(tmp_path, model={"face_width": "wide"}), quiet=True)
+    with pytest.raises(SystemExit, match="unknown model settings: no_such"):
+        train(_cfg(tmp_path, model={"no_such": 1}), quiet=True)
+    parser = argparse.ArgumentParser()
+    loop.add_arguments(parser)
+    args = parser.parse_args(["--data", str(tmp_path), "--set", "model.face_width=abc"])
+    with pytest.raises(SystemExit, match="not a TOML value"):
+        loop.config_from_args(args)

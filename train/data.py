@@ -202,10 +202,18 @@ class StepDataset(Dataset):
         self.records, self.modalities, self.steps = records, list(modalities), steps
         self.train, self.augment, self.image_steps, self.seed = train, augment, image_steps, seed
         self.key_segments, self.face_erase = key_segments, face_erase
-        self.epoch = 0
+        # In shared memory: DataLoader workers hold their own copy of the
+        # dataset (persistent ones for the whole run), and a plain attribute
+        # set in the main process never reaches them, so every epoch would
+        # replay epoch 0's augmentations and pairs.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -248,8 +256,8 @@ class PairedDataset(StepDataset):
 
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  n_pairs: int = 0, augment: bool = True, seed: int = 0,
-                 key_segments: int | None = None, mismatch: float = 0.0) -> None:
-        super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments)
+                 key_segments: int | None = None, mismatch: float = 0.0, face_erase: float = 0.0) -> None:
+        super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments, face_erase)
         self.mismatch = mismatch
         masks = [r["mask"].any(axis=0) for r in records.arrays]
         emo = records.targets[:, HEADS.index("emotion")]

@@ -352,8 +352,15 @@ def build_model(cfg: TrainConfig, train: Records):
         if getattr(cfg, key):
             raise SystemExit(f"{key} needs init: the trained model to grow "
                              f"(a fresh model sets its depth with model.{depth})")
-    mcfg = MERLBConfig(**{**cfg.model, "fusion": cfg.fusion, "task": cfg.task, "modalities": list(cfg.modalities),
-                          "steps": cfg.steps, "modality_dropout": cfg.modality_dropout})
+    unknown = sorted(set(cfg.model) - {f.name for f in fields(MERLBConfig)})
+    if unknown:
+        raise SystemExit(f"unknown model settings: {', '.join(unknown)} (model/config.py MERLBConfig lists them)")
+    try:
+        mcfg = MERLBConfig(**{**cfg.model, "fusion": cfg.fusion, "task": cfg.task,
+                              "modalities": list(cfg.modalities), "steps": cfg.steps,
+                              "modality_dropout": cfg.modality_dropout})
+    except (TypeError, ValueError) as e:      # an unknown or out-of-range [model] setting
+        raise SystemExit(f"model settings: {e}") from None
     model = MERLB(mcfg)
     _measure_voice_scale(model, train, cfg.seed)
     return model
@@ -432,7 +439,7 @@ def train(cfg: TrainConfig, quiet: bool = False,
                          cfg.face_erase)]
     if cfg.pairing:
         paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
-                               mismatch=cfg.pair_mismatch)
+                               mismatch=cfg.pair_mismatch, face_erase=cfg.face_erase)
         console.print(f"face+voice pairs per epoch: {len(paired)} "
                       f"({cfg.pair_mismatch:.0%} disagreeing, labelled by the face)")
         if len(paired):
@@ -669,7 +676,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise SystemExit(f"unknown modalities {sorted(bad)}; choose from {MODALITIES}")
     for kv in args.set:
         key, _, value = kv.partition("=")
-        parsed = tomllib.loads(f"v = {value}")["v"]
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise SystemExit(f"--set {kv}: {value!r} is not a TOML value "
+                             "(numbers as 2.0, text in quotes: '\"cosine\"', lists as [1, 2])") from None
         if key.startswith("model."):
             cfg.model[key[6:]] = parsed
         elif key in {f.name for f in fields(TrainConfig)}:
