@@ -5,30 +5,28 @@
 #   train/recipes/build_default.sh train      # preprocess + the 3 training stages
 #   train/recipes/build_default.sh export     # copy RUNS/fusion/model to assets/model
 #   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
-#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | ... | face7 | voice | fusion
+#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | face_wide | face_wide2 | fusion
 #
 # Settings (environment):
 #   DATA  data root in the ../shared/data layout   (default ../shared/data)
 #   RUNS  run folder                                (default runs/default)
 #   CACHE feature cache                             (default RUNS/cache)
 #   DEST  where the model is shipped                (default assets/model)
-#   EXTRA extra `merlb train` flags for every stage, e.g. on a GPU:
-#         EXTRA="--device cuda --set max_items=100000 --epochs 40"  (see MODEL_CARD.md)
+#   EXTRA extra `merlb train` flags for every stage; the shipped face stages ran on a GPU with
+#         EXTRA="--device cuda --set loader_workers=12"  (see MODEL_CARD.md)
 #
 # Stages (recipes beside this file):
 #   1 default_face.toml    face encoder + heads on FER2013 train, selected on FER2013 val
 #  1b default_face2.toml   one more epoch over all of FER2013 train (init: stage 1)
-#  1c default_face3.toml   22 more epochs over all of FER2013 train (init: stage 1b)
-#  1d default_face4.toml   16 more epochs, lower peak lr, weight average (init: stage 1c)
-#  1e default_face5.toml   22 more epochs, peak lr 1e-3, weight average (init: stage 1d)
-#  1f default_face6.toml   face encoder grown by 8 dense layers, 20 more epochs (init: stage 1e)
-#  1g default_face7.toml   its middle block grown by 8 dense layers, 10 more epochs (init: stage 1f)
 #   2 default_voice.toml   voice encoder on RAVDESS actors 01-16 + EmoDB speakers 09-14,
-#                          selected on actors 17-20 + EmoDB 03/08 (init: stage 1b; it
-#                          does not need stages 1c-1g, so they can run side by side)
+#                          selected on actors 17-20 + EmoDB 03/08 (init: stage 1b)
+#  1w default_face_wide.toml   a twice-as-wide face encoder from scratch, 33 epochs (GPU)
+# 1w2 default_face_wide2.toml  a second one-cycle at half the peak lr, 34 epochs (init: 1w; GPU)
 #   3 default_fusion.toml  LSTMs/TT fusion/heads on faces, voices and label-matched
-#                          pairs with modality dropout, encoders fixed (init: stage 1g,
-#                          with the voice encoder and voice LSTM of stage 2)
+#                          pairs with modality dropout, encoders fixed (init: stage 1w2,
+#                          with the voice encoder and voice Bi-LSTM of stage 2)
+# Stages 1 and 1b only serve as the voice stage's starting point; stages
+# 1c-1g (the narrow encoder's CPU chain, sessions 1-6) are in git history.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-../shared/data}
@@ -78,21 +76,18 @@ stage() {  # name, extra flags...
 
 face() { stage face --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val"; }
 face2() { stage face2 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face/model"; }
-face3() { stage face3 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face2/model"; }
-face4() { stage face4 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face3/model"; }
-face5() { stage face5 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face4/model"; }
-face6() { stage face6 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face5/model"; }
-face7() { stage face7 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face6/model"; }
+face_wide() { stage face_wide --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val"; }
+face_wide2() { stage face_wide2 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" --init "$RUNS/face_wide/model"; }
 voice() { stage voice --data "$DATA/ravdess_speech" --data "$DATA/emodb" --init "$RUNS/face2/model"; }
 fusion() {
     # Voice is modality 1: fusion.temporals.1 / fusion.norms.1 are its Bi-LSTM and norm.
     stage fusion --data "$DATA/fer2013" --data "$DATA/ravdess_speech" --data "$DATA/emodb" \
-        --init "$RUNS/face7/model" \
+        --init "$RUNS/face_wide2/model" \
         --init-part "encoders.voice.=$RUNS/voice/model" \
         --init-part "fusion.temporals.1.=$RUNS/voice/model" \
         --init-part "fusion.norms.1.=$RUNS/voice/model"
 }
-train_all() { preprocess; face; face2; face3; face4; face5; face6; face7; voice; fusion; }
+train_all() { preprocess; face; face2; voice; face_wide; face_wide2; fusion; }
 
 export_model() {
     # The run folder already holds weights, config (with label names) and the
@@ -131,7 +126,7 @@ evaluate() {
 case $what in
     all) train_all; export_model; evaluate ;;
     train) train_all ;;
-    preprocess | face | face2 | face3 | face4 | face5 | face6 | face7 | voice | fusion) $what ;;   # one step (resume a build)
+    preprocess | face | face2 | voice | face_wide | face_wide2 | fusion) $what ;;   # one step (resume a build)
     export) export_model ;;
     eval) evaluate ;;
     *) echo "usage: $0 [all|train|export|eval]" >&2; exit 2 ;;
