@@ -44,6 +44,8 @@ class MERLBConfig:
     # Channel multiplier of the whole face encoder (1.0 = the seed's widths).
     face_width: float = 1.0
     voice_dim: int = 128
+    # Channel multiplier of the voice encoder (1.0 = the seed's widths).
+    voice_width: float = 1.0
     body_dim: int = 64
     scene_dim: int = 64
     # Bi-LSTM hidden size per direction.
@@ -75,8 +77,10 @@ class MERLBConfig:
             raise ValueError("steps must be >= 1")
         if self.face_top_layers < 1 or self.face_mid_layers < 1:
             raise ValueError("face_mid_layers and face_top_layers must be >= 1")
-        if not isinstance(self.face_width, (int, float)) or not 0.25 <= self.face_width <= 4.0:
-            raise ValueError(f"face_width must be between 0.25 and 4, got {self.face_width}")
+        for name in ("face_width", "voice_width"):
+            width = getattr(self, name)
+            if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0.25 <= width <= 4.0:
+                raise ValueError(f"{name} must be between 0.25 and 4, got {width!r}")
 
     @property
     def active_heads(self) -> dict[str, list[str]]:

@@ -102,19 +102,25 @@ class VoiceEncoder(nn.Module):
     shifts every bin of log(mel) by 2 log g, so this makes the encoder
     indifferent to the streamer's mic level while keeping spectral shape and
     dynamics. `scale` brings typical log-mel spread to about unit size.
+    `width` scales every channel count (1.0 = the seed layout); the encoder
+    costs well under its 5 ms budget per second of audio, so width is cheap.
     """
 
-    def __init__(self, dim: int = 128, n_mels: int = 64, dropout: float = 0.2) -> None:
+    def __init__(self, dim: int = 128, n_mels: int = 64, dropout: float = 0.2, width: float = 1.0) -> None:
         super().__init__()
+
+        def w(c: int) -> int:
+            return max(4, int(round(c * width / 4)) * 4)
+
         self.register_buffer("scale", torch.full((1, 1, n_mels, 1), 0.25))
         self.body = nn.Sequential(
-            conv_bn(1, 24, 3, 2),                # 32 x 50
-            conv_bn(24, 32, 3, 2),               # 16 x 25
-            conv_bn(32, 32, 3),
-            conv_bn(32, 64, 3, 2),               # 8 x 13
-            conv_bn(64, 64, 3),
-            conv_bn(64, 128, 3, 2))              # 4 x 7
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(256, dim))
+            conv_bn(1, w(24), 3, 2),                 # 32 x 50
+            conv_bn(w(24), w(32), 3, 2),             # 16 x 25
+            conv_bn(w(32), w(32), 3),
+            conv_bn(w(32), w(64), 3, 2),             # 8 x 13
+            conv_bn(w(64), w(64), 3),
+            conv_bn(w(64), w(128), 3, 2))            # 4 x 7
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * w(128), dim))
         self.dim = dim
 
     def set_band_scale(self, std: torch.Tensor) -> None:
@@ -173,11 +179,11 @@ class SceneEncoder(nn.Module):
 
 def build_encoder(modality: str, dim: int, n_mels: int = 64, pose_dim: int = 132,
                   dropout: float = 0.2, face_top_layers: int = 4, face_mid_layers: int = 4,
-                  face_width: float = 1.0) -> nn.Module:
+                  face_width: float = 1.0, voice_width: float = 1.0) -> nn.Module:
     if modality == "face":
         return FaceEncoder(dim, dropout, face_top_layers, face_mid_layers, face_width)
     if modality == "voice":
-        return VoiceEncoder(dim, n_mels, dropout)
+        return VoiceEncoder(dim, n_mels, dropout, voice_width)
     if modality == "body":
         return BodyEncoder(dim, pose_dim, dropout)
     if modality == "scene":

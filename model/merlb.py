@@ -28,7 +28,7 @@ class MERLB(nn.Module):
         c = self.cfg
         self.encoders = nn.ModuleDict({
             m: build_encoder(m, d, c.n_mels, c.pose_dim, c.dropout * 0.5, c.face_top_layers,
-                             c.face_mid_layers, c.face_width)
+                             c.face_mid_layers, c.face_width, c.voice_width)
             for m, d in c.embed_dims.items()})
         self.fusion = build_fusion(c)
         # Columns of the 4-wide mask that belong to the enabled modalities.

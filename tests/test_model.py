@@ -327,6 +327,29 @@ def test_face_width_scales_every_face_channel_and_keeps_width_one_as_the_seed_la
         MERLBConfig(face_width=0.1)
 
 
+def test_voice_width_scales_the_voice_encoder_and_keeps_width_one_as_the_seed_layout(tmp_path: Path) -> None:
+    from obs_merlb.model.io import load_model, save_model
+
+    narrow = MERLB(MERLBConfig(modalities=["voice"])).encoders["voice"]
+    assert [layer[0].out_channels for layer in narrow.body] == [24, 32, 32, 64, 64, 128]
+    assert sum(p.numel() for p in narrow.parameters()) == 178_952      # every model before voice_width
+    wide_model = MERLB(MERLBConfig(modalities=["voice"], voice_width=1.5)).eval()
+    wide = wide_model.encoders["voice"]
+    assert [layer[0].out_channels for layer in wide.body] == [36, 48, 48, 96, 96, 192]
+    assert wide.head[1].in_features == 2 * 192                         # mean and max over time
+    voice = torch.randn(2, 8, 1, 64, 100)
+    mask = torch.tensor([[[0, 1, 0, 0]] * 8] * 2, dtype=torch.float32)
+    out = wide_model(None, voice, None, None, mask)
+    assert out["emotion"].shape == (2, len(EMOTIONS))
+    save_model(wide_model, tmp_path / "wide")
+    again = load_model(tmp_path / "wide")
+    assert again.cfg.voice_width == 1.5
+    assert torch.allclose(again(None, voice, None, None, mask)["emotion"], out["emotion"], atol=1e-5)
+    for bad in (0.1, 5, True, "2"):
+        with pytest.raises(ValueError, match="voice_width"):
+            MERLBConfig(voice_width=bad)
+
+
 def test_training_forward_under_autocast_keeps_the_encoders_low_precision_output() -> None:
     # A CUDA run trains under autocast; the steps of missing data are filled
     # in the encoder's dtype (bf16 here, as on an H100), not float32.
