@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from obs_merlb.labels import MODALITIES
 from obs_merlb.train import loop
 from obs_merlb.train.data import PairedDataset, StepDataset, collate
 from obs_merlb.train.loop import TrainConfig, train
@@ -148,6 +149,17 @@ def test_augmentations_keep_shape_range_and_vary() -> None:
     assert np.array_equal(voice, np.random.default_rng(2).normal(size=(4, 1, 64, 100)).astype(np.float32))
 
 
+def _reaches_training_windows_only(tmp_path: Path, modality: str, **setting: float) -> None:
+    """An augmentation setting changes some training windows of `modality` and no validation window."""
+    train_rec, _ = loop.load_data(_cfg(tmp_path, val_fraction=0.0), quiet=True)
+    col = MODALITIES.index(modality)
+    items = [i for i in range(len(train_rec)) if train_rec.arrays[i]["mask"][:, col].any()]
+    on, off = (StepDataset(train_rec, [modality], 8, True, **kw) for kw in (setting, {}))
+    assert any(not np.array_equal(on[i][modality], off[i][modality]) for i in items)
+    val, plain = (StepDataset(train_rec, [modality], 8, False, **kw) for kw in (setting, {}))
+    assert np.array_equal(val[items[0]][modality], plain[items[0]][modality])
+
+
 def test_face_erasing_covers_one_rectangle_per_window_and_is_off_by_default(tmp_path: Path) -> None:
     from obs_merlb.train.data import augment_face
 
@@ -164,16 +176,33 @@ def test_face_erasing_covers_one_rectangle_per_window_and_is_off_by_default(tmp_
         assert np.array_equal(erased[0], erased[2])           # the same occluder at every step
 
     # The recipe setting reaches the training windows; validation windows are never erased.
-    train_rec, _ = loop.load_data(_cfg(tmp_path, val_fraction=0.0), quiet=True)
-    faces = [i for i in range(len(train_rec)) if train_rec.arrays[i]["mask"][:, 0].any()]
-    on = StepDataset(train_rec, ["face"], 8, True, face_erase=1.0)
-    off = StepDataset(train_rec, ["face"], 8, True)
-    assert any(not np.array_equal(on[i]["face"], off[i]["face"]) for i in faces)
-    val = StepDataset(train_rec, ["face"], 8, False, face_erase=1.0)
-    assert np.array_equal(val[faces[0]]["face"], StepDataset(train_rec, ["face"], 8, False)[faces[0]]["face"])
+    _reaches_training_windows_only(tmp_path, "face", face_erase=1.0)
     assert TrainConfig().face_erase == 0.0 and TrainConfig.from_dict({"face_erase": 0.5}).face_erase == 0.5
     with pytest.raises(SystemExit, match="face_erase"):
         train(_cfg(tmp_path, face_erase=1.5), quiet=True)
+
+
+def test_voice_equaliser_colours_each_window_with_one_smooth_curve(tmp_path: Path) -> None:
+    from obs_merlb.train.data import augment_voice
+
+    flat = np.zeros((20, 1, 64, 100), np.float32)
+    assert not augment_voice(flat, np.random.default_rng(0), warp=False).any()   # off: nothing added
+    curves = []
+    for seed in range(20):
+        out = augment_voice(flat, np.random.default_rng(seed), warp=False, eq=1.0)[:, 0]
+        # The masks fill a few bands and frames of each step with its mean;
+        # everything else is one curve over the bands, the same at every step and frame.
+        col = np.median(out.transpose(1, 0, 2).reshape(64, -1), axis=1)
+        assert np.isclose(out, col[None, :, None]).mean() > 0.7
+        assert np.ptp(col) <= 1.5 + 1e-5                         # a tilt of at most eq, a bump of at most eq/2
+        assert np.abs(np.diff(col)).max() < 0.1                  # smooth across neighbouring bands
+        curves.append(col)
+    assert np.std(np.array(curves), axis=0).mean() > 0.05      # a new colour per window
+
+    _reaches_training_windows_only(tmp_path, "voice", voice_eq=1.0)
+    assert TrainConfig().voice_eq == 0.0
+    with pytest.raises(SystemExit, match="voice_eq"):
+        train(_cfg(tmp_path, voice_eq=5.0), quiet=True)
 
 
 def test_loader_workers_see_each_new_epoch_of_augmentations_and_pairs(tmp_path: Path) -> None:

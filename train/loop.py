@@ -79,6 +79,8 @@ class TrainConfig:
     augment: bool = True
     # Share of training faces with a random rectangle erased (data.augment_face).
     face_erase: float = 0.0
+    # Largest random equaliser tilt on training voices, log-mel units (data.augment_voice).
+    voice_eq: float = 0.0
     max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
     preprocess_workers: int = field(default_factory=default_workers)
     loader_workers: int = 0
@@ -390,6 +392,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
         raise SystemExit(f"pair_mismatch is a share of the pairs, 0 to 1; got {cfg.pair_mismatch}")
     if not 0.0 <= cfg.face_erase <= 1.0:
         raise SystemExit(f"face_erase is a share of the training faces, 0 to 1; got {cfg.face_erase}")
+    if not 0.0 <= cfg.voice_eq <= 3.0:
+        raise SystemExit(f"voice_eq is the largest equaliser tilt in log-mel units, 0 to 3; got {cfg.voice_eq}")
     dist_info, device = setup_distributed(cfg.device)
     console = Console(stderr=True, quiet=quiet or not dist_info.main)
     seed_everything(cfg.seed)
@@ -436,10 +440,10 @@ def train(cfg: TrainConfig, quiet: bool = False,
     mods = model.cfg.modalities
     k = cfg.voice_key_segments
     parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k,
-                         cfg.face_erase)]
+                         cfg.face_erase, cfg.voice_eq)]
     if cfg.pairing:
         paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
-                               mismatch=cfg.pair_mismatch, face_erase=cfg.face_erase)
+                               mismatch=cfg.pair_mismatch, face_erase=cfg.face_erase, voice_eq=cfg.voice_eq)
         console.print(f"face+voice pairs per epoch: {len(paired)} "
                       f"({cfg.pair_mismatch:.0%} disagreeing, labelled by the face)")
         if len(paired):
@@ -454,7 +458,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         generator=gen, collate_fn=Collate(mods), num_workers=cfg.loader_workers,
-                        drop_last=len(train_ds) > cfg.batch_size, persistent_workers=cfg.loader_workers > 0)
+                        drop_last=len(train_ds) > cfg.batch_size, persistent_workers=cfg.loader_workers > 0,
+                        pin_memory=device.type == "cuda")   # lets the non_blocking copies below overlap
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
@@ -526,13 +531,17 @@ def train(cfg: TrainConfig, quiet: bool = False,
                 scaler.update()
                 if ema is not None:
                     ema.update_parameters(model)
-                losses.append(float(loss.detach()))
+                # Kept on the device: reading a loss each step would make the
+                # host wait for the GPU every step; the bar reads one per 20.
+                losses.append(loss.detach())
                 step += 1
-                progress.update(task, advance=1, loss=f"{np.mean(losses[-20:]):.3f}")
+                shown = {"loss": f"{float(torch.stack(losses[-20:]).mean()):.3f}"} if len(losses) % 20 == 0 else {}
+                progress.update(task, advance=1, **shown)
             progress.remove_task(task)
 
             # Validation and bookkeeping on rank 0; the stop decision is shared with the others.
-            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+            rec: dict[str, Any] = {"epoch": epoch + 1,
+                                   "train_loss": float(torch.stack(losses).float().mean()) if losses else None,
                                    "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
             if dist_info.main:
                 val_metrics = {}
