@@ -5,7 +5,8 @@
 #   train/recipes/build_default.sh train      # preprocess + the 3 training stages
 #   train/recipes/build_default.sh export     # copy RUNS/fusion/model to assets/model
 #   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
-#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | face_wide | face_wide2 | fusion
+#   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | face_wide | face_wide2 |
+#                                             #   fusion | voice_eq | fusion_eq
 #
 # Settings (environment):
 #   DATA  data root in the ../shared/data layout   (default ../shared/data)
@@ -25,6 +26,8 @@
 #   3 default_fusion.toml  LSTMs/TT fusion/heads on faces, voices and label-matched
 #                          pairs with modality dropout, encoders fixed (init: stage 1w2,
 #                          with the voice encoder and voice Bi-LSTM of stage 2)
+#  2e default_voice.toml + voice_eq=2.0: stage 2 from scratch with a random equaliser
+#  3e default_fusion.toml  stage 3 again, from stage 3 with stage 2e's voice parts (shipped)
 # Stages 1 and 1b only serve as the voice stage's starting point; stages
 # 1c-1g (the narrow encoder's CPU chain, sessions 1-6) are in git history.
 set -euo pipefail
@@ -65,12 +68,12 @@ heldout() {
     done
 }
 
-stage() {  # name, extra flags...
+stage() {  # name, extra flags... (RECIPE=other runs default_other.toml into RUNS/name)
     local name=$1; shift
     stamp "stage $name"
     local t0=$SECONDS
     # shellcheck disable=SC2086
-    $MERLB train --config "train/recipes/default_$name.toml" --cache "$CACHE" --out "$RUNS/$name" "$@" $EXTRA
+    $MERLB train --config "train/recipes/default_${RECIPE:-$name}.toml" --cache "$CACHE" --out "$RUNS/$name" "$@" $EXTRA
     stamp "stage $name done in $((SECONDS - t0)) s"
 }
 
@@ -87,15 +90,25 @@ fusion() {
         --init-part "fusion.temporals.1.=$RUNS/voice/model" \
         --init-part "fusion.norms.1.=$RUNS/voice/model"
 }
-train_all() { preprocess; face; face2; voice; face_wide; face_wide2; fusion; }
+# Stage 2e: the stage-2 recipe from scratch with the random equaliser
+# (voice_eq 2.0, train/data.py augment_voice), then stage 3e: stage 3's
+# recipe again from stage 3's model with 2e's voice encoder and voice Bi-LSTM.
+voice_eq() { RECIPE=voice stage voice_eq --data "$DATA/ravdess_speech" --data "$DATA/emodb" --set voice_eq=2.0; }
+fusion_eq() { RECIPE=fusion stage fusion_eq --data "$DATA/fer2013" --data "$DATA/ravdess_speech" --data "$DATA/emodb" \
+        --init "$RUNS/fusion/model" \
+        --init-part "encoders.voice.=$RUNS/voice_eq/model" \
+        --init-part "fusion.temporals.1.=$RUNS/voice_eq/model" \
+        --init-part "fusion.norms.1.=$RUNS/voice_eq/model"
+}
+train_all() { preprocess; face; face2; voice; face_wide; face_wide2; fusion; voice_eq; fusion_eq; }
 
 export_model() {
     # The run folder already holds weights, config (with label names) and the
     # ONNX files the live engine loads (obs_merlb/inference.py onnx_files).
-    stamp "export $RUNS/fusion/model -> $DEST"
+    stamp "export $RUNS/fusion_eq/model -> $DEST"
     rm -rf "$DEST"
     mkdir -p "$DEST"
-    cp "$RUNS"/fusion/model/{model.safetensors,config.json,*.onnx} "$DEST"/
+    cp "$RUNS"/fusion_eq/model/{model.safetensors,config.json,*.onnx} "$DEST"/
     du -sh "$DEST"
 }
 
@@ -126,7 +139,7 @@ evaluate() {
 case $what in
     all) train_all; export_model; evaluate ;;
     train) train_all ;;
-    preprocess | face | face2 | voice | face_wide | face_wide2 | fusion) $what ;;   # one step (resume a build)
+    preprocess | face | face2 | voice | face_wide | face_wide2 | fusion | voice_eq | fusion_eq) $what ;;   # one step
     export) export_model ;;
     eval) evaluate ;;
     *) echo "usage: $0 [all|train|export|eval]" >&2; exit 2 ;;
