@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -275,12 +276,18 @@ def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
         cfg = TrainConfig.from_toml(toml)
         assert cfg.epochs >= 1 and cfg.lr > 0, toml.name
     script = (recipes / "build_default.sh").read_text()
-    names = set(re.findall(r"\bstage (\w+) --", script))
-    assert {"face", "face_wide", "face_wide2", "voice", "fusion"} <= names
+    # `RECIPE=voice stage voice_eq ...` runs default_voice.toml into RUNS/voice_eq.
+    stages = {name: recipe or name for recipe, name in re.findall(r"(?:RECIPE=(\w+) )?\bstage (\w+) --", script)}
+    assert {"face", "face_wide", "face_wide2", "voice", "fusion", "voice_eq", "fusion_eq"} <= set(stages)
+    assert stages["voice_eq"] == "voice" and stages["fusion_eq"] == "fusion"
     train_all = re.search(r"^train_all\(\) \{(.*)\}$", script, flags=re.M).group(1)
-    for name in names:
-        assert (recipes / f"default_{name}.toml").exists(), name
+    for name, recipe in stages.items():
+        assert (recipes / f"default_{recipe}.toml").exists(), name
         assert f" {name};" in train_all, f"train_all skips stage {name}"
+    # Settings the script adds with --set must be real ones too.
+    known = {f.name for f in fields(TrainConfig)}
+    for key in re.findall(r"--set (\w+)=", script):
+        assert key in known, f"build_default.sh sets unknown setting {key}"
 
 
 def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> None:
