@@ -57,6 +57,11 @@ def transition(c_in: int, c_out: int) -> nn.Sequential:
                          nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(2))
 
 
+def scaled(channels: int, width: float) -> int:
+    """A channel count times an encoder's `width`, in multiples of 4 (full SIMD lanes)."""
+    return max(4, int(round(channels * width / 4)) * 4)
+
+
 class FaceEncoder(nn.Module):
     """Deep CNN of inception modules and dense blocks on a 1x64x64 grey face.
 
@@ -75,7 +80,7 @@ class FaceEncoder(nn.Module):
         super().__init__()
 
         def w(c: int) -> int:
-            return max(4, int(round(c * width / 4)) * 4)    # multiples of 4 keep SIMD lanes full
+            return scaled(c, width)
 
         self.stem = nn.Sequential(conv_bn(1, w(16), 3, 2), conv_bn(w(16), w(32), 3))      # 32x32
         inc1 = Inception(w(32), w(16), (w(16), w(24)), (w(8), w(12)), w(12))               # 64 ch at width 1
@@ -110,7 +115,7 @@ class VoiceEncoder(nn.Module):
         super().__init__()
 
         def w(c: int) -> int:
-            return max(4, int(round(c * width / 4)) * 4)
+            return scaled(c, width)
 
         self.register_buffer("scale", torch.full((1, 1, n_mels, 1), 0.25))
         self.body = nn.Sequential(

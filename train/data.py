@@ -142,9 +142,9 @@ def augment_voice(x: np.ndarray, rng: np.random.Generator, warp: bool = True, eq
     ``eq`` > 0 adds a random equaliser curve, also one per window: a tilt of
     up to +-eq (log-mel units, ln of power) from the lowest band to the
     highest and a broad bump of up to +-eq/2, as another microphone, room or
-    voice quality colours the spectrum (the shipped voice encoder hears
-    CREMA-D's recordings as "fear"). Off, it draws nothing, so runs without
-    it repeat exactly.
+    voice quality colours the spectrum (without it, the voice encoder heard
+    most of CREMA-D's recordings as "fear"). Off, it draws nothing, so runs
+    without it repeat exactly.
     Masks are filled with the patch mean, not zero: log-mel zero is a loud
     signal (log(1)), not silence.
     """
