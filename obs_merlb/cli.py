@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("obs_merlb.train.preprocess", "turn videos/audio/images into cached step features"),
     "train": ("obs_merlb.train.loop", "train a MERLB model (any fusion type, task, modalities)"),
     "eval": ("obs_merlb.train.evaluate", "evaluate a model: per-class F1, accuracy, confusion matrices"),
+    "calibrate": ("obs_merlb.train.calibrate", "fit temperatures so shown confidences match accuracy"),
     "experiments": ("obs_merlb.train.experiments", "run fusion types x tasks and write the paper's table"),
     "live": ("obs_merlb.engine", "run the live engine and serve events to the overlay and panel"),
     "analyze": ("obs_merlb.report", "analyse a recording: timeline CSV/JSON and an HTML report"),

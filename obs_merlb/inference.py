@@ -14,6 +14,9 @@ game and encoder own the CPU. The CUDA backend falls back to CPU on any
 error, once, with a warning. Every call is timed: a call longer than
 `stall_s` counts as slow, and `stalled` is true while a call has been running
 longer than that or the last one took longer (a watchdog thread may poll it).
+
+Probabilities are temperature-scaled per window by the modality set it
+holds (obs_merlb/calibration.py) when the model folder carries a calibration.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from obs_merlb.calibration import load_calibration, modality_sets
 from obs_merlb.labels import MODALITIES
 from obs_merlb.model.config import MERLBConfig, load_config
 
@@ -34,11 +38,6 @@ log = logging.getLogger(__name__)
 
 ONNX_SEQUENCE = "sequence.onnx"
 ONNX_WHOLE = "merlb.onnx"
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def onnx_files(cfg: MERLBConfig) -> list[str]:
@@ -154,6 +153,7 @@ class Backend:
         self.model_dir = Path(model_dir)
         self.cfg, self.meta = load_config(self.model_dir)
         self.labels: dict[str, list[str]] = self.cfg.active_heads
+        self.calibration = load_calibration(self.model_dir)
         self.threads = threads
         self.stall_s = stall_s
         self.cache_dir = cache_dir
@@ -237,14 +237,17 @@ class Backend:
         feed["mask"] = mask
         return feed, batched
 
-    def _probs(self, logits: dict[str, np.ndarray], batched: bool) -> dict[str, np.ndarray]:
-        return {k: softmax(v) if batched else softmax(v)[0] for k, v in logits.items()}
+    def _probs(self, logits: dict[str, np.ndarray], feed: dict[str, np.ndarray],
+               batched: bool) -> dict[str, np.ndarray]:
+        sets = modality_sets(feed["mask"], self.modalities)
+        probs = {k: self.calibration.probs(k, v, sets) for k, v in logits.items()}
+        return probs if batched else {k: v[0] for k, v in probs.items()}
 
     def sequence(self, embs: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
         """Per-step embeddings {modality: (B, T, D)} and mask -> {head: probs}."""
         dims = {m: (d,) for m, d in self.cfg.embed_dims.items()}
         feed, batched = self._inputs(dict(embs), mask, "_e", dims)
-        return self._probs(self._call("sequence", feed), batched)
+        return self._probs(self._call("sequence", feed), feed, batched)
 
     def predict(self, face: np.ndarray | None, voice: np.ndarray | None, body: np.ndarray | None,
                 scene: np.ndarray | None, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -252,7 +255,7 @@ class Backend:
         dims = {m: self.cfg.input_shape(m) for m in self.modalities}
         arrays = {"face": face, "voice": voice, "body": body, "scene": scene}
         feed, batched = self._inputs(arrays, mask, "", dims)
-        return self._probs(self._call("predict", feed), batched)
+        return self._probs(self._call("predict", feed), feed, batched)
 
 
 def load_backend(model_dir: str | Path, device: str = "cpu", threads: int = 1,

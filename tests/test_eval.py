@@ -62,12 +62,13 @@ def test_card_tables_render_the_eval_json(tmp_path: Path, capsys) -> None:
 
     m = {"n": 10, "accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.3,
          "per_class_f1": {"angry": 0.25, "disgust": None}}
-    (tmp_path / "fer_val.json").write_text(json.dumps({"emotion": m, "valence": m}))
+    (tmp_path / "fer_val.json").write_text(json.dumps({"emotion": {**m, "ece": 0.05}, "valence": m}))
     (tmp_path / "pairs.json").write_text(json.dumps(
         {"pairs": 10, **{k: {"emotion": m, "valence": m, "arousal": m} for k in ("fusion", "face_only", "voice_only")}}))
     assert card_tables.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| FER2013 val (faces) | emotion | 10 | 0.500 | 0.400 | 0.300 |" in out
+    assert "| FER2013 val (faces) | emotion | 10 | 0.500 | 0.400 | 0.300 | 0.050 |" in out
+    assert "| FER2013 val (faces) | valence | 10 | 0.500 | 0.400 | 0.300 | - |" in out   # JSON without ECE
     assert "fer_val emotion per-class F1: angry 0.25" in out and "disgust" not in out
     assert "| face only | 0.500 |" in out and "RAVDESS" not in out
     with pytest.raises(SystemExit, match="no eval folder"):

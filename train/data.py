@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from obs_merlb.calibration import Calibration, modality_sets
 from obs_merlb.labels import MODALITIES
 
 from .datasets import HEAD_CLASSES, HEADS, Item
@@ -373,8 +374,12 @@ def voice_band_std(records: Records, max_steps: int = 20000, seed: int = 0) -> n
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Dataset, modalities: Sequence[str], device: torch.device,
-            batch_size: int = 128) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Softmax outputs per head and the (N, len(HEADS)) targets, in dataset order."""
+            batch_size: int = 128, calibration: Calibration | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Softmax outputs per head and the (N, len(HEADS)) targets, in dataset order.
+
+    With a calibration, each window's logits are temperature-scaled for the
+    modality set it holds, as the live backend does.
+    """
     from torch.utils.data import DataLoader
 
     model.eval()
@@ -384,8 +389,11 @@ def predict(model: torch.nn.Module, dataset: Dataset, modalities: Sequence[str],
     for batch in loader:
         inputs = {m: (batch.get(m).to(device) if batch.get(m) is not None else None) for m in MODALITIES}
         logits = model(inputs["face"], inputs["voice"], inputs["body"], inputs["scene"], batch["mask"].to(device))
+        sets = modality_sets(batch["mask"].numpy(), modalities) if calibration else None
         for h, lg in logits.items():
-            probs.setdefault(h, []).append(torch.softmax(lg.float(), dim=-1).cpu().numpy())
+            p = (calibration.probs(h, lg.float().cpu().numpy(), sets) if calibration
+                 else torch.softmax(lg.float(), dim=-1).cpu().numpy())
+            probs.setdefault(h, []).append(p)
         ys.append(batch["y"].numpy())
     return ({h: np.concatenate(v) for h, v in probs.items()},
             np.concatenate(ys) if ys else np.zeros((0, len(HEADS)), np.int64))

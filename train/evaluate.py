@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe
-from .metrics import confusion_png, rich_table, score, table_row, write_table
+from .metrics import confusion_png, reliability_png, rich_table, score, table_row, write_table
 
 IGNORE = -100
 
@@ -63,8 +63,10 @@ def windows_of(records, steps: int):
 
 
 def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
-                    image_steps: int = 1, key_segments: int | None = None) -> dict[str, np.ndarray]:
-    """Per item and head, class probabilities (mean over the item's windows)."""
+                    image_steps: int = 1, key_segments: int | None = None,
+                    calibration=None) -> dict[str, np.ndarray]:
+    """Per item and head, class probabilities (mean over the item's windows),
+    temperature-scaled per window when a calibration is given."""
     import torch
 
     from .data import StepDataset, predict
@@ -73,7 +75,7 @@ def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
     win, owners = windows_of(records, steps)
     ds = StepDataset(win, model.cfg.modalities, steps, train=False, image_steps=image_steps,
                      key_segments=key_segments)
-    probs, _ = predict(model, ds, model.cfg.modalities, torch.device(device), batch_size)
+    probs, _ = predict(model, ds, model.cfg.modalities, torch.device(device), batch_size, calibration)
     out = {}
     for head, p in probs.items():
         acc = np.zeros((len(records), p.shape[1]), np.float64)
@@ -97,8 +99,16 @@ def remap_targets(targets: np.ndarray, model_heads: dict[str, list[str]]) -> np.
 
 def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None = None,
              cache: str | None = None, out: str | Path | None = None, device: str = "cpu",
-             workers: int = 1, limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Metrics per head (and files in `out`); the dict `merlb eval --json` prints."""
+             workers: int = 1, limit: int | None = None, quiet: bool = False,
+             calibrated: bool = True) -> dict[str, Any]:
+    """Metrics per head (and files in `out`); the dict `merlb eval --json` prints.
+
+    Probabilities are those the live engine shows: temperature-scaled by the
+    model's calibration unless `calibrated` is False. Only the calibration
+    error (ECE) and log-loss depend on that; argmax metrics do not.
+    """
+    from obs_merlb.calibration import Calibration, load_calibration
+
     from .data import load_records
     from .loop import TrainConfig, load_data
     from .preprocess import FeatureSettings, default_cache, prepare
@@ -123,10 +133,13 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
         raise SystemExit(f"no readable items in {data or 'the validation split'}")
     key_segments = (train_meta or {}).get("voice_key_segments")
     image_steps = (train_meta or {}).get("image_steps", 1)
-    probs = predict_records(model, records, device, image_steps=image_steps, key_segments=key_segments)
+    calibration = load_calibration(model_dir) if calibrated else Calibration()
+    probs = predict_records(model, records, device, image_steps=image_steps, key_segments=key_segments,
+                            calibration=calibration)
     heads = model.cfg.active_heads
     metrics = score(probs, remap_targets(records.targets, heads), heads)
-    result = {h: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1")}
+    result = {h: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1",
+                                    "ece", "nll")}
               for h, m in metrics.items()}
 
     if out is not None:
@@ -136,16 +149,19 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
         write_table([row], out, "table")
         for h, m in metrics.items():
             confusion_png(m, out / f"confusion_{h}.png", f"{model_dir.name} on {data_name}: {h}")
+            reliability_png(m, out / f"reliability_{h}.png", f"{model_dir.name} on {data_name}: {h}"
+                            f" ({'calibrated' if calibration else 'uncalibrated'})")
         (out / "metrics.json").write_text(json.dumps(
             {"model": str(model_dir), "data": data or "validation split", "items": describe(records.items),
-             "heads": metrics, "skipped_heads": [h for h in heads if h not in metrics]}, indent=1))
+             "heads": metrics, "skipped_heads": [h for h in heads if h not in metrics],
+             "calibration": calibration.to_dict() if calibration else None}, indent=1))
         if not quiet:
             from rich.console import Console
             con = Console(stderr=True)
             con.print(rich_table([row], title=f"per-class F1: {model_dir.name} on {data_name}"), width=max(con.width, 200))
             for h, m in metrics.items():
                 con.print(f"{h:>9}: n={m['n']} accuracy {m['accuracy']:.3f}  balanced accuracy "
-                          f"{m['balanced_accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}")
+                          f"{m['balanced_accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  ECE {m['ece']:.3f}")
             skipped = [h for h in heads if h not in metrics]
             if skipped:
                 con.print(f"not scored (no labels in the data): {', '.join(skipped)}")
@@ -165,6 +181,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", "-j", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="first N items only")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-calibration", dest="calibrated", action="store_false",
+                        help="score the raw softmax, ignoring the model's temperature calibration")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (
         Path("runs") / "eval" / f"{model_dir.name}-{Path(args.path).name if args.path else 'validation'}")
     result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
-                      workers=args.workers, limit=args.limit, quiet=args.json)
+                      workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     return 0

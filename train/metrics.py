@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from obs_merlb import labels as L
+from obs_merlb.calibration import ece, reliability
 
 from .datasets import HEAD_CLASSES, HEADS
 
@@ -68,14 +69,25 @@ def head_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
 
 def score(probs: Mapping[str, np.ndarray], targets: np.ndarray,
           class_names: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, Any]]:
-    """Metrics per head that has both model outputs and labels."""
+    """Metrics per head that has both model outputs and labels.
+
+    Besides the argmax scores: log-loss (`nll`), expected calibration error
+    (`ece`) and reliability bins (mean confidence, accuracy, count), which
+    say whether a shown confidence of 0.8 is right 80% of the time.
+    """
     out = {}
     for head, p in probs.items():
         if head not in HEADS:
             continue
         names = (class_names or {}).get(head) or HEAD_CLASSES[head]
-        m = head_metrics(targets[:, HEADS.index(head)], p.argmax(axis=1), names)
+        y = targets[:, HEADS.index(head)]
+        m = head_metrics(y, p.argmax(axis=1), names)
         if m is not None:
+            keep = y != IGNORE
+            pk, yk = np.asarray(p, np.float64)[keep], y[keep]
+            m["nll"] = float(-np.log(np.clip(pk[np.arange(len(yk)), yk], 1e-12, None)).mean())
+            m["ece"] = ece(pk, yk)
+            m["reliability"] = reliability(pk, yk)
             out[head] = m
     return out
 
@@ -145,6 +157,17 @@ def rich_table(rows: Sequence[Mapping[str, Any]], title: str = "per-class F1"):
     return t
 
 
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def confusion_png(metrics: Mapping[str, Any], path: str | Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -164,12 +187,30 @@ def confusion_png(metrics: Mapping[str, Any], path: str | Path, title: str) -> P
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title}\nacc {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def reliability_png(metrics: Mapping[str, Any], path: str | Path, title: str) -> Path:
+    """Confidence vs accuracy per bin: on the diagonal when the probabilities are calibrated."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = metrics["reliability"]
+    conf = [b[0] for b in bins]
+    acc = [b[1] for b in bins]
+    share = np.array([b[2] for b in bins], np.float64) / max(sum(b[2] for b in bins), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    ax.scatter(conf, acc, s=20 + 400 * share, color="tab:blue", alpha=0.7, label="bins (area: share)")
+    ax.plot(conf, acc, color="tab:blue", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{title}\nECE {metrics['ece']:.3f}  n={metrics['n']}", fontsize=9)
+    return _save(fig, path)
 
 
 def heatmap_png(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "per-class F1") -> Path:
@@ -191,9 +232,4 @@ def heatmap_png(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str 
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), labels)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

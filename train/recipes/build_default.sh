@@ -3,7 +3,8 @@
 #
 #   train/recipes/build_default.sh            # everything: preprocess, 3 stages, export, eval, bench
 #   train/recipes/build_default.sh train      # preprocess + the 3 training stages
-#   train/recipes/build_default.sh export     # copy RUNS/fusion/model to assets/model
+#   train/recipes/build_default.sh export     # copy RUNS/fusion_eq/model to assets/model, then calibrate
+#   train/recipes/build_default.sh calibrate  # temperatures per modality set into DEST/config.json
 #   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
 #   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | face_wide | face_wide2 |
 #                                             #   fusion | voice_eq | fusion_eq
@@ -109,7 +110,17 @@ export_model() {
     rm -rf "$DEST"
     mkdir -p "$DEST"
     cp "$RUNS"/fusion_eq/model/{model.safetensors,config.json,*.onnx} "$DEST"/
+    calibrate
     du -sh "$DEST"
+}
+
+calibrate() {
+    # On the validation people only (the same ones `evaluate` scores); the
+    # report's cross-fitted ECE is the out-of-sample figure.
+    heldout
+    stamp "calibrate $DEST (faces, voices, label-matched pairs)"
+    $MERLB calibrate --model "$DEST" --cache "$CACHE" --out "$RUNS/calibration" \
+        --faces "$DATA/fer2013/val" --voices "$RUNS/heldout/ravdess" --voices "$RUNS/heldout/emodb" --pairs 1000
 }
 
 evaluate() {
@@ -141,6 +152,7 @@ case $what in
     train) train_all ;;
     preprocess | face | face2 | voice | face_wide | face_wide2 | fusion | voice_eq | fusion_eq) $what ;;   # one step
     export) export_model ;;
+    calibrate) calibrate ;;
     eval) evaluate ;;
-    *) echo "usage: $0 [all|train|export|eval]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|train|export|calibrate|eval]" >&2; exit 2 ;;
 esac

@@ -16,8 +16,13 @@ SETS = [("fer_val", "FER2013 val (faces)"), ("ravdess_17_20", "RAVDESS actors 17
 HEADS = ("emotion", "valence", "arousal")
 
 
+def _ece(m: dict) -> str:
+    # JSON from before calibration existed (session 9 and earlier) has no ECE.
+    return f"{m['ece']:.3f}" if "ece" in m else "-"
+
+
 def per_set(d: Path) -> list[str]:
-    out = ["| data | head | n | accuracy | balanced acc. | macro-F1 |", "|---|---|---|---|---|---|"]
+    out = ["| data | head | n | accuracy | balanced acc. | macro-F1 | ECE |", "|---|---|---|---|---|---|---|"]
     f1 = []
     for key, name in SETS:
         p = d / f"{key}.json"
@@ -28,7 +33,7 @@ def per_set(d: Path) -> list[str]:
             if h in doc:
                 m = doc[h]
                 out.append(f"| {name} | {h} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} "
-                           f"| {m['macro_f1']:.3f} |")
+                           f"| {m['macro_f1']:.3f} | {_ece(m)} |")
         if "emotion" in doc:
             cls = ", ".join(f"{c} {v:.2f}" for c, v in doc["emotion"]["per_class_f1"].items() if v is not None)
             f1.append(f"- {key} emotion per-class F1: {cls}")
@@ -41,11 +46,11 @@ def pairs(d: Path) -> list[str]:
         return []
     doc = json.loads(p.read_text())
     out = [f"| {doc['pairs']} label-matched pairs | emotion acc. | emotion bal. acc. | emotion macro-F1 "
-           "| valence acc. | arousal acc. |", "|---|---|---|---|---|---|"]
+           "| emotion ECE | valence acc. | arousal acc. |", "|---|---|---|---|---|---|---|"]
     for key, name in (("fusion", "face + voice (fusion)"), ("face_only", "face only"), ("voice_only", "voice only")):
         e, v, a = (doc[key][h] for h in HEADS)
         out.append(f"| {name} | {e['accuracy']:.3f} | {e['balanced_accuracy']:.3f} | {e['macro_f1']:.3f} "
-                   f"| {v['accuracy']:.3f} (n={v['n']}) | {a['accuracy']:.3f} (n={a['n']}) |")
+                   f"| {_ece(e)} | {v['accuracy']:.3f} (n={v['n']}) | {a['accuracy']:.3f} (n={a['n']}) |")
     return out
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from obs_merlb.calibration import Calibration
 from obs_merlb.labels import MODALITIES
 
 from ..data import Collate, PairedDataset, Records, load_records
@@ -34,18 +35,17 @@ from ..preprocess import FeatureSettings, default_cache, prepare
 FACE, VOICE = MODALITIES.index("face"), MODALITIES.index("voice")
 
 
+SETS = {"fusion": "face+voice", "face_only": "face", "voice_only": "voice"}
+
+
 @torch.no_grad()
-def evaluate_pairs(model_dir: str, faces: list[str], voices: list[str], n_pairs: int,
-                   cache: str | None = None, seed: int = 0) -> dict:
+def pair_probs(model, records: Records, n_pairs: int, seed: int = 0,
+               calibration: Calibration | None = None) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """Probabilities per way of seeing the pairs ("fusion", "face_only", "voice_only") and head,
+    and the pairs' (N, len(HEADS)) targets. With a calibration, each way is
+    temperature-scaled for its modality set, as the live engine would."""
     from torch.utils.data import DataLoader
 
-    from obs_merlb.model.io import load_model
-
-    model = load_model(model_dir).eval()
-    settings = FeatureSettings(step_s=model.cfg.step_s)
-    cache_dir = Path(cache) if cache else default_cache()
-    parts = [load_records(prepare(p, cache_dir, settings=settings, workers=1, quiet=True)) for p in faces + voices]
-    records = Records.concat(parts)
     mods = model.cfg.modalities
     ds = PairedDataset(records, mods, model.cfg.steps, train=False, n_pairs=n_pairs, augment=False, seed=seed)
     probs: dict[str, dict[str, list[np.ndarray]]] = {"fusion": {}, "face_only": {}, "voice_only": {}}
@@ -65,13 +65,33 @@ def evaluate_pairs(model_dir: str, faces: list[str], voices: list[str], n_pairs:
                 m[..., VOICE] = 0
             out = model.sequence(fe, ve, None, None, m)
             for h, lg in out.items():
-                probs[name].setdefault(h, []).append(torch.softmax(lg, -1).numpy())
+                p = (calibration.probs(h, lg.numpy(), [SETS[name]] * b) if calibration
+                     else torch.softmax(lg, -1).numpy())
+                probs[name].setdefault(h, []).append(p)
         ys.append(batch["y"].numpy())
-    y = np.concatenate(ys)
-    result = {"pairs": len(ds)}
+    return ({name: {h: np.concatenate(v) for h, v in p.items()} for name, p in probs.items()},
+            np.concatenate(ys))
+
+
+def load_pair_records(model, faces: list[str], voices: list[str], cache: str | None = None) -> Records:
+    settings = FeatureSettings(step_s=model.cfg.step_s)
+    cache_dir = Path(cache) if cache else default_cache()
+    return Records.concat([load_records(prepare(p, cache_dir, settings=settings, workers=1, quiet=True))
+                           for p in faces + voices])
+
+
+def evaluate_pairs(model_dir: str, faces: list[str], voices: list[str], n_pairs: int,
+                   cache: str | None = None, seed: int = 0) -> dict:
+    from obs_merlb.calibration import load_calibration
+    from obs_merlb.model.io import load_model
+
+    model = load_model(model_dir).eval()
+    records = load_pair_records(model, faces, voices, cache)
+    probs, y = pair_probs(model, records, n_pairs, seed, load_calibration(model_dir))
+    result = {"pairs": len(y)}
     for name, p in probs.items():
-        metrics = score({h: np.concatenate(v) for h, v in p.items()}, y)
-        result[name] = {h: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+        metrics = score(p, y)
+        result[name] = {h: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "ece")}
                         for h, m in metrics.items()}
     return result
 
@@ -95,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("fusion", "face_only", "voice_only"):
             for h, m in res[name].items():
                 print(f"{name:>10} {h:>8}: n={m['n']} acc {m['accuracy']:.3f} bal.acc "
-                      f"{m['balanced_accuracy']:.3f} macro-F1 {m['macro_f1']:.3f}")
+                      f"{m['balanced_accuracy']:.3f} macro-F1 {m['macro_f1']:.3f} ECE {m['ece']:.3f}")
     return 0
 
 

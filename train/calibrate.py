@@ -1,0 +1,191 @@
+"""`merlb calibrate`: fit the temperatures that make a model's probabilities honest.
+
+    merlb calibrate --model assets/model --faces ../shared/data/fer2013/val \
+        --voices runs/default/heldout/ravdess --voices runs/default/heldout/emodb
+
+One temperature per modality set ("face", "voice", "face+voice") and head,
+fitted by log-likelihood on validation windows: faces alone, voices alone,
+and label-matched face+voice pairs of the same people (train/recipes/
+eval_pairs.py). They go into the model's config.json (obs_merlb/
+calibration.py), where the live backend and `merlb eval` pick them up;
+accuracy does not change.
+
+The calibration error is reported twice: in-sample (the fitted T scored on
+the windows it was fitted on) and cross-fitted (T fitted on one half of the
+windows, scored on the other, both ways), the honest figure. `--out` gets a
+JSON report and reliability diagrams before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from obs_merlb.calibration import MIN_SAMPLES, Calibration, ece, fit_temperature, nll, save_calibration, scale
+
+from .datasets import HEADS
+
+IGNORE = -100
+
+
+def window_probs(model, records, calibration: Calibration | None = None, key_segments: int | None = None,
+                 image_steps: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Per-window probabilities {head: (W, C)}, targets (W, len(HEADS)) and modality sets."""
+    import torch
+
+    from obs_merlb.calibration import modality_sets
+
+    from .data import StepDataset, predict
+    from .evaluate import windows_of
+
+    win, _ = windows_of(records, model.cfg.steps)
+    ds = StepDataset(win, model.cfg.modalities, model.cfg.steps, train=False, image_steps=image_steps,
+                     key_segments=key_segments)
+    probs, y = predict(model, ds, model.cfg.modalities, torch.device("cpu"), 128, calibration)
+    masks = np.stack([ds[i]["mask"] for i in range(len(ds))]) if len(ds) else np.zeros((0, 1, 4))
+    return probs, y, modality_sets(masks, model.cfg.modalities)
+
+
+def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n // 2], order[n // 2:]
+
+
+def fit(samples: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], seed: int = 0) -> tuple[Calibration, list[dict]]:
+    """Temperatures per (modality set, head) and one report row each.
+
+    `samples` maps a modality set to (probabilities per head, targets).
+    Probabilities stand in for logits: log p differs from the logits by a
+    per-row constant, which softmax ignores, so the fitted T is the same.
+    """
+    temps: dict[str, dict[str, float]] = {}
+    rows = []
+    for mset, (probs, y) in samples.items():
+        for head, p in probs.items():
+            if head not in HEADS:
+                continue
+            yh = y[:, HEADS.index(head)]
+            keep = yh != IGNORE
+            if keep.sum() < MIN_SAMPLES:
+                continue
+            lp, yk = np.log(np.clip(p[keep], 1e-12, None)), yh[keep]
+            t = fit_temperature(lp, yk)
+            a, b = _halves(len(yk), seed)
+            cross = [ece(scale(lp[test], fit_temperature(lp[train], yk[train])), yk[test])
+                     for train, test in ((a, b), (b, a))]
+            temps.setdefault(mset, {})[head] = t
+            rows.append({"set": mset, "head": head, "n": int(len(yk)), "temperature": round(t, 3),
+                         "confidence_raw": float(scale(lp, 1.0).max(axis=1).mean()),
+                         "confidence_calibrated": float(scale(lp, t).max(axis=1).mean()),
+                         "accuracy": float((lp.argmax(axis=1) == yk).mean()),
+                         "ece_raw": ece(scale(lp, 1.0), yk), "ece_calibrated": ece(scale(lp, t), yk),
+                         "ece_cross_fitted": float(np.mean(cross)),
+                         "nll_raw": nll(lp, yk), "nll_calibrated": nll(lp, yk, t)})
+    return Calibration(temps), rows
+
+
+def calibrate(model_dir: str | Path, faces: list[str], voices: list[str], n_pairs: int = 1000,
+              cache: str | None = None, out: str | Path | None = None, write: bool = True,
+              seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+    from rich.progress import Progress
+
+    from obs_merlb.model.config import load_config
+    from obs_merlb.model.io import load_model
+
+    from .metrics import reliability_png, score
+    from .recipes.eval_pairs import load_pair_records, pair_probs
+
+    model_dir = Path(model_dir)
+    model = load_model(model_dir).eval()
+    train_meta = load_config(model_dir)[1].get("train") or {}
+    samples: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+    steps = [("face", faces), ("voice", voices)]
+    with Progress(transient=True, disable=quiet) as bar:
+        task = bar.add_task("calibration windows", total=len(steps) + (1 if faces and voices and n_pairs else 0))
+        for mset, paths in steps:
+            if paths:
+                records = load_pair_records(model, [], paths, cache)
+                probs, y, sets = window_probs(model, records, key_segments=train_meta.get("voice_key_segments"),
+                                              image_steps=train_meta.get("image_steps", 1))
+                keep = np.array([s == mset for s in sets], bool)
+                samples[mset] = ({h: p[keep] for h, p in probs.items()}, y[keep])
+            bar.advance(task)
+        if faces and voices and n_pairs:
+            records = load_pair_records(model, faces, voices, cache)
+            probs, y = pair_probs(model, records, n_pairs, seed)
+            samples["face+voice"] = (probs["fusion"], y)
+            bar.advance(task)
+    if not samples:
+        raise SystemExit("nothing to calibrate on: give --faces and/or --voices (validation data of held-out people)")
+    calibration, rows = fit(samples, seed)
+    if not calibration:
+        raise SystemExit(f"too few labelled windows to fit a temperature (need {MIN_SAMPLES} per set and head)")
+    # Folder names, not paths: the config ships, and a path would name the build machine's folders.
+    calibration.info.update({"fitted_on": {"faces": [_name(p) for p in faces], "voices": [_name(p) for p in voices],
+                                           "pairs": n_pairs if faces and voices else 0},
+                             "windows": {s: int(len(y)) for s, (_, y) in samples.items()}})
+    report = {"model": str(model_dir), "calibration": calibration.to_dict(), "rows": rows}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "calibration.json").write_text(json.dumps(report, indent=1))
+        for mset, (probs, y) in samples.items():
+            if "emotion" not in probs:
+                continue
+            for label, cal in (("raw", Calibration()), ("calibrated", calibration)):
+                p = cal.probs("emotion", np.log(np.clip(probs["emotion"], 1e-12, None)), [mset] * len(y))
+                m = score({"emotion": p}, y).get("emotion")
+                if m:
+                    reliability_png(m, out / f"reliability_{mset.replace('+', '_')}_{label}.png",
+                                    f"{model_dir.name}, {mset}: emotion ({label})")
+    if write:
+        save_calibration(model_dir, calibration)
+    if not quiet:
+        _print(rows, model_dir, write, out)
+    return report
+
+
+def _name(path: str) -> str:
+    return "/".join(Path(path).resolve().parts[-2:])
+
+
+def _print(rows: list[dict], model_dir: Path, written: bool, out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"temperature calibration: {model_dir}")
+    for c in ("set", "head", "n", "T", "conf raw", "conf cal", "accuracy", "ECE raw", "ECE cal", "ECE cross-fit"):
+        t.add_column(c, justify="left" if c in ("set", "head") else "right")
+    for r in rows:
+        t.add_row(r["set"], r["head"], str(r["n"]), f"{r['temperature']:.2f}", f"{r['confidence_raw']:.3f}",
+                  f"{r['confidence_calibrated']:.3f}", f"{r['accuracy']:.3f}", f"{r['ece_raw']:.3f}",
+                  f"{r['ece_calibrated']:.3f}", f"{r['ece_cross_fitted']:.3f}")
+    con = Console(stderr=True, width=max(Console(stderr=True).width, 120))
+    con.print(t)
+    con.print(f"{'written to ' + str(model_dir / 'config.json') if written else 'dry run: config.json not changed'}"
+              + (f"; report and reliability diagrams in {out}" if out else ""))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder whose config.json gets the temperatures")
+    parser.add_argument("--faces", action="append", default=[], help="face data of held-out people (repeatable)")
+    parser.add_argument("--voices", action="append", default=[], help="voice data of held-out people (repeatable)")
+    parser.add_argument("--pairs", type=int, default=1000, help="label-matched face+voice pairs (0: none)")
+    parser.add_argument("--cache", default=None, help="feature cache folder")
+    parser.add_argument("--out", default=None, help="folder for calibration.json and reliability PNGs")
+    parser.add_argument("--dry-run", action="store_true", help="report only; leave config.json as it is")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    report = calibrate(args.model, args.faces, args.voices, args.pairs, args.cache, args.out,
+                       write=not args.dry_run, seed=args.seed, quiet=args.json)
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    return 0
