@@ -247,6 +247,17 @@ def test_pseudo_labels_only_on_untagged_training_time() -> None:
     assert pseudo_windows(model, [rs], tagged, [Session(Path("x.mp4"), None)], threshold=1.01, weight=0.3,
                           val_info={}) == []
 
+    # Confidence is the model's calibrated one: this random model is near uniform
+    # (nothing reaches 0.9), but a face temperature of 0.005 makes its face windows sure.
+    from obs_merlb.calibration import Calibration
+    args = (model, [rs], tagged, [Session(Path("x.mp4"), None)])
+    assert pseudo_windows(*args, threshold=0.9, weight=0.3, val_info={}) == []
+    sharp = pseudo_windows(*args, threshold=0.9, weight=0.3, val_info={},
+                           calibration=Calibration({"face": {"emotion": 0.005}}))
+    assert len(sharp) == len(out) + 1       # no validation cut this time: the window at 6-8 s and 8-10 s
+    assert pseudo_windows(*args, threshold=0.9, weight=0.3, val_info={},
+                          calibration=Calibration({"voice": {"emotion": 0.005}})) == []   # not these windows' set
+
 
 def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
     from obs_merlb import registry

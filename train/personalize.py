@@ -59,6 +59,7 @@ import numpy as np
 
 from obs_merlb import labels as L
 from obs_merlb import registry
+from obs_merlb.calibration import Calibration, load_calibration, modality_sets
 from obs_merlb.session import SUFFIX as SESSION_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -513,8 +514,9 @@ def run_model(model: Any, batch: dict[str, Any], use_emb: bool) -> dict[str, Any
 
 
 def predict_windows(model: Any, steps: Sequence[RecordingSteps | None], windows: Sequence[Window],
-                    batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Softmax per head for the centred crop of each window (full model, eval mode)."""
+                    batch_size: int = 64, calibration: Calibration | None = None) -> dict[str, np.ndarray]:
+    """Softmax per head for the centred crop of each window (full model, eval mode),
+    temperature-scaled per window's modality set when a calibration is given."""
     import torch
 
     model.eval()
@@ -524,15 +526,23 @@ def predict_windows(model: Any, steps: Sequence[RecordingSteps | None], windows:
             idx = list(range(a, min(a + batch_size, len(windows))))
             batch = gather(steps, windows, idx, model.cfg.steps, model.cfg.step_s, model.cfg.modalities,
                            None, use_emb=False)
+            sets = modality_sets(batch["mask"].numpy(), model.cfg.modalities) if calibration else None
             for h, lg in run_model(model, batch, False).items():
-                probs.setdefault(h, []).append(torch.softmax(lg.float(), -1).cpu().numpy())
+                probs.setdefault(h, []).append(calibration.probs(h, lg.float().cpu().numpy(), sets) if calibration
+                                               else torch.softmax(lg.float(), -1).cpu().numpy())
     return {h: np.concatenate(v) for h, v in probs.items()}
 
 
 def pseudo_windows(model: Any, steps: Sequence[RecordingSteps | None], windows: Sequence[Window],
                    sessions: Sequence[Session], threshold: float, weight: float,
-                   val_info: dict[str, Any]) -> list[Window]:
-    """Confident emotion predictions of the current model on untagged stretches of training time."""
+                   val_info: dict[str, Any], calibration: Calibration | None = None) -> list[Window]:
+    """Confident emotion predictions of the current model on untagged stretches of training time.
+
+    Confidence is the calibrated probability when the model has a calibration,
+    the one the overlay shows: raw, the shipped model's voice-only windows sit
+    lower than its face-only ones at the same accuracy, and a fixed
+    threshold would take pseudo-labels almost only from faces.
+    """
     T, step_s = model.cfg.steps, model.cfg.step_s
     held = set(val_info.get("val_sessions", []))
     cut = val_info.get("val_from_s", {})
@@ -554,7 +564,7 @@ def pseudo_windows(model: Any, steps: Sequence[RecordingSteps | None], windows: 
             cands.append(Window(si, a * step_s, (a + T) * step_s, "", {}, "pseudo", weight))
     if not cands or "emotion" not in model.cfg.active_heads:
         return []
-    probs = predict_windows(model, steps, cands)["emotion"]
+    probs = predict_windows(model, steps, cands, calibration=calibration)["emotion"]
     names = model.cfg.active_heads["emotion"]
     out = []
     for w, p in zip(cands, probs):
@@ -1102,7 +1112,7 @@ def current_model(base: str | None) -> tuple[Path, str]:
 
 
 def build_data(args: argparse.Namespace, config: dict[str, Any], progress: Progress, step_s: float,
-               model_for_pseudo: Any = None) -> dict[str, Any]:
+               model_for_pseudo: Any = None, calibration: Calibration | None = None) -> dict[str, Any]:
     from obs_merlb.session import default_sessions_dir
 
     from .preprocess import FeatureSettings, default_cache
@@ -1134,7 +1144,7 @@ def build_data(args: argparse.Namespace, config: dict[str, Any], progress: Progr
     pseudo: list[Window] = []
     if args.pseudo_labels and model_for_pseudo is not None:
         pseudo = pseudo_windows(model_for_pseudo, steps, windows, sessions, args.pseudo_threshold,
-                                args.pseudo_weight, split_info)
+                                args.pseudo_weight, split_info, calibration)
         progress.message(f"pseudo-labels: {len(pseudo)} confident untagged windows (weight {args.pseudo_weight})")
     return {"sessions": sessions, "windows": windows + pseudo, "rare": rare, "split": split_info,
             "steps": steps, "csv": csv_stats, "failed": failed}
@@ -1166,7 +1176,7 @@ def train_candidate(args: argparse.Namespace, progress: Progress) -> dict[str, A
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     incumbent = load_model(inc_dir, device=device)
-    data = build_data(args, config, progress, base_cfg.step_s, incumbent)
+    data = build_data(args, config, progress, base_cfg.step_s, incumbent, load_calibration(inc_dir))
     sessions, windows, steps = data["sessions"], data["windows"], data["steps"]
     train_w = [w for w in windows if w.split == "train"]
     val_w = [w for w in windows if w.split == "val" and w.source != "pseudo"]
