@@ -148,3 +148,5 @@ def test_calibrate_with_too_little_data_says_so_and_changes_nothing(shipped_copy
         main(["calibrate", "--model", str(shipped_copy), "--faces", str(FIX / "fer2013"),
               "--pairs", "0", "--cache", str(tmp_path / "cache")])
     assert (shipped_copy / "config.json").read_text() == before
+    with pytest.raises(SystemExit, match="no model at"):
+        main(["calibrate", "--model", str(tmp_path / "nothing"), "--faces", str(FIX / "fer2013")])

@@ -92,15 +92,13 @@ def calibrate(model_dir: str | Path, faces: list[str], voices: list[str], n_pair
               seed: int = 0, quiet: bool = False) -> dict[str, Any]:
     from rich.progress import Progress
 
-    from obs_merlb.model.config import load_config
-    from obs_merlb.model.io import load_model
-
+    from .evaluate import _load
     from .metrics import reliability_png, score
     from .recipes.eval_pairs import load_pair_records, pair_probs
 
     model_dir = Path(model_dir)
-    model = load_model(model_dir).eval()
-    train_meta = load_config(model_dir)[1].get("train") or {}
+    model, meta = _load(model_dir, "cpu")     # a missing model folder stops with how to get one
+    train_meta = meta.get("train") or {}
     samples: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
     steps = [("face", faces), ("voice", voices)]
     with Progress(transient=True, disable=quiet) as bar:
