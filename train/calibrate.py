@@ -24,19 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from obs_merlb.calibration import MIN_SAMPLES, Calibration, ece, fit_temperature, nll, save_calibration, scale
+from obs_merlb.calibration import (MIN_SAMPLES, Calibration, ece, fit_temperature, modality_sets, nll,
+                                   save_calibration, scale)
 
+from .data import IGNORE
 from .datasets import HEADS
 
-IGNORE = -100
 
-
-def window_probs(model, records, calibration: Calibration | None = None, key_segments: int | None = None,
+def window_probs(model, records, key_segments: int | None = None,
                  image_steps: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Per-window probabilities {head: (W, C)}, targets (W, len(HEADS)) and modality sets."""
+    """Per-window raw probabilities {head: (W, C)}, targets (W, len(HEADS)) and modality sets."""
     import torch
-
-    from obs_merlb.calibration import modality_sets
 
     from .data import StepDataset, predict
     from .evaluate import windows_of
@@ -44,7 +42,8 @@ def window_probs(model, records, calibration: Calibration | None = None, key_seg
     win, _ = windows_of(records, model.cfg.steps)
     ds = StepDataset(win, model.cfg.modalities, model.cfg.steps, train=False, image_steps=image_steps,
                      key_segments=key_segments)
-    probs, y = predict(model, ds, model.cfg.modalities, torch.device("cpu"), 128, calibration)
+    probs, y = predict(model, ds, model.cfg.modalities, torch.device("cpu"), 128)
+    # The dataset's masks, not the records': key-segment selection may drop a window's voice.
     masks = np.stack([ds[i]["mask"] for i in range(len(ds))]) if len(ds) else np.zeros((0, 1, 4))
     return probs, y, modality_sets(masks, model.cfg.modalities)
 

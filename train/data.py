@@ -382,6 +382,7 @@ def predict(model: torch.nn.Module, dataset: Dataset, modalities: Sequence[str],
     """
     from torch.utils.data import DataLoader
 
+    calibration = calibration or Calibration()      # none: T = 1, the plain softmax
     model.eval()
     probs: dict[str, list[np.ndarray]] = {}
     ys = []
@@ -389,11 +390,9 @@ def predict(model: torch.nn.Module, dataset: Dataset, modalities: Sequence[str],
     for batch in loader:
         inputs = {m: (batch.get(m).to(device) if batch.get(m) is not None else None) for m in MODALITIES}
         logits = model(inputs["face"], inputs["voice"], inputs["body"], inputs["scene"], batch["mask"].to(device))
-        sets = modality_sets(batch["mask"].numpy(), modalities) if calibration else None
+        sets = modality_sets(batch["mask"].numpy(), modalities)
         for h, lg in logits.items():
-            p = (calibration.probs(h, lg.float().cpu().numpy(), sets) if calibration
-                 else torch.softmax(lg.float(), dim=-1).cpu().numpy())
-            probs.setdefault(h, []).append(p)
+            probs.setdefault(h, []).append(calibration.probs(h, lg.float().cpu().numpy(), sets))
         ys.append(batch["y"].numpy())
     return ({h: np.concatenate(v) for h, v in probs.items()},
             np.concatenate(ys) if ys else np.zeros((0, len(HEADS)), np.int64))

@@ -519,6 +519,7 @@ def predict_windows(model: Any, steps: Sequence[RecordingSteps | None], windows:
     temperature-scaled per window's modality set when a calibration is given."""
     import torch
 
+    calibration = calibration or Calibration()      # none: T = 1, the plain softmax
     model.eval()
     probs: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
@@ -526,10 +527,9 @@ def predict_windows(model: Any, steps: Sequence[RecordingSteps | None], windows:
             idx = list(range(a, min(a + batch_size, len(windows))))
             batch = gather(steps, windows, idx, model.cfg.steps, model.cfg.step_s, model.cfg.modalities,
                            None, use_emb=False)
-            sets = modality_sets(batch["mask"].numpy(), model.cfg.modalities) if calibration else None
+            sets = modality_sets(batch["mask"].numpy(), model.cfg.modalities)
             for h, lg in run_model(model, batch, False).items():
-                probs.setdefault(h, []).append(calibration.probs(h, lg.float().cpu().numpy(), sets) if calibration
-                                               else torch.softmax(lg.float(), -1).cpu().numpy())
+                probs.setdefault(h, []).append(calibration.probs(h, lg.float().cpu().numpy(), sets))
     return {h: np.concatenate(v) for h, v in probs.items()}
 
 

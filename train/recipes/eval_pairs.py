@@ -46,6 +46,7 @@ def pair_probs(model, records: Records, n_pairs: int, seed: int = 0,
     temperature-scaled for its modality set, as the live engine would."""
     from torch.utils.data import DataLoader
 
+    calibration = calibration or Calibration()      # none: T = 1, the plain softmax
     mods = model.cfg.modalities
     ds = PairedDataset(records, mods, model.cfg.steps, train=False, n_pairs=n_pairs, augment=False, seed=seed)
     probs: dict[str, dict[str, list[np.ndarray]]] = {"fusion": {}, "face_only": {}, "voice_only": {}}
@@ -65,9 +66,7 @@ def pair_probs(model, records: Records, n_pairs: int, seed: int = 0,
                 m[..., VOICE] = 0
             out = model.sequence(fe, ve, None, None, m)
             for h, lg in out.items():
-                p = (calibration.probs(h, lg.numpy(), [SETS[name]] * b) if calibration
-                     else torch.softmax(lg, -1).numpy())
-                probs[name].setdefault(h, []).append(p)
+                probs[name].setdefault(h, []).append(calibration.probs(h, lg.numpy(), [SETS[name]] * b))
         ys.append(batch["y"].numpy())
     return ({name: {h: np.concatenate(v) for h, v in p.items()} for name, p in probs.items()},
             np.concatenate(ys))
