@@ -34,6 +34,7 @@ import argparse
 import concurrent.futures as cf
 import hashlib
 import json
+import io
 import logging
 import multiprocessing as mp
 import os
@@ -44,6 +45,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from obs_merlb.files import write_atomic
 from obs_merlb.labels import MODALITIES
 
 from .datasets import FORMATS, Item, load_items
@@ -225,10 +227,12 @@ def _pack(keys: Sequence[str], results: Sequence[dict[str, np.ndarray]],
 
 
 def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # Write then rename: an interrupted run never leaves a half shard behind.
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    # Write then rename (to a temporary name of its own): an interrupted run
+    # never leaves a half shard behind, and two runs filling one cache never
+    # write into each other's file.
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_atomic(path, buf.getvalue(), durable=False)
 
 
 def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -351,7 +355,8 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
             keyed.append((item_key(file_digest(it.path, hashes), it, sdig), it))
         except OSError as e:
             failed[it.path] = f"cannot read ({e.strerror or e})"
-    hash_file.write_text(json.dumps(hashes))
+    # Atomic: a second run preprocessing into the same cache may read it right now.
+    write_atomic(hash_file, json.dumps(hashes), durable=False)
 
     # Chunks: media one per shard (resume granularity = one clip), images by IMAGE_CHUNK.
     chunks: list[list[tuple[str, Item]]] = []
