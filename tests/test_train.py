@@ -335,3 +335,35 @@ def test_bad_model_settings_stop_with_a_message_naming_them(tmp_path: Path) -> N
     args = parser.parse_args(["--data", str(tmp_path), "--set", "model.face_width=abc"])
     with pytest.raises(SystemExit, match="not a TOML value"):
         loop.config_from_args(args)
+
+
+def test_voice_teacher_pulls_only_voice_only_windows(tmp_path: Path) -> None:
+    from obs_merlb.model.config import MERLBConfig
+    from obs_merlb.model.io import save_model
+    from obs_merlb.model.merlb import MERLB
+
+    torch.manual_seed(0)
+    teacher, other = (MERLB(MERLBConfig(modalities=["face", "voice"])).eval() for _ in range(2))
+    b, t = 4, 3
+    face, voice = torch.rand(b, t, 1, 64, 64), torch.randn(b, t, 1, 64, 100)
+    mask = torch.zeros(b, t, 4)
+    mask[:, :, MODALITIES.index("voice")] = 1
+    mask[:2, :, MODALITIES.index("face")] = 1          # rows 0-1: face+voice, rows 2-3: voice only
+    with torch.no_grad():
+        same = loop.voice_distill_loss(teacher, teacher(None, voice, None, None, mask), voice, mask)
+        full = loop.voice_distill_loss(teacher, other(face, voice, None, None, mask), voice, mask)
+        only = loop.voice_distill_loss(teacher, other(None, voice[2:], None, None, mask[2:]), voice[2:], mask[2:])
+        none = loop.voice_distill_loss(teacher, other(face[:2], voice[:2], None, None, mask[:2]),
+                                       voice[:2], mask[:2])
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    assert float(full) > 0.01
+    assert float(full) == pytest.approx(float(only), rel=1e-5)   # the face+voice rows add nothing
+    assert float(none) == 0.0
+
+    # A run with a teacher trains end to end; a folder that is no model stops with a message.
+    save_model(teacher, tmp_path / "teacher")
+    summary = train(_cfg(tmp_path, epochs=1, voice_teacher=str(tmp_path / "teacher"), voice_teacher_weight=2.0),
+                    quiet=True)
+    assert summary["history"][0]["train_loss"] > 0
+    with pytest.raises(SystemExit, match="voice_teacher"):
+        train(_cfg(tmp_path, voice_teacher=str(tmp_path)), quiet=True)

@@ -113,6 +113,13 @@ class TrainConfig:
     # LSTMs/fusion/heads on top of pretrained encoders. Frozen modules also
     # stay in eval mode so their batch-norm statistics do not drift.
     freeze: list[str] = field(default_factory=list)
+    # A saved model (the voice stage's) whose predictions the windows that
+    # carry a voice and no face are pulled toward (KL divergence, added to
+    # the loss with this weight). The fusion stage retrains the heads all
+    # modalities share, mostly on faces and pairs, and its voice-only
+    # accuracy fell below the voice stage's in every run (MODEL_CARD.md).
+    voice_teacher: str | None = None
+    voice_teacher_weight: float = 1.0
     model: dict[str, Any] = field(default_factory=dict)  # MERLBConfig overrides
 
     @classmethod
@@ -375,6 +382,44 @@ def _measure_voice_scale(model, train: Records, seed: int = 0) -> None:
             model.encoders["voice"].set_band_scale(torch.from_numpy(std))
 
 
+def load_voice_teacher(directory: str, student: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The teacher for voice-only windows, fixed, on the student's device; it must hear voices
+    and answer every head the student has."""
+    from obs_merlb.model.config import CONFIG_FILE
+    from obs_merlb.model.io import load_model
+
+    if not (Path(directory) / CONFIG_FILE).is_file():
+        raise SystemExit(f"voice_teacher {directory}: not a saved model folder (no {CONFIG_FILE})")
+    teacher = load_model(directory, str(device))
+    if "voice" not in teacher.cfg.modalities:
+        raise SystemExit(f"voice_teacher {directory}: the model has no voice input ({teacher.cfg.modalities})")
+    missing = set(student.cfg.active_heads) - set(teacher.cfg.active_heads)
+    if missing:
+        raise SystemExit(f"voice_teacher {directory}: no {', '.join(sorted(missing))} head to learn from")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def voice_distill_loss(teacher: torch.nn.Module, logits: dict[str, torch.Tensor],
+                       voice: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per head, averaged over the batch's voice-only windows (0 when none)."""
+    import torch.nn.functional as F
+
+    zero = sum(lg.sum() * 0.0 for lg in logits.values())
+    if voice is None:
+        return zero
+    face, heard = mask[..., MODALITIES.index("face")], mask[..., MODALITIES.index("voice")]
+    only = torch.nonzero((heard.amax(1) > 0) & (face.amax(1) == 0)).squeeze(1)
+    if not only.numel():
+        return zero
+    with torch.no_grad():
+        target = teacher(None, voice.index_select(0, only), None, None, mask.index_select(0, only))
+    return zero + sum(F.kl_div(F.log_softmax(lg.index_select(0, only).float(), -1),
+                               F.log_softmax(target[h].float(), -1), log_target=True, reduction="batchmean")
+                      for h, lg in logits.items())
+
+
 def train(cfg: TrainConfig, quiet: bool = False,
           data: tuple[Records, Records] | None = None) -> dict[str, Any]:
     """Run training; returns a summary (best epoch, validation metrics, paths).
@@ -392,6 +437,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
         raise SystemExit(f"pair_mismatch is a share of the pairs, 0 to 1; got {cfg.pair_mismatch}")
     if not 0.0 <= cfg.face_erase <= 1.0:
         raise SystemExit(f"face_erase is a share of the training faces, 0 to 1; got {cfg.face_erase}")
+    if cfg.voice_teacher_weight < 0:
+        raise SystemExit(f"voice_teacher_weight weighs a loss term, 0 or more; got {cfg.voice_teacher_weight}")
     if not 0.0 <= cfg.voice_eq <= 3.0:
         raise SystemExit(f"voice_eq is the largest equaliser tilt in log-mel units, 0 to 3; got {cfg.voice_eq}")
     dist_info, device = setup_distributed(cfg.device)
@@ -421,6 +468,7 @@ def train(cfg: TrainConfig, quiet: bool = False,
         for name, p in model.named_parameters():
             if name.startswith(frozen):
                 p.requires_grad_(False)
+    teacher = load_voice_teacher(cfg.voice_teacher, model, device) if cfg.voice_teacher else None
     heads = list(model.cfg.active_heads)
     labelled = [h for h in heads if (train_rec.targets[:, HEADS.index(h)] >= 0).any()]
     console.print(f"model: fusion={model.cfg.fusion} task={model.cfg.task} modalities={model.cfg.modalities} "
@@ -518,11 +566,16 @@ def train(cfg: TrainConfig, quiet: bool = False,
                     g["lr"] = lr_at(step, total_steps, warmup, cfg.lr, cfg.schedule)
                 x = {m: (batch[m].to(device, non_blocking=True) if batch.get(m) is not None else None)
                      for m in MODALITIES}
+                mask = batch["mask"].to(device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = ddp_model(x["face"], x["voice"], x["body"], x["scene"], batch["mask"].to(device))
+                    logits = ddp_model(x["face"], x["voice"], x["body"], x["scene"], mask)
+                    if teacher is not None:
+                        distill = voice_distill_loss(teacher, logits, x["voice"], mask)
                 loss, _ = multitask_loss({h: lg.float() for h, lg in logits.items()},
                                          head_targets(batch["y"].to(device), heads), weights,
                                          label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    loss = loss + cfg.voice_teacher_weight * distill
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
