@@ -53,13 +53,19 @@ def streams(home: Path) -> SimpleNamespace:
     from merlb_testmodel import fresh_model_dir
     from personalize_streams import make_streams, write_sessions
 
+    from obs_merlb.calibration import Calibration, save_calibration
+
     recordings, tags = make_streams(home / "recordings", n=3)
+    base = fresh_model_dir(home / "base-model")
+    # A calibrated base, as the shipped model is; a set these streams never show,
+    # so it changes no prediction here, only what a candidate must carry over.
+    save_calibration(base, Calibration({"scene": {"emotion": 1.5}}))
     return SimpleNamespace(
         recordings=recordings, tags=tags,
         sessions=home / "sessions", shuffled=home / "shuffled",
         logs=write_sessions(home / "sessions", tags),
         shuffled_logs=write_sessions(home / "shuffled", tags, shuffle_seed=1),
-        base=fresh_model_dir(home / "base-model"),
+        base=base,
     )
 
 
@@ -259,6 +265,30 @@ def test_pseudo_labels_only_on_untagged_training_time() -> None:
                           calibration=Calibration({"voice": {"emotion": 0.005}})) == []   # not these windows' set
 
 
+def test_personalized_calibration_fits_where_it_can_and_inherits_the_rest() -> None:
+    from obs_merlb.calibration import Calibration, MIN_SAMPLES
+    from obs_merlb.train.personalize import IGNORE, fit_calibration
+
+    rng = np.random.default_rng(0)
+    n_face, n_voice = 200, MIN_SAMPLES - 1
+    sets = ["face"] * n_face + ["voice"] * n_voice
+    # Labels drawn from softmax(z / 2): the right face temperature is 2.
+    z = rng.normal(scale=3.0, size=(n_face + n_voice, 5))
+    p = np.exp(z / 2) / np.exp(z / 2).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(5, p=row) for row in p])
+    y[:10] = IGNORE                                       # unlabelled windows do not count
+    base = Calibration({"face": {"emotion": 1.1}, "voice": {"emotion": 0.64, "arousal": 0.5}})
+    cal, rows = fit_calibration({"emotion": z}, sets, {"emotion": y}, base)
+    assert 1.6 < cal.temperature("face", "emotion") < 2.5
+    # Too few voice windows to fit: the base's temperatures stay, not T = 1.
+    assert cal.temperature("voice", "emotion") == 0.64 and cal.temperature("voice", "arousal") == 0.5
+    assert [(r["set"], r["head"], r["n"]) for r in rows] == [("face", "emotion", n_face - 10)]
+    assert rows[0]["ece_calibrated"] < rows[0]["ece_raw"]
+    assert cal.info["fitted"] == ["face/emotion"] and sorted(cal.info["inherited"]) == ["voice/arousal",
+                                                                                        "voice/emotion"]
+    assert base.temperature("face", "emotion") == 1.1      # the base's calibration is not modified
+
+
 def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
     from obs_merlb import registry
 
@@ -317,6 +347,14 @@ def test_candidate_beats_default_and_running_worker_switches(streams: SimpleName
         info = json.loads((version / "candidate.json").read_text())
         assert info["data"]["val"] > 0 and info["split"]["mode"] == "sessions"
         assert json.loads((version / "config.json").read_text())["labels"]["user"] == ["cringe", "spooked"]
+        # The candidate ships with the temperatures fitted on its held-out windows.
+        from obs_merlb.calibration import load_calibration
+        # The candidate ships calibrated: temperatures fitted on its held-out windows where
+        # a set has enough of them (these streams have too few), the base's elsewhere.
+        cal = load_calibration(version)
+        assert cal.info["fitted"] == [f"{r['set']}/{r['head']}" for r in info["calibration"]["rows"]]
+        assert cal.temperature("scene", "emotion") == 1.5 and "scene/emotion" in cal.info["inherited"]
+        assert cal.temperatures == info["calibration"]["temperatures"]
         assert json.loads((models_root() / "active.json").read_text())["version"] == "v0001"
         # The running worker switched without a restart.
         assert worker.wait_for(lambda e: e["type"] == "hello" and e["config"]["model"] == str(version), 30), \

@@ -59,7 +59,8 @@ import numpy as np
 
 from obs_merlb import labels as L
 from obs_merlb import registry
-from obs_merlb.calibration import Calibration, load_calibration, modality_sets
+from obs_merlb.calibration import (MIN_SAMPLES, Calibration, ece, fit_temperature, load_calibration,
+                                   modality_sets, save_calibration, scale)
 from obs_merlb.session import SUFFIX as SESSION_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -513,24 +514,66 @@ def run_model(model: Any, batch: dict[str, Any], use_emb: bool) -> dict[str, Any
     return model(batch["face"], batch["voice"], batch["body"], batch["scene"], batch["mask"])
 
 
-def predict_windows(model: Any, steps: Sequence[RecordingSteps | None], windows: Sequence[Window],
-                    batch_size: int = 64, calibration: Calibration | None = None) -> dict[str, np.ndarray]:
-    """Softmax per head for the centred crop of each window (full model, eval mode),
-    temperature-scaled per window's modality set when a calibration is given."""
+def window_logits(model: Any, steps: Sequence[RecordingSteps | None], windows: Sequence[Window],
+                  batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Logits per head for the centred crop of each window (full model, eval mode), and each
+    window's modality set ("face", "voice", "face+voice", ...)."""
     import torch
 
-    calibration = calibration or Calibration()      # none: T = 1, the plain softmax
     model.eval()
-    probs: dict[str, list[np.ndarray]] = {}
+    logits: dict[str, list[np.ndarray]] = {}
+    sets: list[str] = []
     with torch.no_grad():
         for a in range(0, len(windows), batch_size):
             idx = list(range(a, min(a + batch_size, len(windows))))
             batch = gather(steps, windows, idx, model.cfg.steps, model.cfg.step_s, model.cfg.modalities,
                            None, use_emb=False)
-            sets = modality_sets(batch["mask"].numpy(), model.cfg.modalities)
+            sets += modality_sets(batch["mask"].numpy(), model.cfg.modalities)
             for h, lg in run_model(model, batch, False).items():
-                probs.setdefault(h, []).append(calibration.probs(h, lg.float().cpu().numpy(), sets))
-    return {h: np.concatenate(v) for h, v in probs.items()}
+                logits.setdefault(h, []).append(lg.float().cpu().numpy())
+    return {h: np.concatenate(v) for h, v in logits.items()}, sets
+
+
+def predict_windows(model: Any, steps: Sequence[RecordingSteps | None], windows: Sequence[Window],
+                    batch_size: int = 64, calibration: Calibration | None = None) -> dict[str, np.ndarray]:
+    """Softmax per head for the centred crop of each window, temperature-scaled per
+    window's modality set when a calibration is given."""
+    calibration = calibration or Calibration()      # none: T = 1, the plain softmax
+    logits, sets = window_logits(model, steps, windows, batch_size)
+    return {h: calibration.probs(h, lg, sets) for h, lg in logits.items()}
+
+
+def fit_calibration(logits: dict[str, np.ndarray], sets: Sequence[str], y: dict[str, np.ndarray],
+                    inherited: Calibration) -> tuple[Calibration, list[dict[str, Any]]]:
+    """Temperatures for a personalized model: fitted on its held-out windows for each
+    (modality set, head) with at least MIN_SAMPLES labels, the base model's elsewhere.
+
+    Fine-tuning a few hundred steps moves a head's confidence less than a
+    temperature fitted on a dozen windows would swing, so a set with too few
+    windows keeps the base's temperature rather than falling back to T = 1
+    (the base's voice-only emotion runs at T 0.64: raw, it is underconfident).
+    Returns the calibration and one row per fitted temperature (in-sample ECE).
+    """
+    temps = {s: dict(heads) for s, heads in inherited.temperatures.items()}
+    window_sets = np.asarray(list(sets))
+    rows: list[dict[str, Any]] = []
+    for mset in sorted(set(window_sets.tolist()) - {""}):
+        for h, lg in logits.items():
+            if h not in y:
+                continue
+            keep = (window_sets == mset) & (y[h] != IGNORE)
+            if keep.sum() < MIN_SAMPLES:
+                continue
+            yk = y[h][keep]
+            t = fit_temperature(lg[keep], yk)
+            temps.setdefault(mset, {})[h] = t
+            rows.append({"set": mset, "head": h, "n": int(keep.sum()), "temperature": round(t, 3),
+                         "ece_raw": ece(scale(lg[keep], 1.0), yk), "ece_calibrated": ece(scale(lg[keep], t), yk)})
+    fitted = [f"{r['set']}/{r['head']}" for r in rows]
+    info = {"fitted_on": "personalize validation windows", "fitted": fitted,
+            "inherited": [f"{s}/{h}" for s, heads in inherited.temperatures.items() for h in heads
+                          if f"{s}/{h}" not in fitted]}
+    return Calibration(temps, info), rows
 
 
 def pseudo_windows(model: Any, steps: Sequence[RecordingSteps | None], windows: Sequence[Window],
@@ -1196,7 +1239,11 @@ def train_candidate(args: argparse.Namespace, progress: Progress) -> dict[str, A
         progress.start("evaluate", 2, "score on held-out windows")
         heads = model.cfg.active_heads
         eval_heads = {h: names for h, names in heads.items() if (targets_for(val_w, {h: names})[h] >= 0).any()}
-        after, cand_pred = score_model(predict_windows(model, steps, val_w), heads, val_w, eval_heads)
+        cand_logits, val_sets = window_logits(model, steps, val_w)
+        calibration, calib_rows = fit_calibration(cand_logits, val_sets, targets_for(val_w, heads),
+                                                  load_calibration(base_dir))
+        after, cand_pred = score_model({h: calibration.probs(h, lg, val_sets) for h, lg in cand_logits.items()},
+                                       heads, val_w, eval_heads)
         progress.advance(1, 2, "candidate")
         before, inc_pred = score_model(predict_windows(incumbent, steps, val_w), incumbent.cfg.active_heads, val_w,
                                 eval_heads)
@@ -1225,10 +1272,12 @@ def train_candidate(args: argparse.Namespace, progress: Progress) -> dict[str, A
                      "labels_csv": data["csv"], "failed": data["failed"]},
             "metrics": {"candidate": after, "current": before}, "history": history,
             "user_classes": user_classes,
+            "calibration": {**calibration.to_dict(), "rows": calib_rows},
         }
         model = model.cpu().eval()
         save_model(model, tmp, meta={"personalized": True, "base": str(base_dir), "gate": g,
                                      "user_classes": user_classes})
+        save_calibration(tmp, calibration)     # after the weights: saving weights drops a calibration
         export_onnx(model, tmp)
         registry.write_json_atomic(tmp / registry.CANDIDATE_FILE, info)
         # Everything is on disk: only now does the candidate get a version name.
