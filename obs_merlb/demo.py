@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"clip: {args.video.name}, {duration:.2f} s = {len(steps)} steps of {steps.step_s} s; "
                       f"face in {int(steps.mask[:, 0].sum())} steps, speech in {int(steps.mask[:, 1].sum())}")
 
-        cfg = backend.cfg
         t0 = time.perf_counter()
         embs = {}
         for m in backend.modalities:

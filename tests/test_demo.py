@@ -6,8 +6,6 @@ the shipped weights stop seeing the clip's emotions.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from obs_merlb import demo

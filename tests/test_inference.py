@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from obs_merlb import inference
 from obs_merlb.inference import Backend, load_backend
 from obs_merlb.model import MERLB, MERLBConfig, save_model
 from obs_merlb.model.export import example_inputs
