@@ -78,15 +78,20 @@ class MERLB(nn.Module):
             m = m * keep
         return m
 
-    def modality_dropout(self, m: torch.Tensor) -> torch.Tensor:
+    def modality_dropout(self, m: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Drop whole modalities per sample so the model learns to do without them.
         A sample that would lose every modality it has keeps them all instead:
-        an empty sample teaches nothing but the heads' biases."""
+        an empty sample teaches nothing but the heads' biases. `keep` (B, 4,
+        MODALITIES order) marks modalities a sample never loses: a face+voice
+        pair whose voice shows another emotion is labelled by its face, and
+        without the face it would teach the voice a wrong label."""
         p = self.cfg.modality_dropout
         if not self.training or p <= 0 or m.shape[-1] < 2:
             return m
-        keep = (torch.rand(m.shape[0], 1, m.shape[-1], device=m.device) >= p).to(m.dtype)
-        dropped = m * keep
+        draw = torch.rand(m.shape[0], 1, m.shape[-1], device=m.device) >= p
+        if keep is not None:
+            draw = draw | (keep.index_select(-1, self.mask_cols)[:, None, :] > 0)
+        dropped = m * draw.to(m.dtype)
         empty = dropped.amax(dim=(1, 2)) == 0
         return torch.where(empty[:, None, None], m, dropped)
 
@@ -95,10 +100,10 @@ class MERLB(nn.Module):
 
     def sequence(self, face_e: torch.Tensor | None, voice_e: torch.Tensor | None,
                  body_e: torch.Tensor | None, scene_e: torch.Tensor | None,
-                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
+                 mask: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """LSTMs + fusion + heads on per-step embeddings (B, T, D_m) -> {head: logits}."""
         given = {"face": face_e, "voice": voice_e, "body": body_e, "scene": scene_e}
-        m = self.modality_dropout(self._select(mask, given))
+        m = self.modality_dropout(self._select(mask, given), keep)
         b, t = m.shape[:2]
         embs = [given[name] if given[name] is not None else m.new_zeros(b, t, self.cfg.embed_dims[name])
                 for name in self.modalities]
@@ -106,9 +111,9 @@ class MERLB(nn.Module):
 
     def forward(self, face: torch.Tensor | None, voice: torch.Tensor | None,
                 body: torch.Tensor | None, scene: torch.Tensor | None,
-                mask: torch.Tensor) -> dict[str, torch.Tensor]:
+                mask: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         given = {"face": face, "voice": voice, "body": body, "scene": scene}
-        m = self.modality_dropout(self._select(mask, given))
+        m = self.modality_dropout(self._select(mask, given), keep)
         embs = [self._encode_steps(name, given[name], m[..., i]) for i, name in enumerate(self.modalities)]
         return self._sequence(embs, m)
 

@@ -84,6 +84,19 @@ def test_mismatched_pairs_disagree_and_take_the_faces_label(tmp_path: Path) -> N
         f, v = always.pair(i)
         assert emo[f] != emo[v]
         assert np.array_equal(always[i]["y"], train_rec.targets[f])     # the face's label, every head
+    # ... and modality dropout never takes their face away (it would leave a voice
+    # under another emotion's label); agreeing pairs may lose either side.
+    from obs_merlb.model.config import MERLBConfig
+    from obs_merlb.model.merlb import MERLB
+
+    model = MERLB(MERLBConfig(modalities=["face", "voice"], modality_dropout=0.9)).train()
+    never = PairedDataset(train_rec, ["face", "voice"], 8, train=True, n_pairs=64, mismatch=0.0)
+    for ds, face_always_kept in ((always, True), (never, False)):
+        batch = collate([ds[i] for i in range(len(ds))], ["face", "voice"])
+        m = model.modality_dropout(model._select(batch["mask"], batch), batch["keep"])
+        kept = m[..., 0].amax(1) > 0
+        assert bool(kept.all()) is face_always_kept
+        assert (m[..., 1].amax(1) == 0).any()             # voices are still dropped
     some = PairedDataset(train_rec, ["face", "voice"], 8, train=True, n_pairs=400, mismatch=0.25)
     share = np.mean([emo[f] != emo[v] for f, v in map(some.pair, range(len(some)))])
     assert 0.15 < share < 0.35

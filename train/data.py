@@ -313,8 +313,11 @@ class PairedDataset(StepDataset):
         yf, yv = self.records.targets[f], self.records.targets[v]
         if yf[HEADS.index("emotion")] != yv[HEADS.index("emotion")]:
             # A disagreeing pair (`mismatch`) is labelled by the face: see
-            # TrainConfig.pair_mismatch for why the face wins.
+            # TrainConfig.pair_mismatch for why the face wins. Modality
+            # dropout must not take that face away (MERLB.modality_dropout).
             out["y"] = yf.copy()
+            out["keep"] = np.zeros(len(MODALITIES), np.float32)
+            out["keep"][FACE] = 1.0
         else:
             # A head counts only where both sides say the same (valence/arousal
             # tables differ between sets for a few emotions).
@@ -342,6 +345,8 @@ def collate(batch: list[dict[str, np.ndarray]], modalities: Sequence[str]) -> di
         mask[i, : s["mask"].shape[0]] = torch.from_numpy(s["mask"])
     out["mask"] = mask
     out["y"] = torch.from_numpy(np.stack([s["y"] for s in batch]).astype(np.int64))
+    none = np.zeros(len(MODALITIES), np.float32)
+    out["keep"] = torch.from_numpy(np.stack([s.get("keep", none) for s in batch]))   # modalities never dropped
     return out
 
 

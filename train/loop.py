@@ -568,7 +568,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
                      for m in MODALITIES}
                 mask = batch["mask"].to(device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = ddp_model(x["face"], x["voice"], x["body"], x["scene"], mask)
+                    logits = ddp_model(x["face"], x["voice"], x["body"], x["scene"], mask,
+                                       keep=batch["keep"].to(device))
                     if teacher is not None:
                         distill = voice_distill_loss(teacher, logits, x["voice"], mask)
                 loss, _ = multitask_loss({h: lg.float() for h, lg in logits.items()},
