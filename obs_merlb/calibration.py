@@ -1,8 +1,9 @@
 """Temperature scaling: probabilities that mean what they say, per modality set.
 
 The shipped model is overconfident on faces alone (mean top probability
-0.73 at 66.9% accuracy on FER2013 val) and underconfident on voice alone
-(0.42 at 51%): the fusion heads saw faces far more often than voices. The
+0.73 at 66.9% accuracy on FER2013 val); session 9's was also
+underconfident on voice alone (0.42 at 51%): the fusion heads saw faces
+far more often than voices. The calibration has to follow the weights. The
 overlay's "uncertain" threshold compares a probability with a fixed number,
 so without calibration it hides right voice-only guesses and shows wrong
 face-only ones. One temperature per (modality set, head) is fitted on

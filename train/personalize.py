@@ -551,7 +551,7 @@ def fit_calibration(logits: dict[str, np.ndarray], sets: Sequence[str], y: dict[
     Fine-tuning a few hundred steps moves a head's confidence less than a
     temperature fitted on a dozen windows would swing, so a set with too few
     windows keeps the base's temperature rather than falling back to T = 1
-    (the base's voice-only emotion runs at T 0.64: raw, it is underconfident).
+    (a base can sit far from T = 1: session 9's model needed T 0.64 on voice-only emotion).
     Returns the calibration and one row per fitted temperature (in-sample ECE).
     """
     temps = {s: dict(heads) for s, heads in inherited.temperatures.items()}
