@@ -219,6 +219,47 @@ def test_voice_equaliser_colours_each_window_with_one_smooth_curve(tmp_path: Pat
         train(_cfg(tmp_path, voice_eq=5.0), quiet=True)
 
 
+def test_room_reverb_is_a_causal_decaying_tail_and_noise_fills_the_quiet_bins(tmp_path: Path) -> None:
+    from obs_merlb.train.data import augment_voice, background_noise, reverb_and_noise, room_reverb
+
+    # Reverb: one loud frame in every band spreads only forward, decaying, and
+    # the tail carries 0-12 dB less energy than the direct sound.
+    for seed in range(10):
+        impulse = np.zeros((1, 1, 64, 100))
+        impulse[..., 10] = 1.0
+        out = room_reverb(impulse, np.random.default_rng(seed))[0, 0]
+        assert np.array_equal(out[:, :11], impulse[0, 0, :, :11])          # nothing before it changes
+        tail = out[:, 11:]
+        assert (np.diff(tail, axis=1) <= 1e-12).all() and tail[:, 0].min() > 0
+        assert np.all((tail.sum(axis=1) <= 1.0 + 1e-9) & (tail.sum(axis=1) >= 10 ** -1.2 - 1e-9))
+        assert tail[-1, 5:].sum() < tail[0, 5:].sum()                       # highs die first
+
+    # Noise: the quiet parts of a window rise, the loud ones barely move, at 5-30 dB SNR.
+    speech = np.full((2, 1, 64, 100), 1e-6)
+    speech[..., 40:60] = 1.0
+    for seed in range(10):
+        noisy = background_noise(speech, speech, np.random.default_rng(seed))
+        added = noisy - speech
+        assert (added > 0).all()
+        assert 10 ** -3.0 <= added.mean() / speech.mean() <= 10 ** -0.5 + 1e-9
+        assert np.log(noisy[..., :40]).mean() - np.log(speech[..., :40]).mean() > 3.0
+        assert np.log(noisy[..., 40:60]).mean() - np.log(speech[..., 40:60]).mean() < 0.5
+
+    # On log-mel windows: masked (all-zero) steps stay masked; power never falls;
+    # off (room 0) draws nothing, so recipes without it repeat exactly.
+    x = np.random.default_rng(0).normal(-8.0, 2.0, (8, 1, 64, 100)).astype(np.float32)
+    x[3] = 0
+    y = reverb_and_noise(x, np.random.default_rng(1), 1.0)
+    assert y.dtype == x.dtype and not y[3].any() and (y - x)[[0, 1, 2, 4, 5, 6, 7]].min() >= 0
+    assert np.array_equal(augment_voice(x, np.random.default_rng(2)), augment_voice(x, np.random.default_rng(2), room=0.0))
+    assert not np.array_equal(augment_voice(x, np.random.default_rng(2)), augment_voice(x, np.random.default_rng(2), room=1.0))
+
+    _reaches_training_windows_only(tmp_path, "voice", voice_room=1.0)
+    assert TrainConfig().voice_room == 0.0
+    with pytest.raises(SystemExit, match="voice_room"):
+        train(_cfg(tmp_path, voice_room=1.5), quiet=True)
+
+
 def test_loader_workers_see_each_new_epoch_of_augmentations_and_pairs(tmp_path: Path) -> None:
     """Persistent DataLoader workers hold their own dataset copies: set_epoch
     in the main process must still reach them (else every epoch replays

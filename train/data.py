@@ -25,11 +25,13 @@ from torch.utils.data import Dataset
 
 from obs_merlb.calibration import Calibration, modality_sets
 from obs_merlb.labels import MODALITIES
+from obs_merlb.perception.voice import HOP, LOG_EPS, SAMPLE_RATE
 
 from .datasets import HEAD_CLASSES, HEADS, Item
 from .preprocess import PER_STEP, STORE_DTYPE, Prepared, read_shard
 
 IGNORE = -100
+FRAME_S = HOP / SAMPLE_RATE          # one log-mel frame, seconds
 FACE, VOICE = MODALITIES.index("face"), MODALITIES.index("voice")
 
 
@@ -132,7 +134,64 @@ def augment_face(x: np.ndarray, rng: np.random.Generator, erase: float = 0.0) ->
     return out
 
 
-def augment_voice(x: np.ndarray, rng: np.random.Generator, warp: bool = True, eq: float = 0.0) -> np.ndarray:
+def room_reverb(power: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(..., mels, frames) mel power smeared forward in time by a random room.
+
+    Late reverberation on the mel envelope (Polack's model): each band's
+    power decays exponentially after it, RT60 0.15-0.7 s (shorter in the high
+    bands, which walls absorb first), at a direct-to-reverberant energy ratio
+    of 0-12 dB. Causal: a frame only gains from the frames before it.
+    """
+    mels, frames = power.shape[-2:]
+    band = np.linspace(0.0, 1.0, mels)[:, None]
+    rt60, drr_db = rng.uniform(0.15, 0.7), rng.uniform(0.0, 12.0)
+    tau = rt60 / np.log(1e6) / FRAME_S * (1.0 - 0.5 * band)           # 60 dB decay, in frames
+    lags = np.arange(1, int(np.ceil(5 * tau.max())) + 1)[None, :]
+    tail = np.exp(-lags / tau)
+    tail *= 10 ** (-drr_db / 10) / tail.sum(axis=1, keepdims=True)
+    wet = np.zeros_like(power)
+    for k in range(min(tail.shape[1], frames - 1)):
+        wet[..., k + 1:] += power[..., :frames - k - 1] * tail[:, k][:, None]
+    return power + wet
+
+
+def background_noise(power: np.ndarray, speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(..., mels, frames) mel power over a random stationary noise.
+
+    Coloured (a log-spectral slope across the bands, from rumble-heavy to
+    white) with a small frame-to-frame level wobble, at 5-30 dB SNR against
+    the mean power of ``speech`` (the present steps): a fan, a game or a room
+    tone under the voice.
+    """
+    mels, frames = power.shape[-2:]
+    band = np.linspace(0.0, 1.0, mels)[:, None]
+    snr_db = rng.uniform(5.0, 30.0)
+    noise = np.exp(rng.uniform(-4.0, 1.0) * band) * np.exp(rng.normal(0.0, 0.3, size=frames))
+    return power + noise * (speech.mean() / noise.mean() * 10 ** (-snr_db / 10))
+
+
+def reverb_and_noise(x: np.ndarray, rng: np.random.Generator, room: float) -> np.ndarray:
+    """(t, 1, mels, frames) log-mel heard in a random room (``room_reverb``) and,
+    drawn apart, over background noise (``background_noise``), each for a
+    share ``room`` of windows, once per window. Both act on power, where
+    they add. A step whose log-mel is all zeros is a masked step (no voice
+    there) and stays so.
+    """
+    present = np.abs(x).reshape(len(x), -1).max(axis=1) > 0
+    if not present.any():
+        return x
+    power = np.maximum(np.exp(x.astype(np.float64)) - LOG_EPS, 0.0)
+    if rng.random() < room:
+        power = room_reverb(power, rng)
+    if rng.random() < room:
+        power = background_noise(power, power[present], rng)
+    out = np.log(power + LOG_EPS).astype(x.dtype)
+    out[~present] = 0
+    return out
+
+
+def augment_voice(x: np.ndarray, rng: np.random.Generator, warp: bool = True, eq: float = 0.0,
+                  room: float = 0.0) -> np.ndarray:
     """(t, 1, mels, frames) log-mel: speaker/tempo warps, then SpecAugment-style masks per step.
 
     The warps are one draw per window (the same voice throughout): a shift of
@@ -146,6 +205,10 @@ def augment_voice(x: np.ndarray, rng: np.random.Generator, warp: bool = True, eq
     voice quality colours the spectrum (without it, the voice encoder heard
     most of CREMA-D's recordings as "fear"). Off, it draws nothing, so runs
     without it repeat exactly.
+    ``room`` > 0 puts that share of windows in a reverberant room and that
+    share over background noise (``reverb_and_noise``), drawn after the
+    warps (the voice is the speaker's before the room hears it) and before
+    the equaliser (the microphone colours both). Off, it draws nothing.
     Masks are filled with the patch mean, not zero: log-mel zero is a loud
     signal (log(1)), not silence.
     """
@@ -166,6 +229,8 @@ def augment_voice(x: np.ndarray, rng: np.random.Generator, warp: bool = True, eq
         hi = np.minimum(lo + 1, frames - 1)
         frac = (pos - lo).astype(x.dtype)
         x = x[..., lo] * (1 - frac) + x[..., hi] * frac
+    if room > 0:
+        x = reverb_and_noise(x, rng, room)
     if eq > 0:
         band = np.linspace(-1.0, 1.0, mels)
         tilt, bump = rng.uniform(-eq, eq), rng.uniform(-eq / 2, eq / 2)
@@ -211,10 +276,12 @@ def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | No
 class StepDataset(Dataset):
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  augment: bool = True, image_steps: int = 1, seed: int = 0,
-                 key_segments: int | None = None, face_erase: float = 0.0, voice_eq: float = 0.0) -> None:
+                 key_segments: int | None = None, face_erase: float = 0.0, voice_eq: float = 0.0,
+                 voice_room: float = 0.0) -> None:
         self.records, self.modalities, self.steps = records, list(modalities), steps
         self.train, self.augment, self.image_steps, self.seed = train, augment, image_steps, seed
         self.key_segments, self.face_erase, self.voice_eq = key_segments, face_erase, voice_eq
+        self.voice_room = voice_room
         # In shared memory: DataLoader workers hold their own copy of the
         # dataset (persistent ones for the whole run), and a plain attribute
         # set in the main process never reaches them, so every epoch would
@@ -250,7 +317,7 @@ class StepDataset(Dataset):
                 x = to_float(m, w[m])
                 if rng is not None and self.augment:
                     x = (augment_face(x, rng, self.face_erase) if m == "face"
-                         else augment_voice(x, rng, eq=self.voice_eq) if m == "voice" else x)
+                         else augment_voice(x, rng, eq=self.voice_eq, room=self.voice_room) if m == "voice" else x)
                 out[m] = np.ascontiguousarray(x)
         return out
 
@@ -270,8 +337,9 @@ class PairedDataset(StepDataset):
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  n_pairs: int = 0, augment: bool = True, seed: int = 0,
                  key_segments: int | None = None, mismatch: float = 0.0, face_erase: float = 0.0,
-                 voice_eq: float = 0.0) -> None:
-        super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments, face_erase, voice_eq)
+                 voice_eq: float = 0.0, voice_room: float = 0.0) -> None:
+        super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments, face_erase, voice_eq,
+                         voice_room)
         self.mismatch = mismatch
         masks = [r["mask"].any(axis=0) for r in records.arrays]
         emo = records.targets[:, HEADS.index("emotion")]

@@ -81,6 +81,9 @@ class TrainConfig:
     face_erase: float = 0.0
     # Largest random equaliser tilt on training voices, log-mel units (data.augment_voice).
     voice_eq: float = 0.0
+    # Share of training voices heard in a random reverberant room, and
+    # (drawn apart) the same share over background noise (data.reverb_and_noise).
+    voice_room: float = 0.0
     max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
     preprocess_workers: int = field(default_factory=default_workers)
     loader_workers: int = 0
@@ -441,6 +444,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
         raise SystemExit(f"voice_teacher_weight weighs a loss term, 0 or more; got {cfg.voice_teacher_weight}")
     if not 0.0 <= cfg.voice_eq <= 3.0:
         raise SystemExit(f"voice_eq is the largest equaliser tilt in log-mel units, 0 to 3; got {cfg.voice_eq}")
+    if not 0.0 <= cfg.voice_room <= 1.0:
+        raise SystemExit(f"voice_room is a share of the training voices, 0 to 1; got {cfg.voice_room}")
     dist_info, device = setup_distributed(cfg.device)
     console = Console(stderr=True, quiet=quiet or not dist_info.main)
     seed_everything(cfg.seed)
@@ -488,10 +493,11 @@ def train(cfg: TrainConfig, quiet: bool = False,
     mods = model.cfg.modalities
     k = cfg.voice_key_segments
     parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k,
-                         cfg.face_erase, cfg.voice_eq)]
+                         cfg.face_erase, cfg.voice_eq, cfg.voice_room)]
     if cfg.pairing:
         paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
-                               mismatch=cfg.pair_mismatch, face_erase=cfg.face_erase, voice_eq=cfg.voice_eq)
+                               mismatch=cfg.pair_mismatch, face_erase=cfg.face_erase, voice_eq=cfg.voice_eq,
+                               voice_room=cfg.voice_room)
         console.print(f"face+voice pairs per epoch: {len(paired)} "
                       f"({cfg.pair_mismatch:.0%} disagreeing, labelled by the face)")
         if len(paired):
