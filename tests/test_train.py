@@ -330,10 +330,10 @@ def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
         cfg = TrainConfig.from_toml(toml)
         assert cfg.epochs >= 1 and cfg.lr > 0, toml.name
     script = (recipes / "build_default.sh").read_text()
-    # `RECIPE=voice stage voice_long ...` runs default_voice.toml into RUNS/voice_long.
+    # `RECIPE=voice stage voice_room ...` runs default_voice.toml into RUNS/voice_room.
     stages = {name: recipe or name for recipe, name in re.findall(r"(?:RECIPE=(\w+) )?\bstage (\w+) --", script)}
-    assert {"face", "face_wide", "face_wide2", "voice", "fusion", "voice_long", "fusion_kd"} <= set(stages)
-    assert stages["voice_long"] == "voice" and stages["fusion_kd"] == "fusion"
+    assert {"face", "face_wide", "face_wide2", "voice", "fusion", "voice_room", "fusion_room"} <= set(stages)
+    assert stages["voice_room"] == "voice" and stages["fusion_room"] == "fusion"
     train_all = re.search(r"^train_all\(\) \{(.*)\}$", script, flags=re.M).group(1)
     for name, recipe in stages.items():
         assert (recipes / f"default_{recipe}.toml").exists(), name
@@ -341,7 +341,7 @@ def test_every_shipped_recipe_loads_and_build_default_runs_each_one() -> None:
     # Settings the script adds with --set must be real ones too.
     known = {f.name for f in fields(TrainConfig)}
     keys = re.findall(r"--set \"?(\w+)=", script)
-    assert "voice_teacher" in keys
+    assert {"voice_teacher", "voice_room"} <= set(keys)
     for key in keys:
         assert key in known, f"build_default.sh sets unknown setting {key}"
 
