@@ -118,27 +118,64 @@ class MERLB(nn.Module):
         return self._sequence(embs, m)
 
 
+def soft_cross_entropy(logits: torch.Tensor, q: torch.Tensor, allowed: torch.Tensor | None = None,
+                       weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against target distributions `q` (B, C); rows of zeros are unlabelled.
+
+    `allowed` (B, C) masks the classes a row's dataset offers: the others
+    leave the softmax and get no smoothing mass, so a clip from a set that
+    has no "surprise" is no evidence against surprise. With one-hot `q` and
+    every class allowed this is exactly F.cross_entropy with `weight` and
+    `label_smoothing` (the mean divides by the summed weights of the labels).
+    """
+    labelled = q.sum(dim=1) > 0
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    logits, q = logits[labelled], q[labelled].to(logits)
+    if allowed is None:
+        allowed = torch.ones_like(q, dtype=torch.bool)
+    else:
+        allowed = allowed[labelled].to(torch.bool) | (q > 0)     # a voted class is never masked
+    q = q / q.sum(dim=1, keepdim=True)
+    logp = torch.log_softmax(logits.masked_fill(~allowed, -1e4), dim=1)
+    n_allowed = allowed.sum(dim=1, keepdim=True).to(q)
+    smoothed = (1.0 - label_smoothing) * q + label_smoothing * allowed.to(q) / n_allowed
+    w = torch.ones(q.shape[1], device=q.device, dtype=q.dtype) if weight is None else weight.to(q)
+    per_row = -(smoothed * w * logp.masked_fill(~allowed, 0.0)).sum(dim=1)
+    return per_row.sum() / (q * w).sum().clamp_min(1e-12)
+
+
 def multitask_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                    class_weights: dict[str, torch.Tensor] | None = None,
                    task_weights: dict[str, float] | None = None,
-                   label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                   label_smoothing: float = 0.0,
+                   emotion_q: torch.Tensor | None = None,
+                   emotion_allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of per-head cross-entropies; -100 marks a missing label.
 
     A head with no labelled sample in the batch adds nothing (plain
     cross-entropy would return NaN for it). Single-task training is this with
-    one head. Returns (total loss, {head: loss value}).
+    one head. The emotion head can instead take target distributions
+    (`emotion_q`: FER+ votes, or one-hot rows) and the classes each row's
+    set offers (`emotion_allowed`), see `soft_cross_entropy`. Returns
+    (total loss, {head: loss value}).
     """
     class_weights = class_weights or {}
     task_weights = task_weights or {}
     total = sum(lg.sum() * 0.0 for lg in logits.values())  # keeps the graph when nothing is labelled
-    parts: dict[str, float] = {}
+    parts: dict[str, torch.Tensor] = {}
     for head, lg in logits.items():
-        y = targets.get(head)
-        if y is None or not bool((y != IGNORE).any()):
-            continue
         w = class_weights.get(head)
-        loss = F.cross_entropy(lg, y.to(lg.device), weight=None if w is None else w.to(lg),
-                               ignore_index=IGNORE, label_smoothing=label_smoothing)
+        if head == "emotion" and emotion_q is not None:
+            if not bool((emotion_q.sum(dim=1) > 0).any()):
+                continue
+            loss = soft_cross_entropy(lg, emotion_q.to(lg.device), emotion_allowed, w, label_smoothing)
+        else:
+            y = targets.get(head)
+            if y is None or not bool((y != IGNORE).any()):
+                continue
+            loss = F.cross_entropy(lg, y.to(lg.device), weight=None if w is None else w.to(lg),
+                                   ignore_index=IGNORE, label_smoothing=label_smoothing)
         total = total + task_weights.get(head, 1.0) * loss
-        parts[head] = float(loss.detach())
-    return total, parts
+        parts[head] = loss.detach()
+    return total, {h: float(v) for h, v in parts.items()}

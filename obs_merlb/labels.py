@@ -73,6 +73,37 @@ CREMA_D = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy",
            "NEU": "neutral", "SAD": "sad"}
 
 
+# ASED (Amharic) file-name emotion letter, folder names 01Neutral..05Angry.
+ASED = {"n": "neutral", "f": "fear", "h": "happy", "s": "sad", "a": "angry"}
+# URDU file-name emotion letter (folders Angry, Happy, Neutral, Sad).
+URDU = {"A": "angry", "H": "happy", "N": "neutral", "S": "sad"}
+# Korean emotional TTS corpus: the clip index (1-400) picks the emotion, in
+# blocks of 100.
+EMOTIONTTS_KR = ("neutral", "happy", "angry", "sad")
+# nEMO (Polish) file-name emotion word.
+NEMO = {"anger": "angry", "fear": "fear", "happiness": "happy", "neutral": "neutral",
+        "sadness": "sad", "surprised": "surprise"}
+
+# The emotions each acted set offers its speakers. A class a set does not
+# have is masked out of the loss for that set's clips: the actor never had
+# the choice, so the clip is no evidence against it. Sets not named here
+# (RAVDESS, FER2013, the user's own CSVs) offer every class.
+SET_EMOTIONS: dict[str, tuple[str, ...]] = {
+    "emodb": ("angry", "disgust", "fear", "happy", "neutral", "sad"),
+    "crema_d": tuple(sorted(CREMA_D.values())),
+    "ased": tuple(sorted(ASED.values())),
+    "urdu": tuple(sorted(URDU.values())),
+    "emotiontts_kr": tuple(sorted(EMOTIONTTS_KR)),
+    "nemo": tuple(sorted(NEMO.values())),
+}
+
+# FER+ vote columns (Barsoum et al. 2016), in its CSV's order. Contempt has
+# no class here; "unknown" and "NF" (not a face) are the taggers' way of
+# saying they could not label the image.
+FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                   "contempt", "unknown", "NF")
+
+
 def emotion_targets(emotion: str | None) -> tuple[str | None, str | None, str | None]:
     """(emotion, valence, arousal) for a basic emotion name or alias."""
     if emotion is None:

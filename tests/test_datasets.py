@@ -5,7 +5,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from obs_merlb import labels as L
 
 from obs_merlb.train import datasets as D
 
@@ -35,7 +38,99 @@ def test_named_files_map_to_heads_and_people() -> None:
     assert {i.group for i in crema} == {"crema_d:1002"}
     # A data root holding several sets reads them all.
     mixed = D.load_items(FIX, "named")
-    assert {i.dataset for i in mixed} == {"ravdess", "emodb", "crema_d"}
+    assert {i.dataset for i in mixed} == {"ravdess", "emodb", "crema_d", "ased", "urdu", "emotiontts_kr", "nemo"}
+
+
+def test_new_speech_sets_read_speaker_and_emotion_from_names() -> None:
+    def read(name: str) -> dict[str, D.Item]:
+        assert D.detect_format(FIX / name) == name
+        return {Path(i.path).name: i for i in D.load_items(FIX / name)}
+
+    ased = read("ased")
+    assert ased["n1-01-01-01-01.opus"].group == "ased:01-01"          # gender 01 + speaker 01
+    assert ased["n1-01-01-02-02.opus"].group == "ased:02-02"          # the same number, other gender: another person
+    assert ased["a5-01-01-01-03.opus"].labels["emotion"] == "angry"
+    urdu = read("urdu")
+    assert (urdu["SM1_F10_A010.opus"].group, urdu["SM1_F10_A010.opus"].labels["emotion"]) == ("urdu:M1", "angry")
+    assert (urdu["SF10_F1_S01.opus"].group, urdu["SF10_F1_S01.opus"].labels["emotion"]) == ("urdu:F10", "sad")
+    kr = read("emotiontts_kr")
+    assert kr["ema00001.opus"].labels == {"emotion": "neutral", "valence": "neutral", "arousal": "neutral",
+                                          "behaviour": None}
+    assert kr["ema00201.opus"].labels["emotion"] == "angry" and kr["ema00201.opus"].group == "emotiontts_kr:ema"
+    nemo = read("nemo")
+    assert {(i.group, i.labels["emotion"]) for i in nemo.values()} == {("nemo:EB0", "surprise")}
+    # The Korean corpus' bare names are only trusted inside <speaker>/wav/.
+    assert D.parse_named(Path("elsewhere/ema00001.opus")) is None
+
+
+def test_set_emotions_mask_classes_a_set_does_not_offer() -> None:
+    from obs_merlb.labels import EMOTIONS
+    from obs_merlb.train.data import allowed_emotions, emotion_distributions
+
+    items = D.load_items(FIX / "urdu") + D.load_items(FIX / "ravdess")
+    allowed = allowed_emotions(items)
+    urdu = [i for i, it in enumerate(items) if it.dataset == "urdu"]
+    ravdess = [i for i, it in enumerate(items) if it.dataset == "ravdess"]
+    assert {EMOTIONS[c] for c in np.flatnonzero(allowed[urdu[0]])} == {"angry", "happy", "neutral", "sad"}
+    assert allowed[ravdess].all()
+    q = emotion_distributions(items)
+    assert np.allclose(q.sum(axis=1), 1.0) and all(q[i, EMOTIONS.index(it.labels["emotion"])] == 1
+                                                   for i, it in enumerate(items))
+
+
+def test_ferplus_votes_become_soft_targets_and_majority_labels() -> None:
+    votes = FIX / "ferplus_votes_sample.csv"
+    items = {Path(i.path).name: i for i in D.load_items(FIX / "fer2013", votes=votes)}
+    assert len(items) == 14                            # no fixture image is mostly unknown
+    # 8 neutral, 1 sad, 1 angry in a folder called "angry": FER+ says neutral.
+    a = items["PublicTest_10116449.jpg"]
+    assert a.labels["emotion"] == "neutral" and a.orig == "angry"
+    assert np.allclose(a.soft, [0.1, 0, 0, 0, 0.8, 0.1, 0]) and abs(sum(a.soft) - 1) < 1e-6
+    # Three-way tie (sad, angry, disgust; 1 contempt vote left out): a soft target, no hard label.
+    tie = items["PublicTest_1145545.jpg"]
+    assert tie.labels["emotion"] is None and tie.soft is not None and tie.orig == "disgust"
+    # No row in the CSV: the folder label stays, no soft target.
+    plain = items["PublicTest_11387162.jpg"]
+    assert plain.labels["emotion"] == "disgust" and plain.soft is None
+    # The votes file is not mistaken for a dataset CSV; without votes the folder labels stand.
+    assert D.detect_format(FIX) == "mixed"
+    assert all(i.soft is None for i in D.load_items(FIX / "fer2013", votes=False))
+
+
+def test_ferplus_mostly_unknown_or_not_a_face_is_dropped_and_counted(tmp_path: Path, caplog) -> None:
+    shutil.copytree(FIX / "fer2013", tmp_path / "fer2013" / "val")
+    header = "file,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+    (tmp_path / "fer2013" / "ferplus_votes.csv").write_text(
+        header
+        + "val/happy/PublicTest_10130075.jpg,0,0,0,0,0,0,0,0,4,6\n"      # not a face
+        + "val/happy/PublicTest_10181609.jpg,0,4,0,0,0,0,0,0,6,0\n"      # mostly unknown
+        + "val/sad/PublicTest_10404299.jpg,0,0,0,0,0,0,0,9,1,0\n"        # contempt only: no class here
+        + "val/sad/PublicTest_10760798.jpg,0,0,0,1,0,0,0,6,1,0\n"        # contempt wins over sad
+        + "val/neutral/PublicTest_10262886.jpg,5,5,0,0,0,0,0,0,0,0\n")    # a tie
+    with caplog.at_level(logging.INFO, logger="obs_merlb.train.datasets"):
+        items = D.load_items(tmp_path / "fer2013" / "val")      # votes found two folders up
+    names = {Path(i.path).name: i for i in items}
+    assert len(items) == 11 and not {"PublicTest_10130075.jpg", "PublicTest_10181609.jpg",
+                                     "PublicTest_10404299.jpg"} & set(names)
+    sad = names["PublicTest_10760798.jpg"]
+    assert sad.labels["emotion"] is None and np.allclose(sad.soft, np.eye(7)[5])
+    assert names["PublicTest_10262886.jpg"].labels["emotion"] is None
+    assert np.allclose(names["PublicTest_10262886.jpg"].soft, [0, 0, 0, 0.5, 0.5, 0, 0])
+    line = [r.getMessage() for r in caplog.records if "FER+ votes" in r.getMessage()]
+    assert len(line) == 1 and "2 dropped as mostly unknown" in line[0] and "1 dropped as contempt" in line[0]
+    assert "9 without votes" in line[0]
+
+
+def test_votes_csv_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "ferplus_votes.csv"
+    bad.write_text("file,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+                   "val/a.jpg,1,2,x,0,0,0,0,0,0,0\n")
+    with pytest.raises(ValueError, match=r"ferplus_votes.csv:2"):
+        D.read_votes(bad)
+    other = tmp_path / "other.csv"
+    other.write_text("file,label\n")
+    with pytest.raises(ValueError, match="not a FER\\+ votes CSV"):
+        D.read_votes(other)
 
 
 def test_image_aliases_and_unknown_folder_reported_once(tmp_path: Path, caplog) -> None:
@@ -106,7 +201,19 @@ def test_shared_data_layouts() -> None:
     assert D.detect_format(DATA / "emodb") == "emodb"
     ravdess = D.load_items(DATA / "ravdess_speech")
     assert len(ravdess) == 1194 and len({i.group for i in ravdess}) == 20
-    fer = D.load_items(DATA / "fer2013")
+    fer = D.load_items(DATA / "fer2013", votes=False)
     assert {i.split for i in fer} == {"train", "val"}
     train, val = D.split_items(fer)
     assert len(val) == 3589
+    # With FER+ votes (found beside the split folders): mostly-unknown images
+    # are dropped, every image keeps its folder label in `orig`.
+    voted = D.load_items(DATA / "fer2013" / "val")
+    assert 3500 < len(voted) < 3589 and all(i.orig is not None for i in voted)
+    assert sum(i.soft is not None for i in voted) > 3300
+    # Every speech set of the data root, speakers from the names.
+    sets = {"ased": (2224, 65), "urdu": (400, 29), "emotiontts_kr": (260, 13), "nemo": (1572, 8)}
+    for name, (n_clips, n_speakers) in sets.items():
+        assert D.detect_format(DATA / name) == name
+        items = D.load_items(DATA / name)
+        assert (len(items), len({i.group for i in items})) == (n_clips, n_speakers), name
+        assert {i.labels["emotion"] for i in items} == set(L.SET_EMOTIONS[name]), name

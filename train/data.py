@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from obs_merlb.calibration import Calibration, modality_sets
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import EMOTIONS, MODALITIES
 from obs_merlb.perception.voice import HOP, LOG_EPS, SAMPLE_RATE
 
 from .datasets import HEAD_CLASSES, HEADS, Item
@@ -37,17 +37,32 @@ FACE, VOICE = MODALITIES.index("face"), MODALITIES.index("voice")
 
 @dataclass
 class Records:
-    """Items, their step arrays and their label indices (-100 = unlabelled)."""
+    """Items, their step arrays and their label indices (-100 = unlabelled).
+
+    `emotion_q` is each item's emotion target as a distribution (FER+ votes,
+    else one-hot, else zeros) and `emotion_allowed` the emotions its set
+    offers; both follow from the items unless given.
+    """
 
     items: list[Item]
     arrays: list[dict[str, np.ndarray]]
     targets: np.ndarray                 # (N, len(HEADS)) int64
+    emotion_q: np.ndarray | None = None          # (N, len(EMOTIONS)) float32
+    emotion_allowed: np.ndarray | None = None    # (N, len(EMOTIONS)) bool
+
+    def __post_init__(self) -> None:
+        if self.emotion_q is None:
+            self.emotion_q = emotion_distributions(self.items)
+        if self.emotion_allowed is None:
+            self.emotion_allowed = allowed_emotions(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, idx: Sequence[int]) -> "Records":
-        return Records([self.items[i] for i in idx], [self.arrays[i] for i in idx], self.targets[list(idx)])
+        idx = list(idx)
+        return Records([self.items[i] for i in idx], [self.arrays[i] for i in idx], self.targets[idx],
+                       self.emotion_q[idx], self.emotion_allowed[idx])
 
     @staticmethod
     def concat(parts: Sequence["Records"]) -> "Records":
@@ -55,7 +70,29 @@ class Records:
         if not parts:
             return Records([], [], np.zeros((0, len(HEADS)), np.int64))
         return Records([i for p in parts for i in p.items], [a for p in parts for a in p.arrays],
-                       np.concatenate([p.targets for p in parts]))
+                       np.concatenate([p.targets for p in parts]),
+                       np.concatenate([p.emotion_q for p in parts]),
+                       np.concatenate([p.emotion_allowed for p in parts]))
+
+
+def emotion_distributions(items: Sequence[Item]) -> np.ndarray:
+    """(N, len(EMOTIONS)): FER+ votes where an item has them, else its label one-hot, else zeros."""
+    q = np.zeros((len(items), len(EMOTIONS)), np.float32)
+    for i, it in enumerate(items):
+        if it.soft is not None:
+            q[i] = it.soft
+        elif it.labels.get("emotion") is not None:
+            q[i, EMOTIONS.index(it.labels["emotion"])] = 1.0
+    return q
+
+
+def allowed_emotions(items: Sequence[Item]) -> np.ndarray:
+    """(N, len(EMOTIONS)) bool: the emotions each item's set offers (labels.SET_EMOTIONS)."""
+    out = np.ones((len(items), len(EMOTIONS)), bool)
+    for i, it in enumerate(items):
+        if it.emotions != EMOTIONS:
+            out[i] = [e in it.emotions for e in EMOTIONS]
+    return out
 
 
 def targets_of(items: Sequence[Item]) -> np.ndarray:
@@ -324,6 +361,8 @@ class StepDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         out = self.sample(self.records.arrays[i], self._rng(i))
         out["y"] = self.records.targets[i]
+        out["q"] = self.records.emotion_q[i]
+        out["allowed"] = self.records.emotion_allowed[i]
         return out
 
 
@@ -384,12 +423,17 @@ class PairedDataset(StepDataset):
             # TrainConfig.pair_mismatch for why the face wins. Modality
             # dropout must not take that face away (MERLB.modality_dropout).
             out["y"] = yf.copy()
+            out["q"] = self.records.emotion_q[f]
+            out["allowed"] = self.records.emotion_allowed[f]
             out["keep"] = np.zeros(len(MODALITIES), np.float32)
             out["keep"][FACE] = 1.0
         else:
             # A head counts only where both sides say the same (valence/arousal
             # tables differ between sets for a few emotions).
             out["y"] = np.where(yf == yv, yf, IGNORE)
+            # Both sides are evidence: the face's votes (or label) and the voice's label.
+            out["q"] = (self.records.emotion_q[f] + self.records.emotion_q[v]) / 2
+            out["allowed"] = self.records.emotion_allowed[f] | self.records.emotion_allowed[v]
         return out
 
 
@@ -413,6 +457,8 @@ def collate(batch: list[dict[str, np.ndarray]], modalities: Sequence[str]) -> di
         mask[i, : s["mask"].shape[0]] = torch.from_numpy(s["mask"])
     out["mask"] = mask
     out["y"] = torch.from_numpy(np.stack([s["y"] for s in batch]).astype(np.int64))
+    out["q"] = torch.from_numpy(np.stack([s["q"] for s in batch]).astype(np.float32))
+    out["allowed"] = torch.from_numpy(np.stack([s["allowed"] for s in batch]))
     none = np.zeros(len(MODALITIES), np.float32)
     out["keep"] = torch.from_numpy(np.stack([s.get("keep", none) for s in batch]))   # modalities never dropped
     return out

@@ -11,9 +11,13 @@ Layouts (`detect_format` recognises each by itself):
 * ``images``   - ``<emotion>/*.jpg|png`` folders (FER2013 and sets with other
   folder names: anger/angry, happiness/happy, ...). A split folder above the
   class folders (``train/``, ``val/``, ``test/``) is kept as the item's split.
-* ``ravdess``, ``emodb``, ``crema_d`` - file-name conventions found anywhere
-  under a folder; ``named`` reads all three at once, ``mixed`` adds image
-  folders too (a data root holding several sets).
+  With FER+ votes (``ferplus_votes.csv`` beside the split folders, or named
+  by ``votes=``) each voted image carries the vote distribution as a soft
+  emotion target and the FER+ majority as its label (`attach_votes`).
+* ``ravdess``, ``emodb``, ``crema_d``, ``ased``, ``urdu``, ``emotiontts_kr``,
+  ``nemo`` - file-name conventions found anywhere under a folder; ``named``
+  reads them all at once, ``mixed`` adds image folders too (a data root
+  holding several sets).
 * ``seed_csv`` - the MERLB seed's label CSV (``File, Valence_Negative, ...``,
   one-hot, some headers with a leading space); ``File`` is relative to the
   CSV's folder.
@@ -28,7 +32,7 @@ import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -47,11 +51,19 @@ MEDIA_EXT = AUDIO_EXT | VIDEO_EXT
 # Folder names that mark a predefined split; anything else is not a split.
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "publictest": "val", "test": "test", "privatetest": "test"}
-FORMATS = ("images", "ravdess", "emodb", "crema_d", "named", "mixed", "seed_csv", "csv")
+SPEECH_SETS = ("ravdess", "emodb", "crema_d", "ased", "urdu", "emotiontts_kr", "nemo")
+FORMATS = ("images", *SPEECH_SETS, "named", "mixed", "seed_csv", "csv")
+VOTES_FILE = "ferplus_votes.csv"
 
 RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 EMODB_RE = re.compile(r"^(\d\d)([a-z]\d\d)([WLEAFTN])([a-z])$")
 CREMA_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+# ASED: emotion letter + number, sentence, repetition, gender (01 female,
+# 02 male), speaker number; a speaker is the gender-number pair.
+ASED_RE = re.compile(r"^([nfhsaNFHSA])\d+-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+URDU_RE = re.compile(r"^S([MF])(\d+)_F(\d+)_([AHNS])(\d+)$")
+KR_RE = re.compile(r"^([a-z]{3})(\d{5})$")
+NEMO_RE = re.compile(r"^([A-Z]{2}\d)_(" + "|".join(L.NEMO) + r")_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,12 @@ class Item:
     labels: dict[str, str | None] = field(default_factory=dict)
     dataset: str = ""
     split: str | None = None
+    # FER+ crowd votes over L.EMOTIONS (normalised), the soft emotion target;
+    # None where the set has no votes for this sample.
+    soft: tuple[float, ...] | None = None
+    # The folder's own emotion when `labels` came from votes instead (FER2013
+    # with FER+), so evaluation can report both label kinds.
+    orig: str | None = None
 
     @property
     def kind(self) -> str:
@@ -74,6 +92,11 @@ class Item:
         """Class index for `head`, or -100 (the loss's ignore_index) when unlabelled."""
         name = self.labels.get(head)
         return -100 if name is None else HEAD_CLASSES[head].index(name)
+
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        """The emotions this sample's set lets a label be (L.SET_EMOTIONS)."""
+        return L.SET_EMOTIONS.get(self.dataset, L.EMOTIONS)
 
 
 def _emotion_labels(emotion: str | None) -> dict[str, str | None]:
@@ -146,11 +169,33 @@ def parse_named(path: Path) -> Item | None:
     if m and m.group(3) in L.CREMA_D:
         return Item(path=str(path), group=f"crema_d:{m.group(1)}", dataset="crema_d",
                     labels=_emotion_labels(L.CREMA_D[m.group(3)]))
+    m = ASED_RE.match(stem)
+    if m:
+        return Item(path=str(path), group=f"ased:{m.group(4)}-{m.group(5)}", dataset="ased",
+                    labels=_emotion_labels(L.ASED[m.group(1).lower()]))
+    m = URDU_RE.match(stem)
+    if m:
+        # The speaker code is read as one person across the emotion folders.
+        # If the talk-show clips reuse a code for different people, this only
+        # makes a group coarser, never lets one person straddle a split.
+        return Item(path=str(path), group=f"urdu:{m.group(1)}{int(m.group(2))}", dataset="urdu",
+                    labels=_emotion_labels(L.URDU[m.group(4)]))
+    m = NEMO_RE.match(stem)
+    if m:
+        return Item(path=str(path), group=f"nemo:{m.group(1)}", dataset="nemo",
+                    labels=_emotion_labels(L.NEMO[m.group(2)]))
+    m = KR_RE.match(stem)
+    # `<speaker>/wav/<speaker><index>`: the bare name is too generic to trust alone.
+    if m and path.parent.name == "wav" and path.parent.parent.name == m.group(1):
+        index = int(m.group(2))
+        if 1 <= index <= 100 * len(L.EMOTIONTTS_KR):
+            return Item(path=str(path), group=f"emotiontts_kr:{m.group(1)}", dataset="emotiontts_kr",
+                        labels=_emotion_labels(L.EMOTIONTTS_KR[(index - 1) // 100]))
     return None
 
 
 def read_named(root: str | Path, only: str | None = None) -> list[Item]:
-    """Files named by the RAVDESS / EmoDB / CREMA-D conventions anywhere under root."""
+    """Files named by one of the SPEECH_SETS' conventions anywhere under root."""
     root = Path(root)
     items = []
     for path in ([root] if root.is_file() else _walk(root, MEDIA_EXT)):
@@ -309,12 +354,29 @@ def read_csv(csv_path: str | Path) -> list[Item]:
 
 def _csv_kind(path: Path) -> str | None:
     header, _ = _read_csv_rows(path) if path.stat().st_size < 50_000_000 else ([], [])
+    if tuple(h.strip() for h in header[1:]) == L.FERPLUS_COLUMNS:
+        return None    # FER+ votes describe the image folders beside them; not a dataset of its own
     norms = {_norm(h) for h in header}
     if "file" in norms and any(n.startswith(("valence", "arousal")) for n in norms):
         return "seed_csv"
     if norms & {"path", "file", "filename"}:
         return "csv"
     return None
+
+
+def _probe_files(root: Path, exts: set[str], n: int) -> Iterator[Path]:
+    """About `n` files under root, shared out among its top-level folders.
+
+    A data root holding several sets is probed in each of them: the first
+    `n` files of the walk would all come from the alphabetically first set.
+    """
+    tops = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    yield from (f for f in sorted(root.iterdir()) if f.is_file() and f.suffix.lower() in exts)
+    for top in tops:
+        for i, f in enumerate(_walk(top, exts)):
+            if i >= max(1, n // len(tops)):
+                break
+            yield f
 
 
 def detect_format(path: str | Path, probe: int = 2000) -> str:
@@ -331,16 +393,15 @@ def detect_format(path: str | Path, probe: int = 2000) -> str:
         item = parse_named(path)
         if item is not None:
             return item.dataset
-        raise ValueError(f"{path}: a single file must be a CSV or carry a RAVDESS/EmoDB/CREMA-D name")
+        raise ValueError(f"{path}: a single file must be a CSV or carry a speech set's file name "
+                         f"({', '.join(SPEECH_SETS)})")
     for csv_path in sorted(path.glob("*.csv")):
         kind = _csv_kind(csv_path)
         if kind:
             return kind
     named: Counter[str] = Counter()
     n_images = n_emotion_images = 0
-    for i, f in enumerate(_walk(path, IMAGE_EXT | MEDIA_EXT)):
-        if i >= probe:
-            break
+    for f in _probe_files(path, IMAGE_EXT | MEDIA_EXT, probe):
         if f.suffix.lower() in IMAGE_EXT:
             n_images += 1
             n_emotion_images += L.EMOTION_ALIASES.get(f.parent.name.lower()) is not None
@@ -355,8 +416,8 @@ def detect_format(path: str | Path, probe: int = 2000) -> str:
     if n_emotion_images:
         return "images"
     raise ValueError(
-        f"{path}: no known layout (emotion-named image folders, RAVDESS/EmoDB/CREMA-D file "
-        f"names, or a CSV with File/Valence_* or path,label columns); pass --format")
+        f"{path}: no known layout (emotion-named image folders, file names of a speech set "
+        f"({', '.join(SPEECH_SETS)}), or a CSV with File/Valence_* or path,label columns); pass --format")
 
 
 def _find_csv(path: Path, kind: str) -> Path:
@@ -368,13 +429,125 @@ def _find_csv(path: Path, kind: str) -> Path:
     raise FileNotFoundError(f"{path}: no {kind} CSV in this folder")
 
 
-def load_items(path: str | Path, fmt: str | None = None) -> list[Item]:
-    """Items of a dataset at `path`; the layout is detected unless `fmt` names it."""
+def find_votes(root: Path, levels: int = 2) -> Path | None:
+    """A FER+ votes CSV in `root`, up to `levels` folders above it (FER2013's split folders sit below
+    it) or in a folder just below it."""
+    root = root if root.is_dir() else root.parent
+    children = sorted(d for d in root.iterdir() if d.is_dir())   # a data root holding FER2013
+    for folder in [*[root, *root.resolve().parents][: levels + 1], *children]:
+        if (folder / VOTES_FILE).is_file():
+            return folder / VOTES_FILE
+    return None
+
+
+@dataclass
+class VoteStats:
+    """What `attach_votes` did with each image, for the one line a run prints."""
+
+    voted: int = 0
+    no_majority: int = 0      # a tie, or contempt won: a soft target, no hard label
+    dropped: int = 0          # mostly "unknown" / "not a face" votes
+    contempt: int = 0         # every emotion vote was contempt, which has no class here: dropped
+    unvoted: int = 0          # no row in the CSV: kept with the folder's label
+
+    def line(self) -> str:
+        return (f"FER+ votes: {self.voted} images with votes ({self.no_majority} without a majority among "
+                f"the model's emotions), {self.dropped} dropped as mostly unknown / not a face, "
+                f"{self.contempt} dropped as contempt only, {self.unvoted} without votes keep their folder label")
+
+
+def read_votes(csv_path: str | Path) -> dict[str, list[float]]:
+    """FER+ vote counts per image path (relative to the CSV's folder, '/'-separated)."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if tuple(header[1:]) != L.FERPLUS_COLUMNS:
+            raise ValueError(f"{csv_path}: not a FER+ votes CSV (expected columns file, "
+                             f"{', '.join(L.FERPLUS_COLUMNS)})")
+        votes: dict[str, list[float]] = {}
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                counts = [float(v) for v in row[1:]]
+            except ValueError:
+                raise ValueError(f"{csv_path}:{line_no}: vote counts must be numbers") from None
+            if len(counts) != len(L.FERPLUS_COLUMNS) or min(counts) < 0:
+                raise ValueError(f"{csv_path}:{line_no}: expected {len(L.FERPLUS_COLUMNS)} non-negative counts")
+            votes[row[0].strip().replace("\\", "/")] = counts
+    return votes
+
+
+def vote_target(counts: Sequence[float]) -> tuple[tuple[float, ...] | None, str | None]:
+    """(soft target over L.EMOTIONS, majority emotion) from one image's FER+ vote counts.
+
+    (None, None) when most votes say "unknown" or "not a face", or when no
+    vote names one of the model's emotions. Contempt has no class here: its
+    votes leave the soft target, and an image where it wins (or two
+    emotions tie) has no hard label.
+    """
+    named = dict(zip(L.FERPLUS_COLUMNS, counts))
+    total = sum(counts)
+    if total <= 0 or named["unknown"] + named["NF"] > total / 2:
+        return None, None
+    emotion_votes = {L.EMOTION_ALIASES.get(k, k if k == "contempt" else None): v for k, v in named.items()
+                     if k not in ("unknown", "NF")}
+    soft = [emotion_votes.get(e, 0.0) for e in L.EMOTIONS]
+    if sum(soft) <= 0:
+        return None, None
+    top = max(emotion_votes.values())
+    winners = [e for e, v in emotion_votes.items() if v == top]
+    majority = winners[0] if len(winners) == 1 and winners[0] != "contempt" else None
+    return tuple(v / sum(soft) for v in soft), majority
+
+
+def attach_votes(items: Sequence[Item], csv_path: str | Path) -> tuple[list[Item], VoteStats]:
+    """Items with FER+ votes as soft targets and majority labels; mostly-unknown ones dropped."""
+    votes = read_votes(csv_path)
+    base = Path(csv_path).resolve().parent
+    out: list[Item] = []
+    stats = VoteStats()
+    for it in items:
+        try:
+            rel = Path(it.path).resolve().relative_to(base).as_posix()
+        except ValueError:
+            rel = ""
+        counts = votes.get(rel)
+        folder = it.labels.get("emotion")
+        if counts is None:
+            stats.unvoted += 1
+            out.append(replace(it, orig=folder))
+            continue
+        soft, majority = vote_target(counts)
+        if soft is None:
+            mostly_unknown = counts[-2] + counts[-1] > sum(counts) / 2
+            stats.dropped += mostly_unknown
+            stats.contempt += not mostly_unknown
+            continue
+        stats.voted += 1
+        stats.no_majority += majority is None
+        out.append(replace(it, labels=_emotion_labels(majority), soft=soft, orig=folder))
+    return out, stats
+
+
+def load_items(path: str | Path, fmt: str | None = None, votes: str | Path | bool = True) -> list[Item]:
+    """Items of a dataset at `path`; the layout is detected unless `fmt` names it.
+
+    `votes`: a FER+ votes CSV for image folders, True to use one found beside
+    the folders (`find_votes`), False to read the folder labels only.
+    """
     path = Path(path)
     fmt = fmt or detect_format(path)
+    if fmt in ("images", "mixed") and votes:
+        csv_path = find_votes(path) if votes is True else Path(votes)
+        if csv_path is not None:
+            images = read_images(path)
+            voted, stats = attach_votes(images, csv_path)
+            log.info("%s (%s)", stats.line(), csv_path)
+            return voted + (read_named(path) if fmt == "mixed" else [])
     if fmt == "images":
         return read_images(path)
-    if fmt in ("ravdess", "emodb", "crema_d"):
+    if fmt in SPEECH_SETS:
         return read_named(path, only=fmt)
     if fmt == "named":
         return read_named(path)

@@ -4,8 +4,12 @@
     merlb eval clips/ --model runs/x/model --json         # one JSON object on stdout
 
 PATH is any layout `datasets.detect_format` recognises (`--format`
-overrides). Without PATH the model is scored on the validation split it was
-trained with (recorded in its config.json). A clip longer than the model's
+overrides); `--people` keeps only the named people (e.g. the validation
+speakers of a recipe). Without PATH the model is scored on the validation
+split it was trained with (recorded in its config.json). A PATH holding
+several sets is also scored per set (`sets` in the JSON); FER2013 folders
+with FER+ votes are scored on both label kinds (`label_kinds`: the FER+
+majority of the voted images, and every image's original folder label). A clip longer than the model's
 window is scored as the mean of its windows' probabilities (consecutive,
 non-overlapping), which is what a whole-clip label asks about. Heads the
 data has no labels for are skipped, never scored as zero.
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from obs_merlb import labels as L
 
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe
 from .metrics import confusion_png, reliability_png, rich_table, score, table_row, write_table
@@ -97,10 +103,45 @@ def remap_targets(targets: np.ndarray, model_heads: dict[str, list[str]]) -> np.
     return t
 
 
+METRIC_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1", "ece", "nll")
+
+
+def _summary(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {h: {k: m[k] for k in METRIC_KEYS} for h, m in metrics.items()}
+
+
+def _scored(probs: dict[str, np.ndarray], targets: np.ndarray, idx: np.ndarray,
+            heads: dict[str, list[str]]) -> dict[str, Any]:
+    return _summary(score({h: p[idx] for h, p in probs.items()}, remap_targets(targets[idx], heads), heads))
+
+
+def _per_set(probs: dict[str, np.ndarray], records, heads: dict[str, list[str]]) -> dict[str, Any]:
+    """Metrics per dataset when the records hold more than one."""
+    names = np.array([it.dataset for it in records.items])
+    if len(set(names)) < 2:
+        return {}
+    return {name: _scored(probs, records.targets, np.flatnonzero(names == name), heads)
+            for name in sorted(set(names))}
+
+
+def _label_kinds(probs: dict[str, np.ndarray], records, heads: dict[str, list[str]]) -> dict[str, Any]:
+    """FER2013 with FER+ votes: the FER+ majority (voted images) and the original folder labels (all)."""
+    voted = np.array([it.soft is not None for it in records.items])
+    if not voted.any():
+        return {}
+    original = records.targets.copy()
+    for i, it in enumerate(records.items):
+        emo, val, aro = L.emotion_targets(it.orig if it.orig is not None else it.labels.get("emotion"))
+        for head, name in (("emotion", emo), ("valence", val), ("arousal", aro)):
+            original[i, HEADS.index(head)] = IGNORE if name is None else HEAD_CLASSES[head].index(name)
+    return {"ferplus_majority": _scored(probs, records.targets, np.flatnonzero(voted), heads),
+            "original": _scored(probs, original, np.arange(len(records)), heads)}
+
+
 def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None = None,
              cache: str | None = None, out: str | Path | None = None, device: str = "cpu",
              workers: int = 1, limit: int | None = None, quiet: bool = False,
-             calibrated: bool = True) -> dict[str, Any]:
+             calibrated: bool = True, people: list[str] | None = None) -> dict[str, Any]:
     """Metrics per head (and files in `out`); the dict `merlb eval --json` prints.
 
     Probabilities are those the live engine shows: temperature-scaled by the
@@ -129,6 +170,12 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
                        limit=limit, quiet=quiet)
         records = load_records(prep)
         data_name = Path(data).name
+    if people:
+        wanted = set(people)
+        records = records.subset([i for i, it in enumerate(records.items) if it.group in wanted])
+        missing = wanted - {it.group for it in records.items}
+        if missing:
+            raise SystemExit(f"--people: nobody called {', '.join(sorted(missing))} in {data}")
     if not len(records):
         raise SystemExit(f"no readable items in {data or 'the validation split'}")
     key_segments = (train_meta or {}).get("voice_key_segments")
@@ -138,9 +185,13 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
                             calibration=calibration)
     heads = model.cfg.active_heads
     metrics = score(probs, remap_targets(records.targets, heads), heads)
-    result = {h: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1",
-                                    "ece", "nll")}
-              for h, m in metrics.items()}
+    result: dict[str, Any] = _summary(metrics)
+    by_set = _per_set(probs, records, heads)
+    if by_set:
+        result["sets"] = by_set
+    kinds = _label_kinds(probs, records, heads)
+    if kinds:
+        result["label_kinds"] = kinds
 
     if out is not None:
         out = Path(out)
@@ -153,7 +204,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
                             f" ({'calibrated' if calibration else 'uncalibrated'})")
         (out / "metrics.json").write_text(json.dumps(
             {"model": str(model_dir), "data": data or "validation split", "items": describe(records.items),
-             "heads": metrics, "skipped_heads": [h for h in heads if h not in metrics],
+             "heads": metrics, "sets": by_set, "label_kinds": kinds, "skipped_heads": [h for h in heads if h not in metrics],
              "calibration": calibration.to_dict() if calibration else None}, indent=1))
         if not quiet:
             from rich.console import Console
@@ -162,6 +213,11 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
             for h, m in metrics.items():
                 con.print(f"{h:>9}: n={m['n']} accuracy {m['accuracy']:.3f}  balanced accuracy "
                           f"{m['balanced_accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  ECE {m['ece']:.3f}")
+            for name, part in {**by_set, **kinds}.items():
+                if "emotion" in part:
+                    e = part["emotion"]
+                    con.print(f"{name:>16}: emotion n={e['n']} accuracy {e['accuracy']:.3f}  "
+                              f"balanced accuracy {e['balanced_accuracy']:.3f}  macro-F1 {e['macro_f1']:.3f}")
             skipped = [h for h in heads if h not in metrics]
             if skipped:
                 con.print(f"not scored (no labels in the data): {', '.join(skipped)}")
@@ -180,6 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="feature cache folder")
     parser.add_argument("--workers", "-j", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="first N items only")
+    parser.add_argument("--people", default=None, metavar="G1,G2",
+                        help="only these people (groups as the readers name them, e.g. ravdess:17,ased:01-27)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-calibration", dest="calibrated", action="store_false",
                         help="score the raw softmax, ignoring the model's temperature calibration")
@@ -191,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (
         Path("runs") / "eval" / f"{model_dir.name}-{Path(args.path).name if args.path else 'validation'}")
     result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
-                      workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated)
+                      workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated,
+                      people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     return 0

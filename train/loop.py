@@ -549,6 +549,9 @@ def train(cfg: TrainConfig, quiet: bool = False,
                         disable=quiet or not dist_info.main or not console.is_terminal)
     step = start_epoch * len(loader)
     stop = start_epoch >= cfg.epochs
+    # Without a terminal (a log file, nohup) the bar is off: a line a minute instead.
+    log_every = 60.0 if not quiet and dist_info.main and not console.is_terminal else None
+    last_log = time.perf_counter()
     epoch = start_epoch
     with progress:
         for epoch in range(start_epoch, cfg.epochs):
@@ -578,9 +581,12 @@ def train(cfg: TrainConfig, quiet: bool = False,
                                        keep=batch["keep"].to(device))
                     if teacher is not None:
                         distill = voice_distill_loss(teacher, logits, x["voice"], mask)
+                soft = "emotion" in heads
                 loss, _ = multitask_loss({h: lg.float() for h, lg in logits.items()},
                                          head_targets(batch["y"].to(device), heads), weights,
-                                         label_smoothing=cfg.label_smoothing)
+                                         label_smoothing=cfg.label_smoothing,
+                                         emotion_q=batch["q"].to(device) if soft else None,
+                                         emotion_allowed=batch["allowed"].to(device) if soft else None)
                 if teacher is not None:
                     loss = loss + cfg.voice_teacher_weight * distill
                 opt.zero_grad(set_to_none=True)
@@ -597,6 +603,10 @@ def train(cfg: TrainConfig, quiet: bool = False,
                 step += 1
                 shown = {"loss": f"{float(torch.stack(losses[-20:]).mean()):.3f}"} if len(losses) % 20 == 0 else {}
                 progress.update(task, advance=1, **shown)
+                if log_every is not None and time.perf_counter() - last_log >= log_every:
+                    last_log = time.perf_counter()
+                    console.print(plain_progress(epoch, cfg.epochs, len(losses), len(loader), time.perf_counter() - t0,
+                                                 float(torch.stack(losses[-20:]).mean())))
             progress.remove_task(task)
 
             # Validation and bookkeeping on rank 0; the stop decision is shared with the others.
@@ -649,6 +659,16 @@ def train(cfg: TrainConfig, quiet: bool = False,
     if dist_info.world > 1:
         torch.distributed.destroy_process_group()
     return summary
+
+
+def plain_progress(epoch: int, epochs: int, done: int, total: int, elapsed_s: float, loss: float) -> str:
+    """One progress line for logs: position, rate, and the ETA of the epoch and of the run."""
+    rate = done / max(elapsed_s, 1e-9)
+    epoch_s = total / max(rate, 1e-9)
+    left_s = (total - done) / max(rate, 1e-9) + (epochs - epoch - 1) * epoch_s
+    return (f"epoch {epoch + 1}/{epochs} step {done}/{total} loss {loss:.3f} {rate:.2f} steps/s "
+            f"ETA epoch {(total - done) / max(rate, 1e-9) / 60:.1f} min, run {left_s / 60:.1f} min "
+            f"(validation not counted)")
 
 
 def export_onnx(model: torch.nn.Module, out: Path, enabled: bool, console) -> bool:
