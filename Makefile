@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 APT_PKGS := obs-studio xvfb xdotool imagemagick chromium chromium-driver fonts-noto-color-emoji libportaudio2
 
-.PHONY: setup system-deps demo test test-fast bench clean
+.PHONY: setup system-deps demo test test-fast screenshots bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,18 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not obs and not browser and not slow"
+
+# The README's pictures in docs/img, re-taken on purpose from the tests that
+# draw them (the panel, the overlay themes, the OBS script's properties); a
+# plain test run writes its screenshots to temporary folders and leaves the
+# tree clean. Look at `git diff --stat docs/img` and the skips it lists.
+SCREENSHOT_TESTS := tests/test_panel.py::test_panel_shows_live_values_that_change \
+	tests/test_overlay_browser.py::test_theme_screenshot \
+	tests/test_obs.py::test_engine_properties_screenshot
+
+screenshots: $(STAMP) system-deps
+	MERLB_SCREENSHOTS=docs/img QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 \
+	  $(BIN)/python -m pytest -q -ra $(SCREENSHOT_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/merlb bench

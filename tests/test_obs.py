@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.obs_harness import ObsHome, ObsProcess, default_clip, free_port, obs_home, require_obs
+from tests.screenshots import screenshot_path
 from tests.test_obs_script import fake_python
 
 from obs_merlb import config as cfgmod
@@ -38,7 +39,6 @@ from obs_merlb import config as cfgmod
 pytestmark = [pytest.mark.obs, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-SCREENSHOT = REPO / "docs" / "img" / "obs-script-properties.png"
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "",
@@ -213,40 +213,40 @@ def test_panel_adds_overlay_sources_to_obs(fake: Session, request: pytest.Fixtur
         return win
 
     def press(win: MainWindow, button: Any) -> str:
-        with qtbot.waitSignal(win.adder.done, timeout=20_000):
+        with qtbot.waitSignal(win.controls.adder.done, timeout=20_000):
             qtbot.mouseClick(button, Qt.LeftButton)
-        assert win.add_text_btn.isEnabled() and win.add_browser_btn.isEnabled()
-        return win.add_overlay_msg.text()
+        assert win.controls.add_text_btn.isEnabled() and win.controls.add_browser_btn.isEnabled()
+        return win.controls.add_overlay_msg.text()
 
     win = panel(fake.config)   # [obs] as the installer wrote it
     c.remove_input(OVERLAY_TEXT)   # the installer put one in; the panel makes it again
     # OBS releases a removed source on its next tick, not within the request
     wait_for(lambda: _input_or_none(c, OVERLAY_TEXT) is None, timeout=10, what="source removed")
-    msg = press(win, win.add_text_btn)
+    msg = press(win, win.controls.add_text_btn)
     assert msg == f"Added {OVERLAY_TEXT!r} to scene {scene!r}.", msg
     assert c.get_input_settings(OVERLAY_TEXT).input_kind == "text_ft2_source_v2"
     assert OVERLAY_TEXT in {i["sourceName"] for i in c.get_scene_item_list(scene).scene_items}
-    assert "already in scene" in press(win, win.add_text_btn)   # twice is harmless
+    assert "already in scene" in press(win, win.controls.add_text_btn)   # twice is harmless
 
-    win.theme_combo.setCurrentText("meter")
-    msg = press(win, win.add_browser_btn)
+    win.controls.theme_combo.setCurrentText("meter")
+    msg = press(win, win.controls.add_browser_btn)
     if "browser_source" in c.get_input_kind_list(False).input_kinds:
         s = c.get_input_settings(OVERLAY_BROWSER).input_settings
         assert "theme=meter" in s["url"] and (s["width"], s["height"]) == (1920, 1080), s
     else:   # Debian's OBS has no obs-browser: say so, and what to use instead
         assert "no browser source" in msg and "native text source" in msg, msg
-        assert win.add_overlay_msg.styleSheet()   # shown as an error
+        assert win.controls.add_overlay_msg.styleSheet()   # shown as an error
 
     # OBS not configured / not reachable: one clear line each, never the password
     empty = tmp_path / "empty.toml"
     win2 = panel(empty)
-    msg = press(win2, win2.add_text_btn)
+    msg = press(win2, win2.controls.add_text_btn)
     assert "not configured" in msg and "merlb install-obs" in msg, msg
     closed = tmp_path / "closed.toml"
     cfgmod.update_section("obs", {"host": "127.0.0.1", "port": free_port(), "password": "pw-secret"},
                           closed)
     win3 = panel(closed)
-    msg = press(win3, win3.add_text_btn)
+    msg = press(win3, win3.controls.add_text_btn)
     assert "not reachable" in msg and "pw-secret" not in msg, msg
 
 
@@ -406,12 +406,10 @@ def test_engine_properties_screenshot(engine: Session) -> None:
     # the script list is the top-left pane: select our (only) script
     x("mousemove", "--window", win, "120", "60", "click", "1")
     time.sleep(1.5)
-    tmp = engine.home.home / "props.png"
-    obs.screenshot(tmp, window=win)
+    shot = screenshot_path("obs-script-properties.png", engine.home.home)   # docs/img only on purpose
+    obs.screenshot(shot, window=win)
     x("key", "--window", win, "Escape")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tmp, SCREENSHOT)
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
 def test_engine_hotkey_tag_in_session_log(engine: Session) -> None:

@@ -1,11 +1,13 @@
-"""The OBS script's supervisor, outside OBS (no obspython): fast checks of
-the worker contract with a stand-in worker. The same script inside real OBS
-is tested in test_obs.py."""
+"""The OBS script's supervisor and glue, outside OBS (no obspython): fast
+checks of the worker contract with a stand-in worker, and of the source
+lists with a stand-in for obspython's few calls. The same script inside real
+OBS is tested in test_obs.py."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,8 +15,8 @@ from typing import Any, Callable
 
 import pytest
 
-from obs_merlb import obs_script
-from obs_merlb.obs_script import Supervisor, WorkerConfig, websocket_connection
+from obs_merlb import obs_script, obs_supervisor
+from obs_merlb.obs_supervisor import Supervisor, WorkerConfig, websocket_connection
 
 FAKE = Path(__file__).with_name("fake_worker.py")
 
@@ -82,7 +84,7 @@ def test_worker_lifecycle(setup: dict[str, Any]) -> None:
     assert a[:3] == ["-m", "obs_merlb", "live"]
     assert a[a.index("--obs-source") + 1] == "Camera"
     assert a[a.index("--obs-port") + 1] == "4461"
-    assert a[a.index("--overlay-text-source") + 1] == obs_script.TEXT_SOURCE
+    assert a[a.index("--overlay-text-source") + 1] == obs_supervisor.TEXT_SOURCE
     assert argv["password_in_env"] and not argv["password_in_argv"]
     assert not any("s3cret-pw" in line for line in setup["logs"])
     wait_for(lambda: sup.state == "running", what="running state")
@@ -211,3 +213,80 @@ def test_fixed_password_restarts_the_worker(setup: dict[str, Any], tmp_path: Pat
     assert new["password_in_env"]
     assert any("obs-websocket settings changed" in line for line in setup["logs"])
     assert not any("n3w-pw" in line or "s3cret-pw" in line for line in setup["logs"])
+
+
+class FakeObs:
+    """The obspython calls `_fill_sources` makes; a property list is a list of (label, value)."""
+
+    OBS_SOURCE_VIDEO = 0x1
+    OBS_SOURCE_AUDIO = 0x2
+
+    def __init__(self, sources: list[tuple[str, int]]) -> None:
+        self.sources = sources
+
+    def obs_property_list_clear(self, prop: list[tuple[str, str]]) -> None:
+        prop.clear()
+
+    def obs_property_list_add_string(self, prop: list[tuple[str, str]], label: str, value: str) -> None:
+        prop.append((label, value))
+
+    def obs_enum_sources(self) -> list[tuple[str, int]]:
+        return list(self.sources)
+
+    def obs_source_get_output_flags(self, source: tuple[str, int]) -> int:
+        return source[1]
+
+    def obs_source_get_name(self, source: tuple[str, int]) -> str:
+        return source[0]
+
+    def source_list_release(self, sources: list[tuple[str, int]]) -> None:
+        pass
+
+
+def test_camera_list_starts_with_choose_and_leaves_out_our_own_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OBS shows a list's first item when nothing is chosen: it must not be our own label."""
+    video = FakeObs.OBS_SOURCE_VIDEO
+    monkeypatch.setattr(obs_script, "obs", FakeObs([
+        ("MERLB emotion", video), ("MERLB emoji", video), ("MERLB overlay", video),
+        ("Webcam", video), ("Game", video), ("Mic/Aux", FakeObs.OBS_SOURCE_AUDIO), ("my label", video)]))
+    sup = Supervisor(log=lambda _msg: None)
+    sup.config = WorkerConfig(text_source="my label")  # the streamer renamed the text source
+    monkeypatch.setattr(obs_script.G, "supervisor", sup)
+    try:
+        cam: list[tuple[str, str]] = [("stale", "stale")]
+        game: list[tuple[str, str]] = []
+        obs_script._fill_sources(cam, game)
+    finally:
+        sup.shutdown()
+    assert cam == [(obs_script.CHOOSE, ""), ("Game", "Game"), ("Webcam", "Webcam")]
+    assert game == [("(none)", ""), ("Game", "Game"), ("Webcam", "Webcam")]
+
+
+def test_our_own_source_saved_as_camera_is_refused(tmp_path: Path) -> None:
+    cfg = WorkerConfig(python=sys.executable, camera="MERLB emotion", data_dir=str(tmp_path))
+    assert "choose a camera source: 'MERLB emotion' is obs-merlb's own overlay" == cfg.problem()
+    renamed = WorkerConfig(**{**cfg.__dict__, "camera": "my label", "text_source": "my label"})
+    assert "is obs-merlb's own overlay" in (renamed.problem() or "")
+    assert WorkerConfig(**{**cfg.__dict__, "camera": "Webcam"}).problem() is None
+
+
+def test_own_source_names_match_the_worker_and_installer() -> None:
+    """The script spells them out (it imports nothing of the package); the copies must agree."""
+    from obs_merlb import install
+    from obs_merlb.overlay import native
+
+    assert obs_supervisor.OWN_SOURCES == (native.TEXT_SOURCE, native.IMAGE_SOURCE, install.OVERLAY_BROWSER)
+    assert install.OVERLAY_TEXT == native.TEXT_SOURCE
+
+
+def test_script_loads_its_supervisor_as_obs_does_without_the_package(tmp_path: Path) -> None:
+    """OBS appends the script's folder to sys.path and imports `obs_script` top-level."""
+    folder = Path(obs_script.__file__).parent
+    code = (f"import sys; sys.path.append({str(folder)!r}); import obs_script; "
+            "assert obs_script.Supervisor.__module__ == 'obs_merlb_script_obs_supervisor', "
+            "obs_script.Supervisor.__module__; "
+            "heavy = sorted(m for m in ('obs_merlb', 'numpy', 'torch') if m in sys.modules); "
+            "assert not heavy, heavy; print('ok')")
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

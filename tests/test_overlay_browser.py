@@ -1,7 +1,8 @@
 """The overlay page in real headless Chromium (Debian's chromium + chromedriver via Selenium).
 
 Events travel the real path: OverlayServer.publish -> WebSocket -> overlay.js.
-The theme screenshots in docs/img/ are taken here.
+The theme screenshots for docs/img/ are taken here (written there only by
+`make screenshots`; see tests/screenshots.py).
 """
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from obs_merlb.overlay import OverlayServer
+from tests.screenshots import screenshot_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
-IMG_DIR = REPO / "docs" / "img"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -286,7 +286,7 @@ STORY = [("neutral", 0.7, 0.05, -0.15), ("happy", 0.84, 0.7, 0.35), ("happy", 0.
 
 
 @pytest.mark.parametrize("theme", ["badge", "meter", "timeline", "full"])
-def test_theme_screenshot(driver: Any, server: OverlayServer, theme: str) -> None:
+def test_theme_screenshot(driver: Any, server: OverlayServer, theme: str, tmp_path: Path) -> None:
     """Screenshots for the README: each theme on a dark checkerboard (= transparent)."""
     _open(driver, server, f"theme={theme}&position=center&timeline_seconds=10&hide_after=10")
     _feed(server, STORY, seconds=5.0 if theme in ("timeline", "full") else 2.5)
@@ -301,8 +301,7 @@ def test_theme_screenshot(driver: Any, server: OverlayServer, theme: str) -> Non
             "width": rect["width"] + 2 * pad, "height": rect["height"] + 2 * pad}
     img = _png(driver, clip, transparent=False).convert("RGB")
     driver.execute_script("document.body.style.background = ''")
-    IMG_DIR.mkdir(parents=True, exist_ok=True)
-    out = IMG_DIR / f"overlay-{theme}.png"
+    out = screenshot_path(f"overlay-{theme}.png", tmp_path)
     img.save(out)
     assert out.stat().st_size > 5000
     # Not a blank frame: the widget adds many colours over the two checker tones.

@@ -35,12 +35,12 @@ from obs_merlb import config as cfgmod  # noqa: E402
 from obs_merlb.panel.app import WorkerProcess, free_port  # noqa: E402
 from obs_merlb.panel.client import WorkerClient  # noqa: E402
 from obs_merlb.panel.main_window import MainWindow  # noqa: E402
+from tests.screenshots import screenshot_path  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo.mp4"
-SCREENSHOT = ROOT / "docs" / "img" / "panel.png"
 HAVE_ENGINE = importlib.util.find_spec("obs_merlb.engine") is not None
 needs_engine = pytest.mark.skipif(
     not HAVE_ENGINE or not DEMO.is_file(),
@@ -143,34 +143,34 @@ def panel(qtbot: Any, engine: dict[str, Any]) -> Iterator[MainWindow]:
 # ------------------------------------------------------------------ against a real worker
 
 @needs_engine
-def test_panel_shows_live_values_that_change(qtbot: Any, panel: MainWindow) -> None:
+def test_panel_shows_live_values_that_change(qtbot: Any, panel: MainWindow, tmp_path: Path) -> None:
     first_seq = panel.last_state["seq"]
     first_t = panel.last_state["t"]
-    first_probs = dict(panel.prob_bars.values)
+    first_probs = dict(panel.live.prob_bars.values)
     qtbot.waitUntil(lambda: panel.last_health is not None and panel.preview_count >= 2, timeout=20_000)
     qtbot.waitUntil(lambda: panel.last_state["t"] > first_t + 2.0, timeout=20_000)
     # what the streamer reads changed, not just a counter behind the scenes
     assert panel.last_state["seq"] > first_seq
-    assert panel.prob_bars.values != first_probs
-    assert abs(sum(panel.prob_bars.values.values()) - 1.0) < 0.02
-    assert panel.label_text.text().lower() in {*panel.prob_bars.values, "uncertain"}
-    assert "%" in panel.conf_text.text()
-    assert len(panel.history) >= 10 and panel.val_curve.getData()[0] is not None
+    assert panel.live.prob_bars.values != first_probs
+    assert abs(sum(panel.live.prob_bars.values.values()) - 1.0) < 0.02
+    assert panel.live.label_text.text().lower() in {*panel.live.prob_bars.values, "uncertain"}
+    assert "%" in panel.live.conf_text.text()
+    assert len(panel.live.history) >= 10 and panel.live.val_curve.getData()[0] is not None
     assert "onnxruntime" in panel.backend_pill.text()
-    assert panel.m_fps.value.text() != "–" and panel.m_lat.value.text() != "–"
+    assert panel.live.m_fps.value.text() != "–" and panel.live.m_lat.value.text() != "–"
     assert "not connected" in panel.obs_pill.text()  # this worker was started without OBS
-    assert panel.preview.image is not None and panel.preview.box is not None  # the demo shows a face
-    assert sum(panel.contrib_bars.values.values()) > 0.5
-    assert panel.overlay_url.text() == f"http://127.0.0.1:{panel.client.url.split(':')[2].split('/')[0]}" \
-                                       "/overlay.html?theme=badge"
+    assert panel.live.preview.image is not None and panel.live.preview.box is not None  # the demo shows a face
+    assert sum(panel.live.contrib_bars.values.values()) > 0.5
+    port = panel.client.url.split(':')[2].split('/')[0]
+    assert panel.controls.overlay_url.text() == f"http://127.0.0.1:{port}/overlay.html?theme=badge"
 
     qtbot.wait(1500)  # a little more curve for the screenshot
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert panel.grab().save(str(SCREENSHOT))
-    panel.tabs.setCurrentIndex(1)
+    # README pictures only when asked (`make screenshots`): a test run leaves the tree as it was.
+    assert panel.grab().save(str(screenshot_path("panel.png", tmp_path)))
+    panel.tabs.setCurrentWidget(panel.controls)
     qtbot.wait(100)
-    assert panel.grab().save(str(SCREENSHOT.with_name("panel-controls.png")))
-    panel.tabs.setCurrentIndex(0)
+    assert panel.grab().save(str(screenshot_path("panel-controls.png", tmp_path)))
+    panel.tabs.setCurrentWidget(panel.live)
 
 
 def _session_tags(sessions: Path) -> list[dict[str, Any]]:
@@ -198,32 +198,33 @@ def test_tag_buttons_and_shortcuts_write_tags_to_the_session_log(
     assert all(t["source"] == "panel" and t["t"] >= 0 for t in tags)
 
     # the sessions tab lists that session with its markers
-    panel.tabs.setCurrentIndex(2)
-    panel.refresh_sessions()
-    qtbot.waitUntil(lambda: panel.session_list.topLevelItemCount() >= 1
-                    and int(panel.session_list.topLevelItem(0).text(2)) >= 2, timeout=10_000)
-    qtbot.waitUntil(lambda: panel.marker_list.topLevelItemCount() >= 2, timeout=10_000)
-    kinds = {panel.marker_list.topLevelItem(i).text(1) for i in range(panel.marker_list.topLevelItemCount())}
+    panel.tabs.setCurrentWidget(panel.sessions)
+    panel.sessions.refresh()
+    qtbot.waitUntil(lambda: panel.sessions.session_list.topLevelItemCount() >= 1
+                    and int(panel.sessions.session_list.topLevelItem(0).text(2)) >= 2, timeout=10_000)
+    qtbot.waitUntil(lambda: panel.sessions.marker_list.topLevelItemCount() >= 2, timeout=10_000)
+    markers = panel.sessions.marker_list
+    kinds = {markers.topLevelItem(i).text(1) for i in range(markers.topLevelItemCount())}
     assert "tag" in kinds
-    assert "2 tags" in panel.session_info.text() or "tags" in panel.session_info.text()
+    assert "2 tags" in panel.sessions.session_info.text() or "tags" in panel.sessions.session_info.text()
 
 
 @needs_engine
 def test_threshold_changes_the_engines_behaviour(qtbot: Any, panel: MainWindow) -> None:
     # No model is that sure of a 2 s window: with a low bar it names an emotion...
-    panel.set_threshold(0.05)
+    panel.controls.set_threshold(0.05)
     qtbot.waitUntil(lambda: panel.engine_config.get("threshold") == 0.05, timeout=10_000)
     qtbot.waitUntil(lambda: panel.last_state["label"] != "uncertain", timeout=20_000)
-    assert panel.label_text.text().lower() in panel.prob_bars.values
+    assert panel.live.label_text.text().lower() in panel.live.prob_bars.values
     # ...and with 0.99 the engine says "uncertain" (after its dwell time).
-    panel.set_threshold(0.99)
+    panel.controls.set_threshold(0.99)
     qtbot.waitUntil(lambda: panel.engine_config.get("threshold") == 0.99, timeout=10_000)
     qtbot.waitUntil(lambda: panel.last_state["label"] == "uncertain", timeout=20_000)
-    assert panel.label_text.text() == "Uncertain"
+    assert panel.live.label_text.text() == "Uncertain"
     # the setting persists in the project's config file, user-only
     assert cfgmod.get_section("engine")["threshold"] == 0.99
     assert stat.S_IMODE(os.stat(cfgmod.config_path()).st_mode) == 0o600
-    panel.set_threshold(0.40)
+    panel.controls.set_threshold(0.40)
     qtbot.waitUntil(lambda: panel.engine_config.get("threshold") == 0.40, timeout=10_000)
 
 
@@ -311,8 +312,8 @@ def test_client_reconnects_to_a_restarted_server(qtbot: Any, home: Path) -> None
             for i in range(5):
                 srv.publish(tracker.update(round_ * 10 + i * 0.5, probs, face_present=True, speech=True))
             qtbot.waitUntil(lambda: window.state_count >= before + 5, timeout=5000)
-            assert window.label_text.text() == "Happy"
-            assert window.prob_bars.values["happy"] == pytest.approx(0.85, abs=0.01)
+            assert window.live.label_text.text() == "Happy"
+            assert window.live.prob_bars.values["happy"] == pytest.approx(0.85, abs=0.01)
         finally:
             srv.stop()
         # tags sent now would be lost, so the buttons say so by greying out
@@ -341,19 +342,42 @@ def test_extra_heads_card_shows_user_classes_and_hides_without_them(qtbot: Any, 
         for i in range(5):
             srv.publish(tracker.update(i * 0.1, {**probs, "user": [0.2, 0.8]}, face_present=True, speech=True))
         qtbot.waitUntil(lambda: window.state_count >= 5, timeout=5000)
-        assert window.heads_card.isVisible()
-        title, bars = window.head_rows["user"]
+        assert window.live.heads_card.isVisible()
+        title, bars = window.live.head_rows["user"]
         assert title.text() == "user: tilted  (80%)"
         assert bars.names == ["hyped", "tilted"] and bars.values["tilted"] == pytest.approx(0.8, abs=0.01)
-        assert window.label_text.text() == "Happy"                  # the emotion card is unchanged
+        assert window.live.label_text.text() == "Happy"             # the emotion card is unchanged
         # A model without extra heads (the shipped one): the card goes away.
         plain = StateTracker()
         srv.publish(plain.update(1.0, probs, face_present=True, speech=True))
         qtbot.waitUntil(lambda: window.state_count >= 6, timeout=5000)
-        assert not window.heads_card.isVisible() and window.head_rows == {}
+        assert not window.live.heads_card.isVisible() and window.live.head_rows == {}
     finally:
         window.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("value", ['"two"', "3", "true"])
+def test_a_bad_plot_minutes_in_the_config_file_starts_with_the_default_and_says_so(
+        qtbot: Any, home: Path, tmp_path: Path, value: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[panel]\nplot_minutes = {value}\n\n[obs]\nport = 4455\n', encoding="utf-8")
+    window = MainWindow(WorkerClient(f"ws://127.0.0.1:{free_port()}/ws"), sessions_dir=home / "none",
+                        config_path=path)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.live.plot_window.currentData() == 2
+    note = window.config_note.text()
+    assert window.config_note.isVisible()
+    assert f"{path}: [panel] plot_minutes = " in note and "is not one of 1, 2, 5, 10 (minutes); using 2" in note
+    window.close()
+    # closing writes the value it showed, so the next start is clean
+    assert cfgmod.load_config(path) == {"panel": {"plot_minutes": 2}, "obs": {"port": 4455}}
+    again = MainWindow(WorkerClient(f"ws://127.0.0.1:{free_port()}/ws"), sessions_dir=home / "none",
+                       config_path=path)
+    qtbot.addWidget(again)
+    assert again.config_note.text() == "" and again.live.plot_window.currentData() == 2
+    again.close()
 
 
 def test_sources_explain_what_is_missing(qtbot: Any, home: Path) -> None:

@@ -1,17 +1,17 @@
-"""Small painted widgets for the panel: bars, the camera preview, status pills.
+"""The panel's look and its small widgets: bars, the camera preview, status pills, cards.
 
-Painted by hand rather than built from QProgressBars and QLabels: the live
-view repaints ~15 times a second and a few QPainter calls cost far less than
-restyling dozens of child widgets, and the look stays the same on every
-platform style.
+Bars, preview and pills are painted by hand rather than built from
+QProgressBars and QLabels: the live view repaints ~15 times a second and a
+few QPainter calls cost far less than restyling dozens of child widgets, and
+the look stays the same on every platform style.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from PyQt5.QtCore import QPointF, QRectF, QSize, Qt
 from PyQt5.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPalette, QPen
-from PyQt5.QtWidgets import QLabel, QSizePolicy, QWidget
+from PyQt5.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 # One colour per emotion, used by the bars, the label and the plots, so a
 # glance at any of them reads the same.
@@ -41,6 +41,79 @@ MUTED = "#8b93a7"
 OK = "#34d399"
 WARN = "#fbbf24"
 BAD = "#f87171"
+
+
+def card(title: str, body: QWidget | None = None) -> tuple[QFrame, QVBoxLayout]:
+    """A titled panel section (styled by STYLESHEET's #card) and its layout."""
+    frame = QFrame()
+    frame.setObjectName("card")
+    lay = QVBoxLayout(frame)
+    lay.setContentsMargins(14, 12, 14, 14)
+    lay.setSpacing(8)
+    if title:
+        t = QLabel(title.upper())
+        t.setObjectName("cardTitle")
+        lay.addWidget(t)
+    if body is not None:
+        lay.addWidget(body)
+    return frame, lay
+
+
+def muted(text: str = "", wrap: bool = True) -> QLabel:
+    """A secondary line of text: hints, notes, messages."""
+    lab = QLabel(text)
+    lab.setObjectName("muted")
+    lab.setWordWrap(wrap)
+    return lab
+
+
+def button_row(*buttons: QWidget) -> QHBoxLayout:
+    """Buttons side by side from the left."""
+    row = QHBoxLayout()
+    for b in buttons:
+        row.addWidget(b)
+    row.addStretch(1)
+    return row
+
+
+def silently(items: Iterable[tuple[QWidget, Callable[[], None]]]) -> None:
+    """Set widgets without firing their change handlers (no echo to the worker or the config)."""
+    for w, fn in items:
+        w.blockSignals(True)
+        try:
+            fn()
+        except (TypeError, ValueError):
+            pass
+        finally:
+            w.blockSignals(False)
+
+
+def clock(t: Any) -> str:
+    """Stream seconds as m:ss, or h:mm:ss past an hour."""
+    if not isinstance(t, (int, float)):
+        return "?"
+    t = int(t)
+    return f"{t // 3600:d}:{t // 60 % 60:02d}:{t % 60:02d}" if t >= 3600 else f"{t // 60:d}:{t % 60:02d}"
+
+
+class Metric(QWidget):
+    """A value over its name, for the health grid."""
+
+    def __init__(self, name: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        self.value = QLabel("–")
+        self.value.setObjectName("metric")
+        self.name = QLabel(name)
+        self.name.setObjectName("metricName")
+        lay.addWidget(self.value)
+        lay.addWidget(self.name)
+
+    def set(self, text: str, color: str | None = None) -> None:
+        self.value.setText(text)
+        self.value.setStyleSheet(f"color: {color};" if color else "")
 
 
 class BarList(QWidget):
