@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("obs_merlb.train.evaluate", "evaluate a model: per-class F1, accuracy, confusion matrices"),
     "calibrate": ("obs_merlb.train.calibrate", "fit temperatures so shown confidences match accuracy"),
     "experiments": ("obs_merlb.train.experiments", "run fusion types x tasks and write the paper's table"),
-    "live": ("obs_merlb.engine", "run the live engine and serve events to the overlay and panel"),
+    "live": ("obs_merlb.live", "run the live engine and serve events to the overlay and panel"),
     "analyze": ("obs_merlb.report", "analyse a recording: timeline CSV/JSON and an HTML report"),
     "panel": ("obs_merlb.panel.app", "open the PyQt control panel"),
     "install-obs": ("obs_merlb.install", "install the OBS script and enable obs-websocket"),

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_VIDEO = ASSETS / "demo.mp4"
-SHIPPED_MODEL = ASSETS / "model"
+from obs_merlb.labels import MODALITIES
+from obs_merlb.registry import SHIPPED_MODEL_DIR as SHIPPED_MODEL
+
+DEMO_VIDEO = SHIPPED_MODEL.parent / "demo.mp4"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def window_predictions(backend, steps, embs: dict[str, np.ndarray], truth: list[
     for start in range(0, max(1, len(steps) - T + 1), max(1, hop)):
         w = steps.window(start, T)
         idx = np.clip(np.arange(start, start + T), 0, len(steps) - 1)
-        win_embs = {m: e[idx] * w.mask[:, [("face", "voice", "body", "scene").index(m)]] for m, e in embs.items()}
+        win_embs = {m: e[idx] * w.mask[:, [MODALITIES.index(m)]] for m, e in embs.items()}
         probs = backend.sequence(win_embs, w.mask)
         mid = (start + T / 2) * steps.step_s
         emo = probs.get("emotion")

@@ -12,8 +12,8 @@ modality given as None (or left out of `embs`) is missing at every step.
 The CPU backend caps onnxruntime's threads (one by default): the streamer's
 game and encoder own the CPU. The CUDA backend falls back to CPU on any
 error, once, with a warning. Every call is timed: a call longer than
-`stall_s` counts as slow, and `stalled` is true while a call has been running
-longer than that or the last one took longer (a watchdog thread may poll it).
+`stall_s` counts in `slow_calls` and is logged. (A call that never returns is
+the live engine's stall watch's job: it sees no tick finish.)
 
 Probabilities are temperature-scaled per window by the modality set it
 holds (obs_merlb/calibration.py) when the model folder carries a calibration.
@@ -161,7 +161,6 @@ class Backend:
         self.calls = 0
         self.last_ms = 0.0
         self.last_error: str | None = None
-        self._inflight_since: float | None = None
         self._impl: _Ort | _Torch
         if device.startswith("cuda"):
             try:
@@ -187,15 +186,8 @@ class Backend:
     def modalities(self) -> list[str]:
         return list(self.cfg.modalities)
 
-    @property
-    def stalled(self) -> bool:
-        since = self._inflight_since
-        running_long = since is not None and time.monotonic() - since > self.stall_s
-        return running_long or self.last_ms > 1000.0 * self.stall_s
-
     def _call(self, method: str, *args: Any) -> Any:
         start = time.monotonic()
-        self._inflight_since = start
         try:
             try:
                 return getattr(self._impl, method)(*args)
@@ -205,7 +197,6 @@ class Backend:
                 self._fall_back(e)
                 return getattr(self._impl, method)(*args)
         finally:
-            self._inflight_since = None
             elapsed = time.monotonic() - start
             self.last_ms = 1000.0 * elapsed
             self.calls += 1

@@ -161,7 +161,7 @@ def seed_path_ms(video: str, frames: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- our path
 
 def _model_dir(arg: str | None, tmp: str) -> tuple[Path, str]:
-    from obs_merlb.engine import default_model_dir
+    from obs_merlb.registry import default_model_dir
 
     if arg:
         return Path(arg), arg
@@ -197,7 +197,8 @@ def fast_run(model_dir: Path, video: str, rate: float, device: str, body: bool) 
 def paced_run(model_dir: Path, video: str, rate: float, seconds: float, device: str, body: bool) -> dict[str, Any]:
     import psutil
 
-    from obs_merlb.engine import Engine, FileFeed
+    from obs_merlb.capture.feeds import FileFeed
+    from obs_merlb.engine import Engine
 
     engine = Engine(model_dir, device=device, rate=rate, body=body, highlights=False)
     states: list[dict[str, Any]] = []

@@ -17,7 +17,10 @@ worker and the next start always find either the old or the new pointer,
 never half of one. Without `active.json` (or after rolling back past the
 first version) the shipped default model is used.
 
-Standard library only: the live engine imports `active_model_dir` at start.
+Model-folder lookup for every command lives here too (`default_model_dir`,
+`resolve_model_dir`), so training and the panel find the model without
+importing the live engine. Standard library only: `merlb live` imports it at
+start.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ CANDIDATE_FILE = "candidate.json"
 TMP_PREFIX = ".tmp-"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 DEFAULT = "default"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 
 
 def models_dir() -> Path:
@@ -158,6 +162,26 @@ def active_model_dir(root: str | os.PathLike[str] | None = None) -> Path | None:
         return None
     d = _root(root) / name
     return d if (d / "config.json").is_file() else None
+
+
+def default_model_dir() -> Path | None:
+    """The shipped model (assets/model), or None in a checkout without one."""
+    return SHIPPED_MODEL_DIR if (SHIPPED_MODEL_DIR / "config.json").is_file() else None
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """The folder `--model` names, else the active personalized model, else the shipped one."""
+    if model:
+        p = Path(model).expanduser()
+        if not (p / "config.json").is_file():
+            raise SystemExit(f"merlb: {p} is not a saved model folder (no config.json)")
+        return p
+    # The streamer's personalized model (`merlb personalize`) wins over the shipped one.
+    d = active_model_dir() or default_model_dir()
+    if d is None:
+        raise SystemExit("merlb: no model given and no default model in assets/model; "
+                         "pass --model DIR (a folder written by `merlb train` or save_model)")
+    return d
 
 
 def set_active(name: str, reason: str, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:

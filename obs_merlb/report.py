@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from obs_merlb.capture.file import MediaError, probe
+from obs_merlb.engine import Engine
 from obs_merlb.labels import AROUSAL, EMOTIONS, MODALITIES, VALENCE
+from obs_merlb.registry import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +183,6 @@ def default_out_dir(file: Path) -> Path:
 def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | None = None, *,
             device: str = "cpu", rate: float = 15.0, body: bool = True, progress: bool = True) -> Path:
     """Analyse a file and write the timeline and the report; returns report.html's path."""
-    from obs_merlb.capture.file import probe
-    from obs_merlb.engine import Engine, resolve_model_dir
-
     file = Path(file)
     info = probe(file)  # a clear error before any model loads
     if not info.has_video:
@@ -219,8 +219,6 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
 
 
 def run(args: argparse.Namespace) -> int:
-    from obs_merlb.capture.file import MediaError
-
     try:
         report = analyze(args.file, args.out, args.model, device=args.device, rate=args.rate,
                          body=not args.no_body, progress=not args.no_progress)

@@ -208,7 +208,7 @@ def test_config_file_gives_defaults_and_flags_win(model_dir: Path, tmp_path: Pat
 def test_sources_from_config_apply_to_obs_runs_only() -> None:
     import argparse
 
-    from obs_merlb.engine import add_arguments, apply_config_defaults
+    from obs_merlb.live import add_arguments, apply_config_defaults
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -337,7 +337,8 @@ class _VanishingMic:
 def test_mic_that_vanishes_mid_run(model_dir: Path) -> None:
     from obs_merlb.capture.base import VideoFrame
     from obs_merlb.capture.mic import MicSource
-    from obs_merlb.engine import Engine, SourceFeed
+    from obs_merlb.capture.feeds import SourceFeed
+    from obs_merlb.engine import Engine
 
     frames = []
     import av

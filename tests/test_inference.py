@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -142,28 +141,22 @@ def test_gpu_error_mid_run_falls_back_to_cpu(saved: tuple[MERLB, Path], caplog: 
     assert len([r for r in caplog.records if "GPU backend failed" in r.getMessage()]) == 1
 
 
-def test_stall_detector(saved: tuple[MERLB, Path]) -> None:
+def test_slow_calls_counted(saved: tuple[MERLB, Path]) -> None:
     model, d = saved
     b = load_backend(d, stall_s=0.05)
-    release = threading.Event()
     real = b._impl.sequence
 
     def slow(inputs):
-        release.wait(5)
+        time.sleep(0.2)
         return real(inputs)
 
     b._impl.sequence = slow
     embs = {m: np.zeros((1, 2, n), np.float32) for m, n in b.cfg.embed_dims.items()}
-    worker = threading.Thread(target=b.sequence, args=(embs, np.ones((1, 2, 4), np.float32)))
-    worker.start()
-    time.sleep(0.2)
-    assert b.stalled  # seen from another thread while the call hangs
-    release.set()
-    worker.join(5)
-    assert b.slow_calls == 1 and b.stalled
+    b.sequence(embs, np.ones((1, 2, 4), np.float32))
+    assert b.slow_calls == 1 and b.last_ms >= 200
     b._impl.sequence = real
     b.sequence(embs, np.ones((1, 2, 4), np.float32))
-    assert not b.stalled and b.slow_calls == 1 and b.calls == 2
+    assert b.slow_calls == 1 and b.calls == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

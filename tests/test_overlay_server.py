@@ -537,7 +537,7 @@ def test_native_head_user_shows_the_streamers_class(tmp_path) -> None:
 def test_overlay_head_flag() -> None:
     import argparse
 
-    from obs_merlb.engine import add_arguments
+    from obs_merlb.live import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

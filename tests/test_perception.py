@@ -1,9 +1,10 @@
 """Perception on real data: face crops on the CREMA-D face, no face on noise,
 log-mel and VAD on real speech and silence, the contract's step arrays, and
-train/serve parity (the live per-step path equals the offline one)."""
+train/serve parity (the live analyzer's steps equal `merlb preprocess`'s)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -225,26 +226,94 @@ def test_clip_steps_audio_only_and_silent_video(tmp_path: Path) -> None:
     assert len(s) == 8 and not s.mask.any()
 
 
-def test_live_path_equals_offline_path(perceiver) -> None:
-    """Train/serve parity: the live engine's per-step call on the audio ring
-    gives exactly what preprocessing stored for that step."""
-    from obs_merlb.capture import AudioRing
+class _TapBackend:
+    """Encoders that return their input, so the analyzer's ring of step
+    embeddings holds the per-step arrays themselves; the sequence model
+    answers uniform probabilities (what it says does not matter here)."""
 
-    a = _speech()
-    offline = Perceiver(face=False, voice=True, static=True)
+    def __init__(self) -> None:
+        from obs_merlb.labels import AROUSAL, EMOTIONS, VALENCE
+
+        dims = {"face": 64 * 64, "voice": V.N_MELS * V.N_FRAMES}
+        self.cfg = SimpleNamespace(steps=8, step_s=0.25, voice_key_segments=None, embed_dims=dims)
+        self.modalities = ["face", "voice"]
+        self.labels = {"emotion": list(EMOTIONS), "valence": list(VALENCE), "arousal": list(AROUSAL)}
+
+    def encode(self, modality: str, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float32).reshape(len(x), -1).copy()
+
+    def sequence(self, embs: dict, mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {h: np.full(len(c), 1.0 / len(c)) for h, c in self.labels.items()}
+
+
+def _live_steps(path: Path, n: int) -> dict[str, np.ndarray]:
+    """Per-step arrays and masks as `merlb live`'s analyzer builds them on a
+    file (iter_file_ticks, the path of `merlb analyze` and Engine.run_file),
+    at a rate above the file's frame rate so every frame is analysed."""
+    from obs_merlb.analyzer import Analyzer, StepRing, iter_file_ticks
+
+    kept: dict[str, dict[int, np.ndarray | None]] = {"face": {}, "voice": {}}
+    speech: dict[int, float] = {}
+
+    class TapRing(StepRing):
+        def put(self, modality: str, k: int, emb: np.ndarray | None) -> None:
+            kept[modality][k] = None if emb is None else emb.copy()
+            if modality == "voice":
+                speech[k] = float(self.speech_prob[k % self.T])
+            super().put(modality, k, emb)
+
+    # Live's two shortcuts off (see Analyzer): the face mesh detects afresh
+    # on every frame and runs on every frame, as preprocessing does.
+    analyzer = Analyzer(_TapBackend(), body=False, contributions=False, static_perception=True,
+                        reuse_unchanged=False)
+    analyzer.ring = TapRing(analyzer.T, analyzer.backend.cfg.embed_dims)
     try:
-        s = offline.steps([], [], a, T=9)
-        ring = AudioRing(5.0)
-        for i in range(9):
-            end = int((i + 1) * 0.25 * 16000)
-            ring.clear()
-            ring.write(a[:end])
-            live = perceiver.voice_step(ring.read(V.NEEDED / 16000))
-            assert live.present == bool(s.mask[i, 1])
-            assert live.speech_prob == pytest.approx(float(s.speech_prob[i]), abs=1e-6)
-            assert np.allclose(live.feature, s.voice[i], atol=1e-5)
+        for _ in iter_file_ticks(analyzer, str(path), rate=60.0):
+            pass
     finally:
-        offline.close()
+        analyzer.close()
+    shapes = {"face": (1, 64, 64), "voice": (1, V.N_MELS, V.N_FRAMES)}
+    out = {"mask": np.zeros((n, 4), np.float32), "voice_done": np.zeros(n, bool),
+           "speech_prob": np.zeros(n, np.float32)}
+    for j, m in enumerate(("face", "voice")):
+        out[m] = np.zeros((n, *shapes[m]), np.float32)
+        for k, arr in kept[m].items():
+            if 0 <= k < n and arr is not None:
+                out[m][k] = arr.reshape(shapes[m])
+                out["mask"][k, j] = 1
+    for k, p in speech.items():
+        if 0 <= k < n:
+            out["voice_done"][k] = True
+            out["speech_prob"][k] = p
+    return out
+
+
+def test_live_analyzer_and_preprocess_parity(tmp_path: Path) -> None:
+    """Train/serve parity: the same clip through `merlb live`'s analyzer and
+    through `merlb preprocess` gives identical face crops, voice log-mels and
+    masks at every step (as the cache stores them: uint8 faces, float16
+    log-mels)."""
+    from obs_merlb.train import preprocess as P
+
+    clip = av_clip()
+    table = tmp_path / "clip.csv"
+    table.write_text(f"path,label\n{clip},happy\n")
+    prep = P.prepare(table, tmp_path / "cache", workers=1, quiet=True)
+    assert len(prep.items) == 1 and not prep.failed
+    cached = P.read_shard(prep.shards[0])    # one item: the shard's arrays are its steps
+    n = len(cached["mask"])
+    live = _live_steps(clip, n)
+
+    assert live["mask"][:, 0].sum() > 0.9 * n and live["mask"][:, 1].sum() > 0.3 * n   # face and speech seen
+    assert np.array_equal(live["mask"][:, 0], cached["mask"][:, 0])
+    assert np.array_equal(P.stored("face", live["face"]), cached["face"])
+    # Live computes a step's voice once the audio past its end has arrived:
+    # every step but the clip's last few.
+    done = live["voice_done"]
+    assert done[:n - 4].all()
+    assert np.array_equal(live["mask"][done, 1], cached["mask"][done, 1])
+    assert np.array_equal(P.stored("voice", live["voice"][done]), cached["voice"][done])
+    assert np.array_equal(live["speech_prob"][done].astype(np.float16), cached["speech_prob"][done])
 
 
 def test_segment_steps_match_the_whole_clip(perceiver) -> None:

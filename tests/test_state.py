@@ -115,16 +115,21 @@ def test_set_validates() -> None:
 
 
 def test_contributions_by_occlusion() -> None:
-    # A fake sequence model that only listens to voice.
-    def seq(mask: np.ndarray) -> dict[str, np.ndarray]:
-        voice = mask[:, 1].mean()
-        e = np.full(7, 0.1)
-        e[3] += 0.5 * voice
-        return {"emotion": e / e.sum()}
+    # A fake sequence model that only listens to voice, batched over masks as the backend is.
+    calls = []
+
+    def seq(masks: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(masks.shape)
+        voice = masks[:, :, 1].mean(axis=1)
+        e = np.full((len(masks), 7), 0.1)
+        e[:, 3] += 0.5 * voice
+        return {"emotion": e / e.sum(axis=1, keepdims=True)}
 
     mask = np.ones((8, 4), np.float32)
     mask[:, 3] = 0  # no game source
-    c = modality_contributions(seq, mask)
+    probs, c = modality_contributions(seq, mask)
+    assert calls == [(4, 8, 4)]   # the window plus face, voice and body occluded, in one call
+    assert probs["emotion"].argmax() == 3
     assert c["voice"] == pytest.approx(1.0)
     assert c["face"] == 0.0 and c["scene"] == 0.0
     even = contributions_from_deltas({}, {"face": True, "voice": True})

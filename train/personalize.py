@@ -1133,7 +1133,7 @@ def notify_worker(url: str, model_dir: Path | None, timeout: float = 20.0) -> tu
 
 def default_model() -> Path | None:
     """What the worker runs when the registry has no active version: the shipped model."""
-    from obs_merlb.engine import default_model_dir
+    from obs_merlb.registry import default_model_dir
     return default_model_dir()
 
 

@@ -41,7 +41,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -183,13 +183,17 @@ def media_steps(path: str, start: float | None, end: float | None,
            "speech_prob": np.asarray(res.speech_prob, np.float16)[sel],
            "energy": np.asarray(res.energy, np.float16)[sel]}
     for i, m in enumerate(MODALITIES):
-        if not mask[:, i].any():
-            continue
-        arr = np.asarray(getattr(res, m), dtype=np.float32)[sel].reshape(-1, *STEP_SHAPES[m])
-        if STORE_DTYPE[m] == np.uint8:
-            arr = np.clip(np.round(arr * 255.0), 0, 255)
-        out[m] = arr.astype(STORE_DTYPE[m])
+        if mask[:, i].any():
+            out[m] = stored(m, np.asarray(getattr(res, m))[sel])
     return out
+
+
+def stored(modality: str, steps: np.ndarray) -> np.ndarray:
+    """Float32 step arrays of one modality as a shard keeps them (see Storage above)."""
+    arr = np.asarray(steps, dtype=np.float32).reshape(-1, *STEP_SHAPES[modality])
+    if STORE_DTYPE[modality] == np.uint8:
+        arr = np.clip(np.round(arr * 255.0), 0, 255)
+    return arr.astype(STORE_DTYPE[modality])
 
 
 def compute_steps(item: Item, settings: FeatureSettings) -> dict[str, np.ndarray]:
@@ -517,6 +521,3 @@ def run(args: argparse.Namespace) -> int:
     # Skipped files are warnings, not errors: the run finished on the rest.
     return 0
 
-
-def iter_manifests(cache: str | os.PathLike) -> Iterable[Path]:
-    return sorted((Path(cache) / "manifests").glob("*.json"))

@@ -272,7 +272,7 @@ class TrainingTab(QWidget):
             return
         target = registry.active_model_dir()
         if target is None:
-            from obs_merlb.engine import default_model_dir
+            from obs_merlb.registry import default_model_dir
             target = default_model_dir()
         sent = False
         if self.client is not None and target is not None:

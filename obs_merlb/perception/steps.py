@@ -1,9 +1,13 @@
 """The one place where frames and audio become the model's per-step arrays.
 
-Training (``clip_steps`` on files) and the live engine (``Perceiver``'s
-per-frame methods, then ``Perceiver.steps`` or its own assembly) run this
-same code, so a feature is computed identically offline and live. Arrays and
-masks follow docs/ARCHITECTURE.md: step ``t`` covers
+``Perceiver`` computes one step's array per modality: ``face`` (the aligned
+crop of a frame), ``voice_step`` (log-mel, speech probability and energy of
+the audio ending at a step's end), ``body`` (pose) and ``scene`` (game
+thumbnail). Training (``clip_steps`` on files, run by ``merlb preprocess``)
+and the live analyzer (obs_merlb/analyzer.py, frame by frame) both call these
+methods, so a feature is computed identically offline and live;
+tests/test_perception.py's parity test holds the two to identical arrays.
+Arrays and masks follow docs/ARCHITECTURE.md: step ``t`` covers
 ``[t0 + t*step_s, t0 + (t+1)*step_s)``; mask order face, voice, body, scene;
 a missing step carries zeros.
 """
@@ -15,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from obs_merlb.labels import MODALITIES
+
 from . import voice as V
 from .body import BODY_DIM
 from .face import CROP, FaceResult
@@ -22,8 +28,8 @@ from .scene import SCENE, thumbnail
 
 STEP_S = 0.25
 T_DEFAULT = 8
-MODALITIES = ("face", "voice", "body", "scene")
-FACE, VOICE, BODY, SCENE_I = range(4)
+# Columns of the (T, 4) mask.
+FACE, VOICE, BODY, SCENE_I = (MODALITIES.index(m) for m in MODALITIES)
 # Audio the voice feature of one step reads: 1.0 s plus the first frame's lead-in.
 VOICE_SECONDS = V.NEEDED / V.SAMPLE_RATE
 
@@ -117,8 +123,9 @@ class VoiceStep:
 class Perceiver:
     """The perception models, created once and reused (and closed at the end).
 
-    Per-frame methods are what the live engine calls as frames and audio
-    arrive; ``steps`` assembles a window from frames and audio in one go.
+    Per-step methods are what the live analyzer calls as frames and audio
+    arrive and what ``clip_steps`` calls on a file; ``steps`` assembles a
+    window from frames and audio in one go.
     ``static=True`` treats every frame as unrelated (offline steps, a step
     apart); ``False`` lets face mesh and pose track from frame to frame
     (live, cheaper). Models for modalities switched off are never loaded.
@@ -156,7 +163,8 @@ class Perceiver:
 
     def voice_step(self, audio: np.ndarray) -> VoiceStep:
         """The newest audio (at least ``VOICE_SECONDS``; shorter is zero-padded
-        in front, as at a stream's start) -> the step ending now."""
+        in front, as at a stream's start) -> the step ending now. The log-mel
+        is computed only for speech: a masked step carries zeros anyway."""
         if self._vad is None:
             raise RuntimeError("this Perceiver was made with voice=False")
         x = V.window_ending(np.asarray(audio, dtype=np.float32).reshape(-1), len(audio))
@@ -193,7 +201,7 @@ class Perceiver:
             if self.enabled["scene"] and scene_frames is not None and len(scene_frames):
                 k = _nearest(np.asarray(scene_times, dtype=np.float64), mid, step_s)
                 if k is not None:
-                    out.scene[i] = thumbnail(scene_frames[k])
+                    out.scene[i] = self.scene(scene_frames[k])
                     out.mask[i, SCENE_I] = 1
         if self.enabled["voice"] and audio is not None and len(audio):
             self._fill_voice(out, np.asarray(audio, np.float32), audio_t0)
@@ -206,25 +214,24 @@ class Perceiver:
 
     def _fill_visual(self, out: Steps, i: int, image: np.ndarray) -> None:
         if self._face is not None:
-            r = self._face(image)
+            r = self.face(image)
             if r is not None:
                 out.face[i, 0] = r.crop
                 out.face_box[i] = r.box
                 out.mask[i, FACE] = 1
         if self._body is not None:
-            b = self._body(image)
+            b = self.body(image)
             if b is not None:
                 out.body[i] = b
                 out.mask[i, BODY] = 1
 
     def _fill_voice(self, out: Steps, audio: np.ndarray, audio_t0: float) -> None:
         for i, t in enumerate(out.times):
-            x = V.step_window(audio, t + out.step_s, audio_t0)
-            p = self._vad.speech_prob(x)
-            out.speech_prob[i] = p
-            out.energy[i] = V.rms(x)
-            if p >= self.vad_threshold:
-                out.voice[i] = V.log_mel(x)
+            step = self.voice_step(V.step_window(audio, t + out.step_s, audio_t0))
+            out.speech_prob[i] = step.speech_prob
+            out.energy[i] = step.energy
+            if step.present:
+                out.voice[i] = step.feature
                 out.mask[i, VOICE] = 1
 
     def close(self) -> None:
@@ -245,16 +252,6 @@ def _nearest(times: np.ndarray, t: float, tol: float) -> int | None:
         return None
     j = int(np.argmin(np.abs(times - t)))
     return j if abs(times[j] - t) <= tol else None
-
-
-def compute_steps(frames: Sequence[np.ndarray], frame_times: Sequence[float],
-                  audio: np.ndarray | None, *, perceiver: Perceiver | None = None,
-                  **kw) -> Steps:
-    """``Perceiver.steps`` with a throwaway Perceiver when none is given."""
-    if perceiver is not None:
-        return perceiver.steps(frames, frame_times, audio, **kw)
-    with Perceiver(static=True) as p:
-        return p.steps(frames, frame_times, audio, **kw)
 
 
 def clip_steps(path: str | os.PathLike, *, step_s: float = STEP_S, face: bool = True,
@@ -300,7 +297,7 @@ def clip_steps(path: str | os.PathLike, *, step_s: float = STEP_S, face: bool = 
             _, fr = best.pop(i)
             img = fr.image
             results[i] = (p.face(img) if face else None, p.body(img) if body else None,
-                          thumbnail(img) if scene else None)
+                          p.scene(img) if scene else None)
 
         if want_video or want_audio:
             for item in iter_media(path, video=want_video, audio=want_audio, max_width=max_width,
@@ -361,4 +358,4 @@ def clip_steps(path: str | os.PathLike, *, step_s: float = STEP_S, face: bool = 
 
 
 __all__ = ["STEP_S", "T_DEFAULT", "MODALITIES", "VOICE_SECONDS", "Steps", "VoiceStep",
-           "Perceiver", "empty_steps", "compute_steps", "clip_steps"]
+           "Perceiver", "empty_steps", "clip_steps"]

@@ -1,0 +1,387 @@
+"""The analyzer: frames and audio on one clock in, `state` events out.
+
+`Analyzer` is the single-threaded core (no threads, no I/O) shared by the
+live engine (obs_merlb/engine.py), `merlb analyze`, the benchmarks and the
+soak test. Per frame it runs the face crop and keeps, per step, the frame
+nearest the step's middle; once per step, after the tick's event is out, it
+runs pose, the game thumbnail and the finished voice steps. All of that is
+`obs_merlb.perception.steps.Perceiver`, the code `merlb preprocess` runs on
+training clips. Encoders run once per step into a ring of T embeddings; each
+tick runs only the sequence model on the ring.
+
+`iter_file_ticks` drives an Analyzer over a file as fast as it decodes
+(`merlb analyze`, `Engine.run_file`, benchmarks).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from obs_merlb.capture.base import AudioRing, VideoFrame
+from obs_merlb.capture.file import iter_media
+from obs_merlb.labels import MODALITIES
+from obs_merlb.perception.steps import VOICE, Perceiver
+from obs_merlb.perception.voice import NEEDED, key_segment_mask
+from obs_merlb.state import StateTracker, contributions_from_deltas, modality_contributions
+
+
+# ---------------------------------------------------------------- stage timing
+
+class StageClock:
+    """CPU ms per stage (process time: mediapipe and onnxruntime threads count)."""
+
+    STAGES = ("capture", "face", "voice", "body", "scene", "inference", "state")
+
+    def __init__(self) -> None:
+        self.total = {s: 0.0 for s in self.STAGES}
+        self.frames = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.total[stage] = self.total.get(stage, 0.0) + seconds
+
+    def per_frame_ms(self) -> dict[str, float]:
+        n = max(1, self.frames)
+        return {s: 1000.0 * v / n for s, v in self.total.items()}
+
+
+class _Timed:
+    __slots__ = ("clock", "stage", "t0")
+
+    def __init__(self, clock: StageClock | None, stage: str) -> None:
+        self.clock, self.stage = clock, stage
+
+    def __enter__(self) -> None:
+        self.t0 = time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.clock is not None:
+            self.clock.add(self.stage, time.process_time() - self.t0)
+
+
+# ---------------------------------------------------------------- step ring
+
+class StepRing:
+    """Per-step embeddings of the last T steps, indexed by absolute step number.
+
+    Memory is fixed (T slots per modality); a slot whose step number is not
+    the one asked for is treated as missing, so gaps (a stalled source, a
+    lowered rate) simply mask out instead of reusing stale steps.
+    """
+
+    def __init__(self, steps: int, dims: dict[str, int]) -> None:
+        self.T = steps
+        self.dims = dict(dims)
+        self.emb = {m: np.zeros((steps, d), np.float32) for m, d in dims.items()}
+        self.step_id = {m: np.full(steps, -1, np.int64) for m in MODALITIES}
+        self.present = {m: np.zeros(steps, bool) for m in MODALITIES}
+        self.face_dist = np.full(steps, np.inf)        # |frame t - step middle| of the kept face
+        self.speech_prob = np.zeros(steps, np.float32)
+        self.energy = np.zeros(steps, np.float32)
+
+    def clear(self) -> None:
+        for m in MODALITIES:
+            self.step_id[m][:] = -1
+            self.present[m][:] = False
+        self.face_dist[:] = np.inf
+
+    def has(self, modality: str, k: int) -> bool:
+        return bool(self.step_id[modality][k % self.T] == k)
+
+    def put(self, modality: str, k: int, emb: np.ndarray | None) -> None:
+        i = k % self.T
+        self.step_id[modality][i] = k
+        if emb is None or modality not in self.emb:
+            self.present[modality][i] = False
+        else:
+            self.emb[modality][i] = emb.reshape(-1)
+            self.present[modality][i] = True
+
+    def window(self, k_last: int, voice_k: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Embeddings {m: (T, D)} and mask (T, 4) for steps k_last-T+1..k_last, plus speech probs."""
+        ks = np.arange(k_last - self.T + 1, k_last + 1)
+        idx = ks % self.T
+        mask = np.zeros((self.T, 4), np.float32)
+        for j, m in enumerate(MODALITIES):
+            mask[:, j] = (self.step_id[m][idx] == ks) & self.present[m][idx]
+        embs = {m: self.emb[m][idx] for m in self.emb}
+        sp = np.where(self.step_id["voice"][idx] == ks, self.speech_prob[idx], 0.0).astype(np.float32)
+        en = np.where(self.step_id["voice"][idx] == ks, self.energy[idx], 0.0).astype(np.float32)
+        if voice_k is not None and mask[:, VOICE].any():
+            mask[:, VOICE] *= key_segment_mask(sp, en, threshold=0.0, k=voice_k)
+        return embs, mask, sp
+
+
+class AudioView:
+    """Reads step windows out of an audio ring whose clock matches the frames'."""
+
+    def __init__(self, ring: Any) -> None:
+        self.ring = ring
+
+    def t_end(self) -> float | None:
+        return getattr(self.ring, "t_end", None)
+
+    def window_ending(self, end_s: float, n: int) -> np.ndarray | None:
+        """The n samples ending at end_s, or None when the ring has moved on too far."""
+        for _ in range(2):   # a writer may land between reading t_end and the samples: retry once
+            t_end = self.t_end()
+            if t_end is None or t_end < end_s:
+                return None
+            lag = int(round((t_end - end_s) * 16000))
+            cap = getattr(self.ring, "capacity", 10 * 16000)
+            if lag + n > cap:
+                return None
+            x = self.ring.read((lag + n) / 16000)
+            if self.t_end() == t_end:
+                return x[:n] if len(x) >= n else None
+        return None
+
+
+@dataclass
+class TickResult:
+    event: dict[str, Any]
+    face_box: tuple[float, float, float, float] | None = None
+    landmarks: np.ndarray | None = None
+
+
+class Analyzer:
+    """Frames + audio on one clock in, `state` events out. Single-threaded.
+
+    Two shortcuts make live perception cheaper than training's, and both are
+    on by default: the face mesh tracks from frame to frame instead of
+    detecting afresh (``static_perception=False``), and a frame whose tiny
+    thumbnail looks like the last one keeps the last face instead of running
+    the mesh (``reuse_unchanged=True``). Turned off, every step's arrays are
+    exactly what `merlb preprocess` computes (tests/test_perception.py).
+    """
+
+    def __init__(self, backend: Any, state: StateTracker | None = None, *, body: bool = True,
+                 contributions: bool = True, clock: StageClock | None = None,
+                 static_perception: bool = False, reuse_unchanged: bool = True) -> None:
+        self.backend = backend
+        cfg = backend.cfg
+        self.T, self.step_s = int(cfg.steps), float(cfg.step_s)
+        self.modalities = list(backend.modalities)
+        self.voice_k = getattr(cfg, "voice_key_segments", None)
+        self.state = state or StateTracker()
+        # Heads beyond emotion/valence/arousal (a personalized model's `user`
+        # classes, a trained `behaviour`) are smoothed and published under
+        # `heads`; the tracker learns them from the model it is fed by.
+        self.state.set_extra_heads(backend.labels)
+        self.contributions = contributions
+        self.clock = clock
+        # mediapipe graphs are not thread-safe: the thread that ticks owns this
+        # Perceiver, and a restarted analysis thread builds a new Analyzer.
+        self.perceiver = Perceiver(face="face" in self.modalities, voice="voice" in self.modalities,
+                                   body=body and "body" in self.modalities, scene="scene" in self.modalities,
+                                   static=static_perception)
+        self.ring = StepRing(self.T, {m: d for m, d in cfg.embed_dims.items()})
+        self._last_thumb: np.ndarray | None = None
+        self._last_face: Any = None
+        self._last_face_emb: np.ndarray | None = None
+        self._next_voice_k: int | None = None
+        self.last_speech = False
+        self.reuse_unchanged = reuse_unchanged
+        self.unchanged_skips = 0
+        self.rate_hint = 15.0
+
+    def swap_backend(self, backend: Any) -> None:
+        """A reloaded model: cached embeddings came from the old encoders, so drop them."""
+        self.backend = backend
+        self.ring = StepRing(self.T, {m: d for m, d in backend.cfg.embed_dims.items()})
+        self._last_face_emb = None
+        # A personalized model may add, drop or rename `user` classes.
+        self.state.set_extra_heads(backend.labels)
+
+    def close(self) -> None:
+        self.perceiver.close()
+
+    def _unchanged(self, image: np.ndarray) -> bool:
+        """Cheap 'nothing moved' test on a tiny grey thumbnail (a paused or static source)."""
+        small = cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+        same = self._last_thumb is not None and float(np.abs(small - self._last_thumb).mean()) < 0.5
+        self._last_thumb = small
+        return same
+
+    def _voice_steps(self, audio: AudioView | None, k_now: int) -> None:
+        if audio is None or not self.perceiver.enabled["voice"]:
+            return
+        t_end = audio.t_end()
+        if t_end is None:
+            return
+        last_done = int(math.floor(t_end / self.step_s + 1e-9)) - 1   # last step whose end has audio
+        first = max(k_now - self.T + 1, last_done - self.T + 1)
+        if self._next_voice_k is not None:
+            first = max(first, self._next_voice_k)
+        for k in range(first, last_done + 1):
+            window = audio.window_ending((k + 1) * self.step_s, NEEDED)
+            if window is None:
+                self.ring.put("voice", k, None)
+                continue
+            step = self.perceiver.voice_step(window)
+            i = k % self.T
+            self.ring.speech_prob[i], self.ring.energy[i] = step.speech_prob, step.energy
+            emb = self.backend.encode("voice", step.feature[None])[0] if step.present else None
+            self.ring.put("voice", k, emb)
+            self.last_speech = bool(step.present)
+        self._next_voice_k = max(self._next_voice_k or -10**9, last_done + 1)
+
+    def tick(self, image: np.ndarray | None, t: float, *, capture_mono: float | None = None,
+             audio: AudioView | None = None, t_event: float | None = None) -> TickResult:
+        """Analyse one frame at source time t; returns the state event."""
+        clock = self.clock
+        k = int(math.floor(t / self.step_s + 1e-9))
+        mid = (k + 0.5) * self.step_s
+        i = k % self.T
+        face_res = None
+        if image is not None and self.perceiver.enabled["face"]:
+            with _Timed(clock, "face"):
+                if self.reuse_unchanged and self._unchanged(image) and self._last_face_emb is not None:
+                    # Same picture as last tick: reuse its face instead of re-running the mesh.
+                    self.unchanged_skips += 1
+                    face_res = self._last_face
+                    if not self.ring.has("face", k):
+                        self.ring.put("face", k, self._last_face_emb)
+                        self.ring.face_dist[i] = abs(t - mid)
+                else:
+                    face_res = self.perceiver.face(image)
+                    self._last_face = face_res
+                    dist = abs(t - mid)
+                    nearer = not self.ring.has("face", k) or dist < self.ring.face_dist[i]
+                    if face_res is None:
+                        self._last_face_emb = None
+                        if not self.ring.has("face", k) or nearer:
+                            self.ring.put("face", k, None)
+                            self.ring.face_dist[i] = dist
+                    elif nearer:
+                        # Training uses the frame nearest the step's middle; keep that one.
+                        with _Timed(clock, "inference"):
+                            emb = self.backend.encode("face", face_res.crop[None, None])[0]
+                        self._last_face_emb = emb
+                        self.ring.put("face", k, emb)
+                        self.ring.face_dist[i] = dist
+                    elif self._last_face_emb is None:
+                        with _Timed(clock, "inference"):
+                            self._last_face_emb = self.backend.encode("face", face_res.crop[None, None])[0]
+        with _Timed(clock, "inference"):
+            embs, mask, _ = self.ring.window(k, self.voice_k)
+            probs = contrib = None
+            if mask.any():
+                present = [j for j in range(len(MODALITIES)) if mask[:, j].any()]
+                if self.contributions and len(present) > 1:
+                    probs, contrib = modality_contributions(
+                        lambda masks: self.backend.sequence(
+                            {m: np.repeat(e[None], len(masks), axis=0) for m, e in embs.items()}, masks), mask)
+                else:
+                    probs = self.backend.sequence(embs, mask)
+                    contrib = contributions_from_deltas({MODALITIES[j]: 1.0 for j in present},
+                                                        {MODALITIES[j]: True for j in present})
+        with _Timed(clock, "state"):
+            latency = None if capture_mono is None else 1000.0 * (time.monotonic() - capture_mono)
+            speech = bool(mask[:, VOICE].any()) and self.last_speech
+            ev = self.state.update(t if t_event is None else t_event, probs, face_present=face_res is not None,
+                                   speech=speech, contributions=contrib, latency_ms=latency)
+        if clock is not None:
+            clock.frames += 1
+        return TickResult(ev, None if face_res is None else face_res.box,
+                          None if face_res is None else face_res.landmarks)
+
+
+    def after_event(self, image: np.ndarray | None, t: float, *, audio: AudioView | None = None,
+                    scene_image: np.ndarray | None = None) -> None:
+        """Per-step work that can wait until the tick's event is out: pose, game
+        thumbnail, completed voice steps. Running it after publishing keeps
+        these (the costliest parts, once per step) off the frame-to-event
+        latency; the next tick sees their results.
+        """
+        clock = self.clock
+        k = int(math.floor(t / self.step_s + 1e-9))
+        mid = (k + 0.5) * self.step_s
+        late_enough = t >= mid - 0.5 / max(self.rate_hint, 1e-3)
+        if image is not None and self.perceiver.enabled["body"] and not self.ring.has("body", k) and late_enough:
+            with _Timed(clock, "body"):
+                pose = self.perceiver.body(image)
+                emb = None if pose is None else self.backend.encode("body", pose[None])[0]
+            self.ring.put("body", k, emb)
+        if scene_image is not None and self.perceiver.enabled["scene"] and not self.ring.has("scene", k) and late_enough:
+            with _Timed(clock, "scene"):
+                emb = self.backend.encode("scene", self.perceiver.scene(scene_image)[None])[0]
+            self.ring.put("scene", k, emb)
+        with _Timed(clock, "voice"):
+            self._voice_steps(audio, k)
+
+
+
+# ---------------------------------------------------------------- offline runs
+
+@dataclass
+class FileRun:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    highlights: list[dict[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+    wall_s: float = 0.0
+    frames: int = 0
+    clock: StageClock = field(default_factory=StageClock)
+    warnings: list[str] = field(default_factory=list)
+    backend: str = ""
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.duration / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+def iter_file_ticks(analyzer: Analyzer, path: str, rate: float, *, max_width: int | None = 640,
+                    loop_until_s: float | None = None, clock: StageClock | None = None,
+                    stop: threading.Event | None = None) -> Iterator[tuple[TickResult, float]]:
+    """Run the analyzer over a file as fast as decoding goes, sampling frames at `rate` Hz of media time.
+
+    Yields (tick, media time). Single-threaded, so process time per stage is exact.
+    `loop_until_s` replays the file (with continuing timestamps) until that much
+    media time has been analysed (soak).
+    """
+    ring = AudioRing(10.0)
+    audio = AudioView(ring)
+    analyzer.rate_hint = rate
+    period = 1.0 / rate
+    next_t = 0.0
+    offset = 0.0
+    while True:
+        end = offset
+        it = iter_media(path, paced=False, max_width=max_width)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            while True:
+                t0 = time.process_time()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                if isinstance(item, VideoFrame):
+                    t = item.t + offset
+                    end = max(end, t)
+                    if t + 1e-6 < next_t:
+                        if clock is not None:
+                            clock.add("capture", time.process_time() - t0)
+                        continue
+                    next_t = max(next_t + period, t + period * 0.5)
+                    image = item.image
+                    if clock is not None:
+                        clock.add("capture", time.process_time() - t0)
+                    yield analyzer.tick(image, t, audio=audio, capture_mono=time.monotonic()), t
+                    analyzer.after_event(image, t, audio=audio)
+                else:
+                    ring.write(item.samples, item.t + offset)
+                    end = max(end, item.t + offset + item.duration)
+                    if clock is not None:
+                        clock.add("capture", time.process_time() - t0)
+                if stop is not None and stop.is_set():
+                    return
+        if loop_until_s is None or end >= loop_until_s:
+            return
+        offset = end + 1.0 / 30
