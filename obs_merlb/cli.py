@@ -79,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.DEBUG if (args.verbose or known.verbose) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # obsws-python logs the password at INFO; never let its records through.
-    logging.getLogger("obsws_python").setLevel(logging.WARNING)
     return int(module.run(args) or 0)
 
 

@@ -11,12 +11,8 @@ slow or absent OBS never delays the analysis loop:
   is reported as `chapter_added: false`, never as a failure;
 * always a `highlight` event, which the engine writes to the session log.
 
-`ObsLink` is the one obs-websocket request client of the engine's control
-thread(s). obsws-python is synchronous and does not match request ids, so
-calls are serialised with a lock; it does not reconnect, so a broken
-connection is dropped and re-opened with exponential backoff; and it logs the
-password at INFO, so its logger is silenced here and our messages never carry
-the password.
+The OBS requests go through `obs_merlb.obs_client.ObsLink`, the engine's one
+shared link (locked, reconnecting with backoff).
 """
 from __future__ import annotations
 
@@ -24,146 +20,16 @@ import logging
 import math
 import queue
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
+from obs_merlb.obs_client import ObsLink, ObsRequestFailed, ObsUnavailable
 from obs_merlb.state import UNCERTAIN, highlight_event
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# obsws-python logs connection parameters (password included) at INFO and
-# full tracebacks for every refused request; neither belongs in our logs.
-logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
 
 CHAPTERS_SINCE = (30, 2)
-
-
-class ObsUnavailable(RuntimeError):
-    """OBS cannot be reached right now (the link retries on its own)."""
-
-
-class ObsRequestFailed(RuntimeError):
-    """OBS answered, but refused the request (bad state, unsupported)."""
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(text).split("."):
-        digits = "".join(ch for ch in p if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
-class ObsLink:
-    """A lock-protected, self-reconnecting obs-websocket v5 request client."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 4455, password: str = "",
-                 timeout_s: float = 3.0, on_error: Callable[[str], None] | None = None,
-                 max_backoff_s: float = 30.0, client_factory: Callable[..., Any] | None = None) -> None:
-        self.host, self.port = host, int(port)
-        self._password = password or ""
-        self.timeout_s = timeout_s
-        self.on_error = on_error
-        self.max_backoff_s = max_backoff_s
-        self._factory = client_factory
-        self._client: Any = None
-        self._lock = threading.Lock()
-        self._backoff = 1.0
-        self._next_try = 0.0
-        self.attempts = 0
-        self.connected = False
-        self._version: tuple[tuple[int, ...], str] | None = None
-
-    def __repr__(self) -> str:  # never show the password
-        return f"ObsLink(ws://{self.host}:{self.port}, connected={self.connected})"
-
-    def _connect_locked(self) -> Any:
-        now = time.monotonic()
-        if now < self._next_try:
-            raise ObsUnavailable(f"OBS at ws://{self.host}:{self.port} not reachable; "
-                                 f"next retry in {self._next_try - now:.0f} s")
-        self.attempts += 1
-        try:
-            if self._factory is not None:
-                client = self._factory(host=self.host, port=self.port, password=self._password,
-                                       timeout=self.timeout_s)
-            else:
-                import obsws_python as obsws
-
-                client = obsws.ReqClient(host=self.host, port=self.port, password=self._password,
-                                         timeout=self.timeout_s)
-        except Exception as e:  # refused, timeout, auth, protocol: all mean "not now"
-            wait = self._backoff
-            self._next_try = time.monotonic() + wait
-            self._backoff = min(self.max_backoff_s, self._backoff * 2)
-            self.connected = False
-            reason = _describe(e)
-            msg = (f"cannot reach OBS at ws://{self.host}:{self.port} ({reason}); is OBS running with "
-                   f"Tools > WebSocket Server Settings enabled and the right password set? "
-                   f"retrying in {wait:.0f} s")
-            log.warning("%s", msg)
-            if self.on_error is not None:
-                self.on_error(msg)
-            raise ObsUnavailable(msg) from None
-        self._client = client
-        self._backoff = 1.0
-        self.connected = True
-        log.info("connected to OBS at ws://%s:%s", self.host, self.port)
-        return client
-
-    def _drop_locked(self) -> None:
-        client, self._client = self._client, None
-        self.connected = False
-        self._version = None
-        if client is not None:
-            try:
-                client.disconnect()
-            except Exception:
-                pass
-
-    def request(self, name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send one request; returns responseData (a dict, possibly empty).
-
-        Raises ObsUnavailable when OBS cannot be reached (and schedules a
-        reconnect), ObsRequestFailed when OBS refuses the request.
-        """
-        with self._lock:
-            client = self._client or self._connect_locked()
-            try:
-                out = client.send(name, data, raw=True)
-            except Exception as e:
-                if type(e).__name__ == "OBSSDKRequestError":
-                    raise ObsRequestFailed(f"OBS refused {name}: {_describe(e)}") from None
-                # Socket-level trouble: drop the client; the next call reconnects.
-                self._drop_locked()
-                self._next_try = time.monotonic() + self._backoff
-                msg = f"lost the connection to OBS during {name} ({_describe(e)}); reconnecting"
-                log.warning("%s", msg)
-                if self.on_error is not None:
-                    self.on_error(msg)
-                raise ObsUnavailable(msg) from None
-            return out if isinstance(out, dict) else {}
-
-    def version(self) -> tuple[tuple[int, ...], str]:
-        """(OBS version tuple, obs-websocket version string), cached per connection."""
-        if self._version is None:
-            v = self.request("GetVersion")
-            self._version = (parse_version(v.get("obsVersion", "0")), str(v.get("obsWebSocketVersion", "")))
-        return self._version
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop_locked()
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text[:200]
 
 
 @dataclass

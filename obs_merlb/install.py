@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obs_merlb import config as merlb_config
+from obs_merlb.obs_client import DEFAULT_HOST, DEFAULT_PORT
 
 SCRIPT_NAME = "obs_script.py"
 OVERLAY_BROWSER = "MERLB overlay"
 OVERLAY_TEXT = "MERLB emotion"   # = obs_merlb.overlay.native.TEXT_SOURCE (kept light: no import at load)
 DEFAULT_OVERLAY_URL = "http://127.0.0.1:8765/overlay.html"
-DEFAULT_WS_PORT = 4455
 MARK = "obs_merlb"  # key in a source's private_settings: we made it, uninstall may remove it
 FLATPAK_ID = "com.obsproject.Studio"
 CAMERA_KINDS = ("v4l2_input", "dshow_input", "av_capture_input", "av_capture_input_v2",
@@ -339,13 +339,13 @@ def plan_install(args: argparse.Namespace, cfg_dir: Path, config_file: Path,
     auth = (current["AuthRequired"] or "").lower() == "true"
     if enabled and auth and current["ServerPassword"]:
         password = current["ServerPassword"]
-        port = int(current["ServerPort"] or DEFAULT_WS_PORT)
+        port = int(current["ServerPort"] or DEFAULT_PORT)
         plan.notes.append(f"obs-websocket is already enabled with a password (port {port}); kept")
     else:
         manifest.setdefault("websocket_before", current)
         password = current["ServerPassword"] if (current["ServerPassword"] and auth) else None
         password = password or gen_password()
-        port = int(args.port or current["ServerPort"] or DEFAULT_WS_PORT)
+        port = int(args.port or current["ServerPort"] or DEFAULT_PORT)
         for k, v in (("ServerEnabled", "true"), ("ServerPort", str(port)),
                      ("AuthRequired", "true"), ("ServerPassword", password),
                      ("FirstLoad", "false"), ("AlertsEnabled", None)):
@@ -417,7 +417,7 @@ def plan_install(args: argparse.Namespace, cfg_dir: Path, config_file: Path,
     # 3. the project's config ---------------------------------------------
     cfg = merlb_config.load_config(config_file)
     obs_section = dict(cfg.get("obs", {})) if isinstance(cfg.get("obs"), dict) else {}
-    new_obs = dict(obs_section, host="127.0.0.1", port=port, password=password,
+    new_obs = dict(obs_section, host=DEFAULT_HOST, port=port, password=password,
                    config_dir=obs_path(cfg_dir), collection=name)
     if new_obs != obs_section:
         cfg2 = dict(cfg, obs=new_obs)
@@ -471,6 +471,22 @@ def _plan_overlay(col: dict[str, Any], args: argparse.Namespace, canvas: tuple[i
     return what
 
 
+def _made_by_us(source: dict[str, Any]) -> bool:
+    """Marked by this installer, or one of the sources the worker or the panel
+    make through obs-websocket (which cannot mark a source): known by its
+    default name and the kind made under that name."""
+    from obs_merlb.overlay.native import IMAGE_KIND, IMAGE_SOURCE, default_text_kind
+
+    if (source.get("private_settings") or {}).get(MARK):
+        return True
+    text_kinds = {default_text_kind(p) for p in ("linux", "win32")}
+    kinds = {OVERLAY_BROWSER: {"browser_source"}, IMAGE_SOURCE: {IMAGE_KIND},
+             # OBS saves the unversioned id beside the versioned one
+             OVERLAY_TEXT: text_kinds | {k.removesuffix("_v2") for k in text_kinds}}
+    made = kinds.get(str(source.get("name")), set())
+    return bool(made & {source.get("id"), source.get("versioned_id")})
+
+
 def plan_uninstall(cfg_dir: Path, config_file: Path) -> Plan:
     plan = Plan()
     manifest_file = manifest_path(config_file)
@@ -491,12 +507,11 @@ def plan_uninstall(cfg_dir: Path, config_file: Path) -> Plan:
         if len(kept) != len(scripts):
             col["modules"]["scripts-tool"] = kept
             what.append("remove the obs-merlb script")
-        ours = {s.get("name") for s in col.get("sources", [])
-                if (s.get("private_settings") or {}).get(MARK)}
+        ours = {s.get("name") for s in col.get("sources", []) if _made_by_us(s)}
         if ours:
             col["sources"] = [s for s in col["sources"] if s.get("name") not in ours]
-            for s in col["sources"]:
-                if s.get("id") == "scene":
+            for s in col["sources"] + col.get("groups", []):
+                if s.get("id") in ("scene", "group"):
                     items = s.get("settings", {}).get("items", [])
                     s["settings"]["items"] = [i for i in items if i.get("name") not in ours]
             what.append("remove " + ", ".join(sorted(map(repr, ours))))
@@ -610,7 +625,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="path of obs_script.py OBS should load")
     parser.add_argument("--camera", help="camera source name to preselect")
     parser.add_argument("--port", type=int, help=f"obs-websocket port when enabling it "
-                        f"(default: OBS's, else {DEFAULT_WS_PORT})")
+                        f"(default: OBS's, else {DEFAULT_PORT})")
     parser.add_argument("--add-overlay", choices=["browser", "text"],
                         help="also add the overlay to a scene: browser source or native text")
     parser.add_argument("--scene", help="scene for --add-overlay (default: the current scene)")
@@ -649,8 +664,8 @@ def run(args: argparse.Namespace) -> int:
         import getpass
         pw = getpass.getpass("obs-websocket password (Tools > WebSocket Server Settings > "
                              "Show Connect Info): ")
-        port = input(f"port [{DEFAULT_WS_PORT}]: ").strip() or str(DEFAULT_WS_PORT)
-        merlb_config.update_section("obs", {"host": "127.0.0.1", "port": int(port), "password": pw},
+        port = input(f"port [{DEFAULT_PORT}]: ").strip() or str(DEFAULT_PORT)
+        merlb_config.update_section("obs", {"host": DEFAULT_HOST, "port": int(port), "password": pw},
                                     config_file)
         print(f"stored in {config_file} (readable only by you)")
         return 0

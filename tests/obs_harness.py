@@ -50,6 +50,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from obs_merlb.obs_client import open_client
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CLIP = REPO.parent / "shared" / "data" / "crema_d_samples" / "1001_DFA_HAP_XX.flv"
 
@@ -296,14 +298,8 @@ class ObsProcess:
         out.close()
 
     def new_client(self, password: str | None = None, timeout: float = 5.0) -> Any:
-        import obsws_python as obsws
-        import logging
-        # obsws-python logs the password at INFO, and a traceback per refused
-        # connection while OBS is still starting.
-        logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
         port, pw = self.home.websocket()
-        return obsws.ReqClient(host="127.0.0.1", port=port,
-                               password=pw if password is None else password, timeout=timeout)
+        return open_client("127.0.0.1", port, pw if password is None else password, timeout)
 
     def wait_client(self) -> Any:
         deadline = time.monotonic() + self.timeout

@@ -5,8 +5,6 @@ see its tests)."""
 from __future__ import annotations
 
 import base64
-import socket
-import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -244,33 +242,31 @@ def _jpeg_uri() -> tuple[str, np.ndarray]:
 
 
 def test_data_uri_decoding() -> None:
-    from obs_merlb.capture.obs_screens import OBSError, decode_data_uri
+    from obs_merlb.capture.obs_screens import decode_data_uri
+    from obs_merlb.obs_client import ObsError
 
     uri, img = _jpeg_uri()
     out = decode_data_uri(uri)
     assert out.shape == img.shape and out[45, 20, 0] > 200 and out[45, 20, 2] < 60
     assert decode_data_uri(uri.split(",", 1)[1]).shape == img.shape  # bare base64 too
     for bad in ("", "data:image/png;base64,", "data:image/jpg;base64,bm90IGFuIGltYWdl"):
-        with pytest.raises(OBSError):
+        with pytest.raises(ObsError):
             decode_data_uri(bad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_nothing_listening_maps_to_unreachable_and_retries(caplog) -> None:
-    from obs_merlb.capture.obs_screens import OBSScreenshotSource, OBSUnreachable, connect
+    from obs_merlb.capture.obs_screens import OBSScreenshotSource
+    from obs_merlb.obs_client import ObsUnreachable, open_client
 
-    port = _free_port()
-    with pytest.raises(OBSUnreachable, match=f"ws://127.0.0.1:{port}.*is OBS running"):
-        connect("127.0.0.1", port, "s3cret-pass", timeout=1)
+    from tests.obs_standin import free_port
+
+    port = free_port()
+    with pytest.raises(ObsUnreachable, match=f"ws://127.0.0.1:{port}.*is OBS running"):
+        open_client("127.0.0.1", port, "s3cret-pass", timeout=1)
     src = OBSScreenshotSource("Camera", port=port, password="s3cret-pass", timeout=1,
                               max_backoff_s=0.2)
     try:
-        with pytest.raises(OBSUnreachable):
+        with pytest.raises(ObsUnreachable):
             src.wait_ready(3)
         assert src.status == "reconnecting" and "is OBS running" in src.last_error
         time.sleep(0.8)                      # it keeps retrying, it does not die
@@ -280,80 +276,39 @@ def test_nothing_listening_maps_to_unreachable_and_retries(caplog) -> None:
     assert "s3cret-pass" not in caplog.text and "s3cret-pass" not in repr(src)
 
 
-class _FakeOBS:
-    """A minimal obs-websocket v5 server (real sockets, the real client
-    library): asks for a password, and answers GetSourceScreenshot for one
-    source name. Enough to test the error mapping without OBS."""
+def _fake_obs(password: str, source: str):
+    """The obs-websocket stand-in answering GetSourceScreenshot for one source name."""
+    from tests.obs_standin import ObsStandIn, Refuse
 
-    def __init__(self, password: str, source: str) -> None:
-        import hashlib
+    uri, _ = _jpeg_uri()
 
-        from websockets.exceptions import ConnectionClosed
-        from websockets.sync.server import serve
+    def shot(data: dict) -> dict:
+        if data.get("sourceName") != source:
+            raise Refuse(600, "No source was found")
+        return {"imageData": uri}
 
-        salt, challenge = "c2FsdA==", "Y2hhbGxlbmdl"
-        secret = base64.b64encode(hashlib.sha256((password + salt).encode()).digest())
-        self.expected = base64.b64encode(hashlib.sha256(secret + challenge.encode()).digest()).decode()
-        self.uri, _ = _jpeg_uri()
-        self.source = source
-
-        def handler(ws) -> None:
-            import json
-
-            ws.send(json.dumps({"op": 0, "d": {"obsWebSocketVersion": "5.1.0", "rpcVersion": 1,
-                                               "authentication": {"salt": salt, "challenge": challenge}}}))
-            try:
-                ident = json.loads(ws.recv())
-            except ConnectionClosed:        # the client gave up before identifying
-                return
-            if ident["d"].get("authentication") != self.expected:
-                ws.close(4009, "Authentication failed.")
-                return
-            ws.send(json.dumps({"op": 2, "d": {"negotiatedRpcVersion": 1}}))
-            try:
-                for msg in ws:
-                    req = json.loads(msg)["d"]
-                    name = req.get("requestData", {}).get("sourceName")
-                    ok = name == self.source
-                    resp = {"requestType": req["requestType"], "requestId": req["requestId"],
-                            "requestStatus": {"result": ok, "code": 100 if ok else 600,
-                                              **({} if ok else {"comment": "No source was found"})}}
-                    if ok:
-                        resp["responseData"] = {"imageData": self.uri}
-                    ws.send(json.dumps({"op": 7, "d": resp}))
-            except ConnectionClosed:
-                return
-
-        self.port = _free_port()
-        # obsws-python leaves its socket open after a failed identify: a
-        # short close timeout keeps shutdown from waiting 10 s on it.
-        self.server = serve(handler, "127.0.0.1", self.port, close_timeout=0.2)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
+    return ObsStandIn(password, {"GetSourceScreenshot": shot}).start()
 
 
 def test_password_and_source_errors_against_a_fake_obs(caplog) -> None:
     pytest.importorskip("websockets.sync.server")
-    from obs_merlb.capture.obs_screens import (OBSAuthError, OBSScreenshotSource,
-                                               OBSSourceNotFound, connect, screenshot)
+    from obs_merlb.capture.obs_screens import OBSScreenshotSource, screenshot
+    from obs_merlb.obs_client import ObsAuthError, ObsLink, ObsSourceNotFound, open_client
 
-    obs = _FakeOBS("right-pass", "Camera")
+    obs = _fake_obs("right-pass", "Camera")
     try:
-        with pytest.raises(OBSAuthError, match="password"):
-            connect("127.0.0.1", obs.port, "wrong-pass", timeout=2)
-        with pytest.raises(OBSAuthError, match="none was given"):
-            connect("127.0.0.1", obs.port, "", timeout=2)
-        client = connect("127.0.0.1", obs.port, "right-pass", timeout=2)
+        with pytest.raises(ObsAuthError, match="password"):
+            open_client("127.0.0.1", obs.port, "wrong-pass", timeout=2)
+        with pytest.raises(ObsAuthError, match="none was given"):
+            open_client("127.0.0.1", obs.port, "", timeout=2)
+        link = ObsLink("127.0.0.1", obs.port, "right-pass", 2)
         try:
-            assert screenshot(client, "Camera").shape == (90, 160, 3)
-            with pytest.raises(OBSSourceNotFound, match="'Webcam'"):
-                screenshot(client, "Webcam")
+            assert screenshot(link, "Camera").shape == (90, 160, 3)
+            with pytest.raises(ObsSourceNotFound, match="'Webcam'"):
+                screenshot(link, "Webcam")
+            assert link.connected   # OBS refusing one request keeps the connection
         finally:
-            client.disconnect()
+            link.close()
         src = OBSScreenshotSource("Camera", port=obs.port, password="right-pass", rate_hz=50)
         try:
             src.wait_ready(5)
@@ -362,7 +317,7 @@ def test_password_and_source_errors_against_a_fake_obs(caplog) -> None:
         finally:
             src.close()
     finally:
-        obs.close()
+        obs.stop()
     assert "wrong-pass" not in caplog.text and "right-pass" not in caplog.text
 
 

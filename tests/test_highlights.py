@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from obsws_python.error import OBSSDKRequestError
 
-from obs_merlb.highlights import HighlightActor, Highlight, ObsLink, ObsUnavailable, PeakDetector, parse_version
+from obs_merlb.highlights import HighlightActor, Highlight, PeakDetector
+from obs_merlb.obs_client import ObsLink, ObsUnavailable, parse_version
 
 
 def feed(det: PeakDetector, xs, labels=None, rate: float = 15.0):
@@ -71,8 +73,7 @@ class FakeObs:
         if name == "GetRecordStatus":
             return {"outputActive": self.recording}
         if name == "CreateRecordChapter" and not self.chapter_ok:
-            err = type("OBSSDKRequestError", (Exception,), {})
-            raise err("CreateRecordChapter: 501 not supported by the output format")
+            raise OBSSDKRequestError(name, 501, "not supported by the output format")
         return {}
 
     def disconnect(self):
@@ -108,7 +109,7 @@ def test_actor_publishes_event_when_obs_unreachable() -> None:
     assert events[0]["replay_saved"] is False and events[0]["chapter_added"] is False
     assert errors and "cannot reach OBS" in errors[0] and "s3cret" not in errors[0]
     assert "s3cret" not in repr(link)
-    with pytest.raises(ObsUnavailable, match="next retry"):
+    with pytest.raises(ObsUnavailable, match="cannot reach OBS.*next retry"):
         link.request("GetStats")  # inside the backoff: no reconnect storm
 
 

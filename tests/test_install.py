@@ -136,6 +136,33 @@ def test_uninstall_restores(obs_cfg: Path, tmp_path: Path,
     assert not (tmp_path / "cfg" / "install-manifest.json").exists()
 
 
+def test_uninstall_removes_sources_the_worker_and_panel_made(
+        obs_cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """obs-websocket cannot mark a source, so the worker's emoji image and a
+    panel-made browser source carry no mark: they are known by name and kind.
+    A streamer's own source is kept, even one of those kinds."""
+    run(obs_cfg, tmp_path, "--add-overlay", "text", capsys=capsys)
+    path = obs_cfg / "basic" / "scenes" / "Stream.json"
+    col = json.loads(path.read_text())
+    # as OBS saves them after the worker and the panel made them (unversioned id beside the versioned)
+    made = [{"id": "image_source", "versioned_id": "image_source", "name": "MERLB emoji",
+             "settings": {"file": "/home/u/.cache/obs-merlb/emoji/happy-emoji-128.png"}},
+            {"id": "browser_source", "versioned_id": "browser_source", "name": "MERLB overlay",
+             "settings": {"url": "http://127.0.0.1:8765/overlay.html"}}]
+    own = [{"id": "image_source", "versioned_id": "image_source", "name": "Logo", "settings": {}},
+           {"id": "color_source", "versioned_id": "color_source_v3", "name": "MERLB emoji backdrop"}]
+    col["sources"] += made + own
+    scene = next(s for s in col["sources"] if s["name"] == "Main")
+    scene["settings"]["items"] += [{"name": s["name"], "id": 10 + i} for i, s in enumerate(made + own)]
+    path.write_text(json.dumps(col))
+    rc, out = run(obs_cfg, tmp_path, "--uninstall", capsys=capsys)
+    assert rc == 0 and "'MERLB emoji'" in out
+    col = json.loads(path.read_text())
+    assert [s["name"] for s in col["sources"]] == ["Webcam", "Main", "Logo", "MERLB emoji backdrop"]
+    items = next(s for s in col["sources"] if s["name"] == "Main")["settings"]["items"]
+    assert [i["name"] for i in items] == ["Webcam", "Logo", "MERLB emoji backdrop"]
+
+
 def test_existing_websocket_is_kept(obs_cfg: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     g = install.ini_set(GLOBAL_INI, "OBSWebSocket", "ServerEnabled", "true")

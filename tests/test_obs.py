@@ -72,7 +72,8 @@ def install(home: ObsHome, python: Path, *extra: str) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "-m", "obs_merlb", "install-obs", "--obs-config", str(home.config_dir),
          "--config", str(home.home / "merlb-config.toml"), "--python", str(python),
-         "--port", str(home.port), "--yes", *extra],
+         # --force: any OBS running now is another test's, on another home
+         "--port", str(home.port), "--yes", "--force", *extra],
         capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home.home)})
 
 
@@ -276,6 +277,24 @@ def test_closing_obs_stops_worker(fake: Session) -> None:
     assert '"stop"' in (fake.data / "fake-stdin.jsonl").read_text()
 
 
+@pytest.mark.xfail(strict=True, reason="needs obs_script.py to blank the overlay sources at "
+                   "script load: OBS saves the collection before it unloads scripts, so no "
+                   "worker or exit handler can blank the saved label in time")
+def test_stale_label_blanked_at_next_start(fake: Session) -> None:
+    """OBS saves the text source's settings, so the last label shown (the
+    engine session below saw 'angry 66%' saved) reappears at the next start
+    until a worker blanks it, forever if none starts."""
+    assert fake.obs.proc.poll() is not None, "needs OBS closed (test_closing_obs_stops_worker)"
+    col = fake.home.collection_json()
+    label = next(s for s in col["sources"] if s["name"] == "MERLB emotion")
+    label["settings"]["text"] = "angry 66%"          # as OBS saved it on exit
+    fake.home.collection_file.write_text(json.dumps(col, indent=2))
+    with ObsProcess(fake.home) as obs:
+        obs.wait_log("obs-merlb script loaded", timeout=30)
+        text = obs.client.get_input_settings("MERLB emotion").input_settings.get("text")
+    assert text == "", text
+
+
 # -- with the real engine ---------------------------------------------------
 SHIPPED_MODEL = REPO / "assets" / "model"
 ENGINE_FIGURES: dict[str, Any] = {}
@@ -341,6 +360,36 @@ def test_engine_shows_face_and_emotion(engine: Session) -> None:
     assert image.input_kind == "image_source"
     png = Path(image.input_settings["file"])
     assert png.is_file() and png.name.split("-")[0] in (*labels, "none"), png
+
+
+def test_engine_emoji_beside_the_label(engine: Session, tmp_path: Path) -> None:
+    """The installer's label and the worker's emoji image side by side, neither
+    covering the other (the stream once showed "😄ppy 51%")."""
+    import base64
+
+    from obs_merlb.overlay.native import IMAGE_SOURCE, TEXT_SOURCE, item_box
+
+    c, scene = engine.obs.client, engine.home.scene
+
+    def box(name: str) -> tuple[float, float, float, float]:
+        item = c.get_scene_item_id(scene, name).scene_item_id
+        return item_box(c.get_scene_item_transform(scene, item).scene_item_transform)
+
+    # both drawn: the image has its PNG, the label some text
+    emoji, label = wait_for(lambda: (e := box(IMAGE_SOURCE))[2] > 0 and (t := box(TEXT_SOURCE))[2] > 0
+                            and (e, t), timeout=60, what="emoji and label drawn", diag=engine.diag)
+    shot = c.get_source_screenshot(scene, "png", 640, 360, -1).image_data
+    png = tmp_path / "scene.png"
+    png.write_bytes(base64.b64decode(shot.split(",", 1)[1]))
+    print(f"\nscene screenshot: {png}  emoji {emoji}  label {label}")
+    ex, ey, ew, eh = emoji
+    lx, ly, lw, lh = label
+    assert ex + ew <= lx, (emoji, label)                     # the emoji ends before the label starts
+    assert ly < ey + eh and ey < ly + lh, (emoji, label)     # on one line
+    assert lx + lw <= 640 and ly + lh <= 360, label          # the label stays on the canvas
+    from PIL import Image
+
+    assert Image.open(png).size == (640, 360)
 
 
 def _input_or_none(client: Any, name: str) -> Any:
@@ -474,3 +523,19 @@ def test_engine_stops_with_obs(engine: Session) -> None:
     engine.obs.stop()
     if pid:
         wait_for(lambda: not alive(pid), timeout=20, what="worker gone after OBS exit")
+
+
+def test_engine_uninstall_removes_every_project_source(engine: Session) -> None:
+    """After OBS saved the collection on exit: the script, the installer's
+    label and the worker-made emoji image all go."""
+    assert engine.obs.proc.poll() is not None, "needs OBS closed (test_engine_stops_with_obs)"
+    before = {s["name"]: s for s in engine.home.collection_json()["sources"]}
+    print(f"\nsaved label text: {before.get('MERLB emotion', {}).get('settings', {}).get('text')!r}")
+    assert "MERLB emoji" in before      # made by the worker, saved by OBS
+    r = install(engine.home, Path(sys.executable), "--uninstall")
+    assert r.returncode == 0, r.stdout + r.stderr
+    col = engine.home.collection_json()
+    assert [s["name"] for s in col["sources"] if s["name"].startswith("MERLB")] == []
+    for s in col["sources"]:
+        assert all(not i["name"].startswith("MERLB") for i in s.get("settings", {}).get("items", []))
+    assert not any(e["path"].endswith("obs_script.py") for e in col["modules"]["scripts-tool"])

@@ -12,12 +12,11 @@ from .base import (SAMPLE_RATE, AudioChunk, AudioRing, AudioSource, CaptureError
 from .camera import CameraError, CameraSource
 from .file import FileSource, Media, MediaError, MediaInfo, iter_media, load_media, probe
 from .mic import MicError, MicSource
-from .obs_screens import (OBSAuthError, OBSError, OBSScreenshotSource, OBSSourceNotFound,
-                          OBSUnreachable)
+from .obs_screens import OBSScreenshotSource
 
 __all__ = [
     "SAMPLE_RATE", "AudioChunk", "AudioRing", "AudioSource", "CaptureError", "LatestSlot",
     "VideoFrame", "VideoSource", "FileSource", "Media", "MediaError", "MediaInfo",
     "iter_media", "load_media", "probe", "CameraError", "CameraSource", "MicError", "MicSource",
-    "OBSAuthError", "OBSError", "OBSScreenshotSource", "OBSSourceNotFound", "OBSUnreachable",
+    "OBSScreenshotSource",
 ]

@@ -8,10 +8,10 @@ For OBS builds without a browser source (Debian's, some Flatpaks), the worker
 writes "😄 happy 82%" into a text source through obs-websocket
 (`SetInputSettings`), and optionally points an image source at a PNG of the
 emoji: OBS's FreeType text source on Linux draws no colour emoji, so with an
-image source the text carries only the label. It runs in its own thread with
-its own obsws-python client: that client is synchronous and not thread-safe,
-and OBS being closed must never stall the analysis loop (a connect attempt
-can block for seconds).
+image source the text carries only the label, and the two are laid out side
+by side. It runs in its own thread with its own `ObsLink` (obs_client.py), so
+OBS being closed never stalls the analysis loop or the engine's other OBS
+requests (a connect attempt can block for seconds).
 
 Updates are throttled (at most `max_rate_hz`, 2 Hz by default) and sent only
 when the shown value changes, because every SetInputSettings re-renders the
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from obs_merlb.files import write_atomic
+from obs_merlb.obs_client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT_S, Backoff, ObsError,
+                                  ObsLink, ObsSourceNotFound, notify)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,11 @@ EMOJI_FONTS = (
     "C:/Windows/Fonts/seguiemj.ttf",
 )
 
-# obs-websocket v5 RequestStatus.ResourceNotFound
-_NOT_FOUND = 600
+# Emoji and label side by side (see NativeTextOverlay._lay_out); OBS_ALIGN_* bits.
+LAYOUT_MARGIN = 24
+LAYOUT_GAP = 12
+ALIGN_LEFT, ALIGN_RIGHT, ALIGN_TOP, ALIGN_BOTTOM = 1, 2, 4, 8
+ALIGN_TOP_LEFT = ALIGN_TOP | ALIGN_LEFT
 
 
 def default_text_kind(platform: str | None = None) -> str:
@@ -96,6 +101,17 @@ def text_source_settings(kind: str, text: str = "", *, font_face: str | None = N
                 "outline_size": 4, "outline_color": 0xFF000000}
     return {"text": text, "font": font, "color1": 0xFFFFFFFF, "color2": 0xFFFFFFFF,
             "outline": True, "drop_shadow": True}
+
+
+def item_box(transform: dict[str, Any]) -> tuple[float, float, float, float]:
+    """(left, top, width, height) on the canvas of a scene item, from its
+    GetSceneItemTransform (position is the point its alignment names; no rotation)."""
+    x, y = float(transform.get("positionX", 0.0)), float(transform.get("positionY", 0.0))
+    w, h = float(transform.get("width") or 0.0), float(transform.get("height") or 0.0)
+    a = int(transform.get("alignment", ALIGN_TOP_LEFT))
+    left = x if a & ALIGN_LEFT else x - w if a & ALIGN_RIGHT else x - w / 2
+    top = y if a & ALIGN_TOP else y - h if a & ALIGN_BOTTOM else y - h / 2
+    return left, top, w, h
 
 
 def head_view(event: dict[str, Any], head: str = "emotion") -> tuple[Any, Any]:
@@ -315,8 +331,8 @@ class NativeTextOverlay:
         self,
         source_name: str = TEXT_SOURCE,
         *,
-        host: str = "127.0.0.1",
-        port: int = 4455,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
         password: str | None = None,
         scene_name: str | None = None,
         create: bool = True,
@@ -330,7 +346,7 @@ class NativeTextOverlay:
         image_dir: str | os.PathLike[str] | None = None,
         image_size: int = IMAGE_SIZE,
         max_rate_hz: float = 2.0,
-        timeout: float = 3.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         on_error: Callable[[str], None] | None = None,
         client_factory: Callable[[], Any] | None = None,
     ) -> None:
@@ -357,8 +373,11 @@ class NativeTextOverlay:
         self.min_interval = 1.0 / max_rate_hz
         self.timeout = timeout
         self.on_error = on_error
-        self._client_factory = client_factory or self._default_client
-        self._client: Any = None
+        # Its own link (own lock, own backoff): a closed OBS never stalls the engine's requests.
+        factory = (lambda **_: client_factory()) if client_factory is not None else None
+        self._link = ObsLink(host, port, self._password, timeout, client_factory=factory,
+                             initial_backoff_s=0.5, max_backoff_s=10.0)
+        self._session = 0           # the link's connection the sources were checked on
         self._cond = threading.Condition()
         self._wanted: tuple[str, str] | None = None  # latest (text, emoji label) asked for
         self._sent_text: str | None = None  # what OBS shows, as far as we know
@@ -369,10 +388,13 @@ class NativeTextOverlay:
         self._created_items: dict[str, tuple[str, Any]] = {}  # name -> (scene, scene item id)
         self.updates = 0          # SetInputSettings calls that succeeded (text and image)
         self.last_error: str | None = None
-        self.connected = False
 
     def __repr__(self) -> str:  # never show the password
         return f"NativeTextOverlay(source={self.source_name!r}, obs={self.host}:{self.port})"
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
 
     # ------------------------------------------------------------------ public
 
@@ -394,7 +416,7 @@ class NativeTextOverlay:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        self._disconnect()
+        self._link.close()
 
     def publish(self, event: dict[str, Any]) -> None:
         """Take any engine event; only `state` changes what is shown."""
@@ -416,13 +438,6 @@ class NativeTextOverlay:
 
     # ------------------------------------------------------------------ worker
 
-    def _default_client(self) -> Any:
-        import obsws_python as obs
-
-        # obsws-python logs its connection parameters, password included, at INFO.
-        logging.getLogger("obsws_python").setLevel(logging.WARNING)
-        return obs.ReqClient(host=self.host, port=self.port, password=self._password, timeout=self.timeout)
-
     def _image_on(self) -> bool:
         return self.image_source_name is not None
 
@@ -434,8 +449,9 @@ class NativeTextOverlay:
         return text != self._sent_text or (self._image_on() and label != self._sent_image)
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0)
         last_send = 0.0
+        retry_at = 0.0
         while True:
             with self._cond:
                 while not self._stop and not self._changed():
@@ -443,10 +459,11 @@ class NativeTextOverlay:
                 if self._stop:
                     clear = self._clear_on_stop
                     break
-                wait = self.min_interval - (time.monotonic() - last_send)
+                now = time.monotonic()
+                # Let rapid changes collapse into one update: whatever is wanted
+                # when the interval (or a retry's backoff) ends is what gets sent.
+                wait = max(self.min_interval - (now - last_send), retry_at - now)
                 if wait > 0:
-                    # Let rapid changes collapse into one update: whatever is
-                    # wanted when the interval ends is what gets sent.
                     self._cond.wait(wait)
                     continue
                 view = self._wanted or ("", "")
@@ -454,12 +471,9 @@ class NativeTextOverlay:
                 self._send(*view)
             except Exception as exc:  # OBS closed, source renamed, auth failed...
                 self._report(exc)
-                self._disconnect()
-                with self._cond:
-                    self._cond.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                retry_at = time.monotonic() + max(backoff.failed(), self._link.retry_in())
                 continue
-            backoff = 0.5
+            backoff.succeeded()
             last_send = time.monotonic()
         if clear:
             try:
@@ -468,12 +482,12 @@ class NativeTextOverlay:
                 log.debug("native overlay: not cleared on stop: %s", exc)
 
     def _send(self, text: str, label: str) -> None:
-        if self._client is None:
-            self._client = self._client_factory()
-            self.connected = True
-            # A reconnect may find a restarted OBS: the sources must be checked again.
+        session = self._link.connect()
+        if session != self._session:
+            # A new connection may find a restarted OBS: the sources must be checked again.
             self._sent_text = self._sent_image = None
             self._ensure_inputs(text, label)
+            self._session = session
         if text != self._sent_text:
             self._set(self.source_name, {"text": text}, lambda: self._ensure_text(text))
             self._sent_text = text
@@ -486,15 +500,17 @@ class NativeTextOverlay:
             self.last_error = None
 
     def _set(self, name: str, settings: dict[str, Any], ensure: Callable[[], bool]) -> None:
+        def set_settings(c: Any) -> Any:
+            return c.set_input_settings(name, settings, True)
+
         try:
-            self._client.set_input_settings(name, settings, True)
-        except Exception as exc:
-            if getattr(exc, "code", None) == _NOT_FOUND and self.create:
-                # Renamed or deleted while we were running: make it again.
-                ensure()
-                self._client.set_input_settings(name, settings, True)
-            else:
+            self._link.call(set_settings, f"SetInputSettings of {name!r}")
+        except ObsSourceNotFound:
+            if not self.create:
                 raise
+            # Renamed or deleted while we were running: make it again.
+            ensure()
+            self._link.call(set_settings, f"SetInputSettings of {name!r}")
         self.updates += 1
 
     def _image_path(self, label: str) -> Path:
@@ -509,8 +525,11 @@ class NativeTextOverlay:
     def _ensure_inputs(self, text: str, label: str) -> None:
         made_image = self._ensure_image(label) if self._image_on() else False
         made_text = self._ensure_text(text)
-        if made_text and self._image_on():
-            self._place_text_beside_image(made_image)
+        if made_text or made_image:
+            try:
+                self._lay_out(made_text, made_image)
+            except ObsError as exc:  # cosmetic: the sources work wherever they are
+                log.debug("native overlay: sources not laid out: %s", exc)
 
     def _ensure_text(self, text: str) -> bool:
         return self._ensure_input(self.source_name, self.input_kind,
@@ -525,68 +544,78 @@ class NativeTextOverlay:
     def _ensure_input(self, name: str, kind: str, settings: Callable[[], dict[str, Any]]) -> bool:
         """Create `name` in the scene when OBS has no such input; True when created."""
         try:
-            self._client.get_input_settings(name)
+            self._link.call(lambda c: c.get_input_settings(name), f"GetInputSettings of {name!r}")
             return False
-        except Exception as exc:
-            if getattr(exc, "code", None) != _NOT_FOUND:
-                raise
+        except ObsSourceNotFound as exc:
             if not self.create:
                 raise RuntimeError(
                     f"OBS has no source named {name!r}; create a {kind} source with that "
                     "name or let merlb create it (create=True)") from exc
         scene = self.scene_name or self._current_scene()
-        resp = self._client.create_input(scene, name, kind, settings(), True)
+        initial = settings()
+        resp = self._link.call(lambda c: c.create_input(scene, name, kind, initial, True),
+                               f"CreateInput {name!r}")
         self._created_items[name] = (scene, getattr(resp, "scene_item_id", None))
         log.info("native overlay: created %s source %r in scene %r", kind, name, scene)
         return True
 
-    def _place_text_beside_image(self, made_image: bool) -> None:
-        """Both sources new: emoji top-left, the text to its right, centred on it.
+    def _lay_out(self, made_text: bool, made_image: bool) -> None:
+        """Emoji and label as one unit: the emoji, then the label to its right,
+        vertically centred on it, so neither covers the other.
 
-        Only items we created are moved; a streamer's own layout is left alone.
+        A new emoji takes the label's place (or the top-left corner when both
+        are new) and the label moves right by the emoji's width; a new label
+        goes beside an existing emoji. Only these two sources are moved, and
+        only when one of them was just made: later moves by the streamer stay.
         """
-        margin = 24
-        moves = [(self.source_name, {"positionX": float(margin + self.image_size + margin // 2),
-                                     "positionY": float(margin + self.image_size / 2),
-                                     "alignment": 1})]  # OBS_ALIGN_LEFT, vertically centred
+        if not self._image_on():
+            return
+        image, text = str(self.image_source_name), self.source_name
+        scene = self._created_items[image if made_image else text][0]
         if made_image:
-            moves.append((str(self.image_source_name), {"positionX": float(margin),
-                                                         "positionY": float(margin), "alignment": 5}))
-        for name, transform in moves:
-            scene, item_id = self._created_items.get(name, (None, None))
-            if scene is None or item_id is None:
-                continue
-            try:
-                self._client.set_scene_item_transform(scene, item_id, transform)
-            except Exception as exc:  # cosmetic: the sources work wherever they are
-                log.debug("native overlay: %r not moved: %s", name, exc)
+            if made_text:
+                left, top = float(LAYOUT_MARGIN), float(LAYOUT_MARGIN)
+            else:
+                left, top, _, _ = item_box(self._transform(scene, text))
+            size_w = size_h = float(self.image_size)
+            self._move(scene, image, {"positionX": left, "positionY": top, "alignment": ALIGN_TOP_LEFT})
+        else:
+            left, top, size_w, size_h = item_box(self._transform(scene, image))
+            size_w, size_h = size_w or self.image_size, size_h or self.image_size
+        self._move(scene, text, {"positionX": left + size_w + LAYOUT_GAP,
+                                 "positionY": top + size_h / 2, "alignment": ALIGN_LEFT})
+
+    def _item_id(self, scene: str, name: str) -> Any:
+        made = self._created_items.get(name)
+        if made is not None and made[0] == scene and made[1] is not None:
+            return made[1]
+        return self._link.call(lambda c: c.get_scene_item_id(scene, name).scene_item_id,
+                               f"GetSceneItemId of {name!r}")
+
+    def _transform(self, scene: str, name: str) -> dict[str, Any]:
+        item = self._item_id(scene, name)
+        return self._link.call(lambda c: c.get_scene_item_transform(scene, item).scene_item_transform,
+                               f"GetSceneItemTransform of {name!r}")
+
+    def _move(self, scene: str, name: str, transform: dict[str, Any]) -> None:
+        item = self._item_id(scene, name)
+        self._link.call(lambda c: c.set_scene_item_transform(scene, item, transform),
+                        f"SetSceneItemTransform of {name!r}")
 
     def _current_scene(self) -> str:
-        resp = self._client.get_current_program_scene()
+        resp = self._link.call(lambda c: c.get_current_program_scene(), "GetCurrentProgramScene")
         name = getattr(resp, "current_program_scene_name", None) or getattr(resp, "scene_name", None)
         if not name:
             raise RuntimeError("OBS reported no current program scene to add the overlay source to")
         return str(name)
-
-    def _disconnect(self) -> None:
-        client, self._client = self._client, None
-        self.connected = False
-        if client is not None:
-            try:
-                client.disconnect()
-            except Exception:  # already gone; nothing left to close
-                pass
 
     def _report(self, exc: Exception) -> None:
         message = f"native overlay: cannot update OBS source {self.source_name!r} " \
                   f"at {self.host}:{self.port}: {type(exc).__name__}: {exc}"
         if self._password:
             message = message.replace(self._password, "***")
-        if message != self.last_error:  # once per distinct problem, not per retry
+        # once per distinct problem, not per retry; the link logs its own
+        if message != self.last_error and str(exc) != self._link.last_error:
             log.warning("%s (retrying)", message)
         self.last_error = message
-        if self.on_error is not None:
-            try:
-                self.on_error(message)
-            except Exception:
-                log.exception("native overlay: on_error callback failed")
+        notify(self.on_error, message)

@@ -6,14 +6,13 @@ report back through a Qt signal.
 """
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from PyQt5.QtCore import QObject, pyqtSignal
 
-log = logging.getLogger(__name__)
+from obs_merlb.obs_client import DEFAULT_TIMEOUT_S, ObsError, ObsLink, ObsSourceNotFound
 
 # Input kinds that are cameras (per platform) and those that carry gameplay;
 # the panel lists these first, then every other input, since a streamer may
@@ -40,47 +39,36 @@ BROWSER_SIZE = (1920, 1080)
 TRANSPARENT_CSS = "body { background-color: rgba(0, 0, 0, 0); margin: 0; overflow: hidden; }"
 
 
-def connect_obs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> Any:
-    """An obsws-python ReqClient for the config's [obs] table.
+def obs_link(obs_cfg: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> ObsLink:
+    """A connected link for the config's [obs] table (one per panel action: the
+    panel asks OBS a few times a session, so nothing is kept open between).
 
     Raises RuntimeError with a readable message (never the password) when
     OBS is not configured or cannot be reached.
     """
     if not obs_cfg:
         raise RuntimeError(NOT_CONFIGURED)
+    link = ObsLink.from_config(obs_cfg, timeout)
     try:
-        import obsws_python as obsws
-    except ImportError as e:  # a broken install, not a user error
-        raise RuntimeError(f"obsws-python is not installed ({e})") from e
-    # obsws-python logs the password at INFO and a full traceback at ERROR when
-    # OBS is not running; the panel shows its own one-line message instead.
-    logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
-    host = str(obs_cfg.get("host") or "localhost")
-    port = int(obs_cfg.get("port") or 4455)
-    password = str(obs_cfg.get("password") or "")
-    try:
-        return obsws.ReqClient(host=host, port=port, password=password, timeout=timeout)
-    except Exception as e:  # ConnectionRefusedError, auth failures, timeouts
-        detail = _short(e).replace(password, "***") if password else _short(e)
-        raise RuntimeError(f"OBS not reachable at {host}:{port} ({detail}); start OBS and enable "
-                           "Tools > WebSocket Server Settings, or run `merlb install-obs`") from None
+        link.connect()
+    except ObsError as e:
+        raise RuntimeError(f"OBS not reachable at {link.host}:{link.port} ({e}); start OBS and "
+                           "enable Tools > WebSocket Server Settings, or run `merlb install-obs`") from None
+    return link
 
 
-def list_obs_inputs(obs_cfg: Mapping[str, Any], timeout: float = 3.0) -> tuple[list[str], list[str]]:
+def list_obs_inputs(obs_cfg: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> tuple[list[str], list[str]]:
     """(camera-like inputs, gameplay-like inputs) from obs-websocket's GetInputList.
 
     Raises RuntimeError with a readable message when OBS cannot be reached.
     """
-    client = connect_obs(obs_cfg, timeout)
+    link = obs_link(obs_cfg, timeout)
     try:
-        inputs = client.get_input_list().inputs
-    except Exception as e:
+        inputs = link.request("GetInputList").get("inputs", [])
+    except ObsError as e:
         raise RuntimeError(f"OBS refused GetInputList ({_short(e)})") from None
     finally:
-        try:
-            client.disconnect()
-        except Exception:
-            pass
+        link.close()
     cams, games, other = [], [], []
     for item in inputs:
         name, kind = str(item.get("inputName", "")), str(item.get("inputKind", ""))
@@ -120,7 +108,7 @@ def list_microphones() -> list[str]:
 
 
 def add_overlay_to_obs(obs_cfg: Mapping[str, Any], mode: str, url: str = "",
-                       timeout: float = 3.0) -> str:
+                       timeout: float = DEFAULT_TIMEOUT_S) -> str:
     """Put the overlay into OBS's current program scene; returns what was done.
 
     mode "browser": the browser source "MERLB overlay" showing `url`,
@@ -135,13 +123,13 @@ def add_overlay_to_obs(obs_cfg: Mapping[str, Any], mode: str, url: str = "",
 
     if mode not in ("browser", "text"):
         raise ValueError(f"mode must be 'browser' or 'text', not {mode!r}")
-    client = connect_obs(obs_cfg, timeout)
+    link = obs_link(obs_cfg, timeout)
     try:
-        scene = str(client.get_current_program_scene().current_program_scene_name)
+        scene = str(link.request("GetCurrentProgramScene").get("currentProgramSceneName"))
         if mode == "browser":
             if not url:
                 raise RuntimeError("no overlay URL: connect the panel to a worker first")
-            kinds = client.get_input_kind_list(False).input_kinds
+            kinds = link.request("GetInputKindList", {"unversioned": False}).get("inputKinds", [])
             if "browser_source" not in kinds:
                 raise RuntimeError("this OBS has no browser source (the obs-browser plugin is missing, "
                                    "as in Debian's OBS package): add the native text source instead")
@@ -152,41 +140,37 @@ def add_overlay_to_obs(obs_cfg: Mapping[str, Any], mode: str, url: str = "",
         else:
             name, kind = TEXT_SOURCE, default_text_kind()
             settings = text_source_settings(kind)
-        existing = _input_kind(client, name)
+        existing = _input_kind(link, name)
         if existing is None:
-            client.create_input(scene, name, kind, settings, True)
+            link.request("CreateInput", {"sceneName": scene, "inputName": name, "inputKind": kind,
+                                         "inputSettings": settings, "sceneItemEnabled": True})
             return f"Added {name!r} to scene {scene!r}."
         if existing != kind:
             raise RuntimeError(f"OBS already has a source named {name!r} that is a {existing}, "
                                f"not a {kind}: rename or remove it, then try again")
         note = ""
         if mode == "browser":
-            client.set_input_settings(name, {"url": url}, True)
+            link.request("SetInputSettings", {"inputName": name, "inputSettings": {"url": url},
+                                              "overlay": True})
             note = " (URL updated)"
-        items = client.get_scene_item_list(scene).scene_items
+        items = link.request("GetSceneItemList", {"sceneName": scene}).get("sceneItems", [])
         if any(i.get("sourceName") == name for i in items):
             return f"{name!r} is already in scene {scene!r}{note}."
-        client.create_scene_item(scene, name, True)
+        link.request("CreateSceneItem", {"sceneName": scene, "sourceName": name,
+                                         "sceneItemEnabled": True})
         return f"Added the existing {name!r} to scene {scene!r}{note}."
-    except RuntimeError:
-        raise
-    except Exception as e:  # a request OBS refused: say which, in one line
+    except ObsError as e:  # a request OBS refused: say which, in one line
         raise RuntimeError(f"OBS refused to add the overlay ({_short(e)})") from None
     finally:
-        try:
-            client.disconnect()
-        except Exception:
-            pass
+        link.close()
 
 
-def _input_kind(client: Any, name: str) -> str | None:
+def _input_kind(link: ObsLink, name: str) -> str | None:
     """The input's kind, or None when OBS has no input of that name."""
     try:
-        return str(client.get_input_settings(name).input_kind)
-    except Exception as e:
-        if getattr(e, "code", None) == 600:  # obs-websocket ResourceNotFound
-            return None
-        raise
+        return str(link.request("GetInputSettings", {"inputName": name}).get("inputKind"))
+    except ObsSourceNotFound:
+        return None
 
 
 class OverlayAdder(QObject):
