@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,32 @@ def test_card_tables_render_the_eval_json(tmp_path: Path, capsys) -> None:
     assert "| face only | 0.500 |" in out and "RAVDESS" not in out
     with pytest.raises(SystemExit, match="no eval folder"):
         card_tables.main([str(tmp_path / "missing")])
+
+
+def test_eval_reports_each_set_and_both_fer_label_kinds(tiny_model, tmp_path: Path, capsys) -> None:
+    model, cache = tiny_model
+    data = tmp_path / "data"
+    for name in ("urdu", "nemo", "ravdess"):
+        shutil.copytree(FIX / name, data / name)
+    assert main(["eval", str(data), "--model", str(model), "--cache", str(cache),
+                 "--out", str(tmp_path / "sets"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["sets"]) == {"urdu", "nemo", "ravdess"}
+    assert result["sets"]["urdu"]["emotion"]["n"] == 2 and result["emotion"]["n"] == 7
+    # --people keeps only the named speakers; a name nobody has is one clear line.
+    assert main(["eval", str(data), "--model", str(model), "--cache", str(cache), "--people", "urdu:M1,nemo:EB0",
+                 "--out", str(tmp_path / "people"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["emotion"]["n"] == 3 and set(result["sets"]) == {"urdu", "nemo"}
+    with pytest.raises(SystemExit, match="nobody called urdu:X9"):
+        main(["eval", str(data), "--model", str(model), "--cache", str(cache), "--people", "urdu:X9",
+              "--out", str(tmp_path / "nobody")])
+    # FER2013 with FER+ votes beside its folders: the FER+ majority and the folder labels.
+    fer = tmp_path / "fer"
+    shutil.copytree(FIX / "fer2013", fer / "fer2013")
+    shutil.copy(FIX / "ferplus_votes_sample.csv", fer / "ferplus_votes.csv")
+    assert main(["eval", str(fer / "fer2013"), "--model", str(model), "--cache", str(cache),
+                 "--out", str(tmp_path / "fer_out"), "--json"]) == 0
+    kinds = json.loads(capsys.readouterr().out)["label_kinds"]
+    assert kinds["original"]["emotion"]["n"] == 14          # every image, its folder's label
+    assert kinds["ferplus_majority"]["emotion"]["n"] == 11  # voted images with a strict majority
