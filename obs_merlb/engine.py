@@ -42,6 +42,7 @@ import numpy as np
 from obs_merlb import __version__
 from obs_merlb.files import write_atomic
 from obs_merlb.labels import MODALITIES
+from obs_merlb.settings import MAX_RATE_HZ, MIN_RATE_HZ, check_setting, checked_live_config
 from obs_merlb.state import (StateConfig, StateTracker, error_event, extra_heads, health_event,
                              hello_event, preview_event, session_event, tag_event)
 
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "model"
-MIN_RATE_HZ = 1.0
-MAX_RATE_HZ = 30.0
 PREVIEW_HZ = 2.0
 FACE, VOICE, BODY, SCENE = range(4)
 
@@ -718,10 +717,7 @@ class Engine:
             elif cmd == "set":
                 key, value = str(msg.get("key")), msg.get("value")
                 if key == "rate":
-                    r = float(value)
-                    if not MIN_RATE_HZ <= r <= MAX_RATE_HZ:
-                        raise ValueError(f"rate must be {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz")
-                    self.target_rate = self.rate = r
+                    self.target_rate = self.rate = check_setting("rate", value)
                 else:
                     self.state_config.set(key, value)
                 self.publish(self.hello())
@@ -1265,7 +1261,7 @@ def run(args: argparse.Namespace) -> int:
     from obs_merlb.overlay.server import OverlayServer, OverlayServerError
     from obs_merlb.session import SessionLog
 
-    config_problems = apply_config_defaults(args)
+    config_problems = apply_config_defaults(args, checked_live_config(args))
     if not (args.video or args.camera is not None or args.obs_source):
         raise SystemExit("merlb live: no camera: pass --video FILE, --camera N or --obs-source NAME, "
                          "or choose a camera source in the panel (saved as [sources] camera)")
