@@ -290,3 +290,19 @@ def test_events_outside_a_session_are_not_kept(tmp_path: Path) -> None:
     log.close()
     assert [e["type"] for e in read_session(path)] == ["session", "session"]
     assert log.lines_dropped == 1 and log.pending_lines == 0
+
+
+def test_sessions_folder_deleted_mid_session_is_made_again(tmp_path: Path) -> None:
+    # Writes to a deleted file succeed and vanish with it; the log notices and starts the file again.
+    import shutil
+
+    sessions = tmp_path / "sessions"
+    pub = _Publisher()
+    log = pub.session_log(sessions, flush_interval_s=0.0)
+    path = log.open(t=0.0)
+    pub.publish({"v": 1, "type": "state", "seq": 0})
+    shutil.rmtree(sessions)
+    for i in range(1, 4):
+        pub.publish({"v": 1, "type": "state", "seq": i})
+    log.close()
+    assert _seqs(path) == [1, 2, 3] and not pub.errors()
