@@ -38,13 +38,12 @@ from obs_merlb.capture.file import probe
 from obs_merlb.files import write_atomic
 from obs_merlb.highlights import HighlightActor, ObsRequestFailed, ObsUnavailable, PeakDetector
 from obs_merlb.inference import load_backend
+from obs_merlb.settings import MIN_RATE_HZ, check_setting
 from obs_merlb.state import (StateConfig, StateTracker, error_event, extra_heads, health_event,
                              hello_event, preview_event, session_event, tag_event)
 
 log = logging.getLogger(__name__)
 
-MIN_RATE_HZ = 1.0
-MAX_RATE_HZ = 30.0
 PREVIEW_HZ = 2.0
 
 
@@ -163,10 +162,7 @@ class Engine:
             elif cmd == "set":
                 key, value = str(msg.get("key")), msg.get("value")
                 if key == "rate":
-                    r = float(value)
-                    if not MIN_RATE_HZ <= r <= MAX_RATE_HZ:
-                        raise ValueError(f"rate must be {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz")
-                    self.target_rate = self.rate = r
+                    self.target_rate = self.rate = check_setting("rate", value)
                 else:
                     self.state_config.set(key, value)
                 self.publish(self.hello())

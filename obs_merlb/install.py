@@ -415,7 +415,7 @@ def plan_install(args: argparse.Namespace, cfg_dir: Path, config_file: Path,
         plan.add(Change(gpath, g_before, g, gwhat, secret=True))
 
     # 3. the project's config ---------------------------------------------
-    cfg = merlb_config.load_config(config_file)
+    cfg = merlb_config.read_config(config_file)
     obs_section = dict(cfg.get("obs", {})) if isinstance(cfg.get("obs"), dict) else {}
     new_obs = dict(obs_section, host=DEFAULT_HOST, port=port, password=password,
                    config_dir=obs_path(cfg_dir), collection=name)
@@ -536,7 +536,7 @@ def plan_uninstall(cfg_dir: Path, config_file: Path) -> Plan:
             plan.add(Change(jpath, jtext, _json_dump(jd2), ["obs-websocket (OBS 30+): restored"],
                             secret=True))
 
-    cfg = merlb_config.load_config(config_file)
+    cfg = merlb_config.read_config(config_file)
     if "obs" in cfg:
         cfg2 = {k: v for k, v in cfg.items() if k != "obs"}
         import tomli_w
@@ -660,6 +660,11 @@ def run(args: argparse.Namespace) -> int:
         print("note: Flatpak OBS runs the worker through `flatpak-spawn --host`; allow it with\n"
               f"  flatpak override --user --talk-name=org.freedesktop.Flatpak {FLATPAK_ID}")
 
+    try:
+        merlb_config.read_config(config_file)   # every path below writes it: never over one it cannot read
+    except merlb_config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.set_password:
         import getpass
         pw = getpass.getpass("obs-websocket password (Tools > WebSocket Server Settings > "

@@ -25,12 +25,13 @@ from obs_merlb.capture.file import MediaError
 from obs_merlb.capture.mic import MicError, MicSource
 from obs_merlb.capture.obs_screens import OBSScreenshotSource
 from obs_merlb.config import get_section, load_config
-from obs_merlb.engine import MAX_RATE_HZ, MIN_RATE_HZ, Engine, cap_threads
+from obs_merlb.engine import Engine, cap_threads
 from obs_merlb.highlights import ObsLink, ObsRequestFailed, ObsUnavailable
 from obs_merlb.overlay.native import IMAGE_SOURCE, OVERLAY_HEADS, TEXT_SOURCE, NativeTextOverlay
 from obs_merlb.overlay.server import OverlayServer, OverlayServerError
 from obs_merlb.registry import resolve_model_dir
 from obs_merlb.session import SessionLog
+from obs_merlb.settings import MAX_RATE_HZ, MIN_RATE_HZ, checked_live_config
 from obs_merlb.state import StateConfig, session_event
 
 log = logging.getLogger(__name__)
@@ -167,12 +168,11 @@ def _open_feeds(args: argparse.Namespace, obs_kw: dict[str, Any], engine: Engine
 
 def run(args: argparse.Namespace) -> int:
     cap_threads(1)
-    config_problems = apply_config_defaults(args)
+    # Out-of-range settings (file or flags) stop here with one line: settings.RANGES.
+    config_problems = apply_config_defaults(args, checked_live_config(args))
     if not (args.video or args.camera is not None or args.obs_source):
         raise SystemExit("merlb live: no camera: pass --video FILE, --camera N or --obs-source NAME, "
                          "or choose a camera source in the panel (saved as [sources] camera)")
-    if not MIN_RATE_HZ <= args.rate <= MAX_RATE_HZ:
-        raise SystemExit(f"merlb live: the rate must be {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz, not {args.rate:g}")
     model_dir = resolve_model_dir(args.model)
     state_cfg = StateConfig(smoothing=args.smoothing, threshold=args.threshold,
                             min_dwell_s=args.min_dwell_s, hide_after_s=args.hide_after_s)

@@ -25,6 +25,7 @@ start.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -41,6 +42,9 @@ TMP_PREFIX = ".tmp-"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 DEFAULT = "default"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()   # active.json is read several times per command: say each problem once
 
 
 def models_dir() -> Path:
@@ -137,13 +141,40 @@ def normalize_version(name: str | int) -> str:
 
 
 def read_active(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The pointer document; {} when there is none or it is unreadable."""
+    """The pointer document; {} when there is none or it is unreadable.
+
+    Checked, not trusted: `version` and each `history` entry's version must
+    be 'default' or a version folder's name, never a path (`../x` or an
+    absolute path would have loaded any folder as the model). What fails is
+    left out, with one warning: the default model, and a rollback over the
+    history that is left.
+    """
     p = _root(root) / ACTIVE_FILE
     try:
         doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return {}
-    return doc if isinstance(doc, dict) else {}
+    if not isinstance(doc, dict):
+        return {}
+    problems = []
+    if doc.get("version") is not None and not _is_version_name(doc["version"]):
+        problems.append(f"version {str(doc.pop('version'))[:80]!r} is not a version name")
+    history = doc.get("history")
+    if history is not None:
+        entries = history if isinstance(history, list) else []
+        good = [h for h in entries if isinstance(h, dict) and _is_version_name(h.get("version"))]
+        if len(good) != len(entries) or not isinstance(history, list):
+            problems.append("history is not a list of {\"version\": ...} entries; the bad ones are ignored")
+        doc["history"] = good
+    message = f"model registry {p}: " + "; ".join(problems)
+    if problems and message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+    return doc
+
+
+def _is_version_name(value: Any) -> bool:
+    return isinstance(value, str) and (value == DEFAULT or VERSION_RE.match(value) is not None)
 
 
 def active_version(root: str | os.PathLike[str] | None = None) -> str | None:

@@ -61,6 +61,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from obs_merlb.labels import AROUSAL, EMOTIONS, MODALITIES, VALENCE
+from obs_merlb.settings import check_setting
 
 SCHEMA_VERSION = 1
 UNCERTAIN = "uncertain"
@@ -80,19 +81,10 @@ class StateConfig:
     hide_after_s: float = 2.0    # hide the overlay after this long with no face / uncertain
 
     def set(self, key: str, value: Any) -> None:
-        """Validate and apply one setting; raises ValueError on a bad key or value."""
+        """Validate (obs_merlb.settings, the one range table) and apply one setting; ValueError if bad."""
         if key not in ("smoothing", "threshold", "min_dwell_s", "hide_after_s"):
             raise ValueError(f"unknown state setting {key!r}")
-        v = float(value)
-        if not math.isfinite(v):
-            raise ValueError(f"{key} must be a finite number")
-        if key == "smoothing" and not 0.0 <= v < 1.0:
-            raise ValueError("smoothing must be in [0, 1)")
-        if key == "threshold" and not 0.0 <= v <= 1.0:
-            raise ValueError("threshold must be in [0, 1]")
-        if key in ("min_dwell_s", "hide_after_s") and v < 0:
-            raise ValueError(f"{key} must be >= 0")
-        setattr(self, key, v)
+        setattr(self, key, check_setting(key, value))
 
 
 def _as_dist(p: Any, n: int) -> np.ndarray:

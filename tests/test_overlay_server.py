@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +22,8 @@ from websockets.sync.client import connect
 from obs_merlb.overlay import OverlayServer, OverlayServerError, is_loopback_address
 from obs_merlb.overlay.native import NativeTextOverlay, default_text_kind, format_state
 from obs_merlb.overlay.server import CLIENT_BACKLOG, STATIC_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _state(label: str = "happy", conf: float = 0.82, **kw: Any) -> dict[str, Any]:
@@ -164,6 +171,22 @@ def test_binding_non_loopback_needs_explicit_opt_in() -> None:
         OverlayServer(host="192.168.1.20", port=0)
     OverlayServer(host="0.0.0.0", port=0, allow_remote=True)  # allowed when asked
     OverlayServer(host="localhost", port=0)
+
+
+def test_merlb_live_host_refusal_names_only_options_that_exist(tmp_path: Path) -> None:
+    # The hint once named allow_remote=True, a Python argument no command line can give.
+    env = {**os.environ, "MERLB_CONFIG": str(tmp_path / "config.toml"), "MERLB_MODELS": str(tmp_path / "m"),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "obs_merlb", "live", "--host", "0.0.0.0", "--port", "0",
+                        "--video", str(ROOT / "assets" / "demo.mp4"), "--no-session", "--control", "none"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("merlb live:")]
+    assert r.returncode == 2 and len(line) == 1, r.stderr
+    assert "'0.0.0.0'" in line[0] and "--host 127.0.0.1" in line[0] and "allow_remote" not in line[0]
+    helptext = subprocess.run([sys.executable, "-m", "obs_merlb", "live", "--help"], capture_output=True,
+                              text=True, env=env, timeout=60).stdout
+    for option in re.findall(r"--[a-z][a-z-]+", line[0]):
+        assert option in helptext, option
 
 
 def test_port_in_use_is_a_clear_error() -> None:
@@ -648,3 +671,132 @@ def _exists(client: Any, name: str) -> bool:
         return True
     except Exception:
         return False
+
+
+# ------------------------------------------------------------------ hostile requests
+# Any web page the streamer opens can make these requests; each must get a
+# plain 4xx (or an error reply) and at most one log line, never a traceback.
+
+
+def _raw(srv: OverlayServer, head: str) -> int:
+    """Send a request head byte for byte (http.client will not repeat a Host header); the status."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+        sock.sendall(head.encode("latin-1"))
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def test_duplicate_host_header_is_a_400(server: OverlayServer, logs: pytest.LogCaptureFixture) -> None:
+    p = server.port
+    assert _raw(server, f"GET /overlay.html HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nHost: evil.example\r\n\r\n") == 400
+    assert _raw(server, f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nHost: 127.0.0.1:{p}\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n") == 400
+    _no_tracebacks(logs)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{p}@evil.example", "evil.example@127.0.0.1:{p}", "127.0.0.1:abc",
+                                  "127.0.0.1:{p}:1", "127.0.0.1 evil.example", "127.0.0.1/evil", "[::1",
+                                  "localhost.evil.example:{p}", "127.0.0.1:{p}#evil", "127.0.0.1:-1", ""])
+def test_host_parser_accepts_only_a_loopback_authority(server: OverlayServer, logs: pytest.LogCaptureFixture,
+                                                       host: str) -> None:
+    h = host.format(p=server.port)
+    assert not server.host_header_allowed(h)
+    assert _raw(server, f"GET /overlay.html HTTP/1.1\r\nHost: {h}\r\n\r\n") in (400, 403)
+    _no_tracebacks(logs)
+
+
+def test_host_parser_still_accepts_the_real_forms(server: OverlayServer) -> None:
+    p = server.port
+    for h in (f"127.0.0.1:{p}", "127.0.0.1", f"localhost:{p}", "LOCALHOST", f"[::1]:{p}", "[::1]", f"127.8.9.10:{p}"):
+        assert server.host_header_allowed(h), h
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://[::1",
+                                    "http://evil.example@127.0.0.1:{p}", "http://127.0.0.1:{p}/path"])
+def test_malformed_origin_is_a_403(server: OverlayServer, logs: pytest.LogCaptureFixture, origin: str) -> None:
+    o = origin.format(p=server.port)
+    assert not server.origin_allowed(o, f"127.0.0.1:{server.port}")
+    with pytest.raises(InvalidStatus) as info:
+        connect(server.ws_url, origin=o, open_timeout=5)
+    assert info.value.response.status_code == 403
+    _no_tracebacks(logs)
+
+
+def test_duplicate_origin_is_refused(server: OverlayServer, logs: pytest.LogCaptureFixture) -> None:
+    p = server.port
+    status = _raw(server, f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nOrigin: http://127.0.0.1:{p}\r\n"
+                          "Origin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert status in (400, 403)
+    _no_tracebacks(logs)
+
+
+def test_deeply_nested_command_gets_an_error_reply_not_a_1011(server: OverlayServer,
+                                                              logs: pytest.LogCaptureFixture) -> None:
+    got: list[dict[str, Any]] = []
+    server.on_command(got.append)
+    with connect(server.ws_url, open_timeout=5) as ws:
+        ws.send("[" * 30000 + "]" * 30000)
+        err = _recv_json(ws)
+        assert err["type"] == "error" and "nested" in err["message"]
+        ws.send('{"v": 1, "type": "command", "cmd": "tag", "args": ' + "[" * 30000 + "]" * 30000 + "}")
+        assert _recv_json(ws)["type"] == "error"
+        ws.send(json.dumps({"v": 1, "type": "command", "cmd": "tag", "name": "still here"}))
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got and got[0]["name"] == "still here"
+    _no_tracebacks(logs)
+
+
+def test_requests_log_at_debug_and_refusals_are_rate_limited(server: OverlayServer,
+                                                             logs: pytest.LogCaptureFixture) -> None:
+    # A page looping requests at the server must not grow worker.log: no INFO line per request,
+    # and a refusal is logged once, then counted.
+    for _ in range(20):
+        assert _get(server, "/overlay.html")[0] == 200
+    mine = [r for r in logs.records if r.levelno >= logging.INFO and r.name != "obs_merlb.overlay.server"]
+    assert not mine, [r.getMessage() for r in mine]
+    logs.clear()
+    for _ in range(30):
+        with pytest.raises(InvalidStatus):
+            connect(server.ws_url, origin="https://evil.example", open_timeout=5)
+    warned = [r for r in logs.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "evil.example" in warned[0].getMessage()
+
+
+def test_only_the_documented_commands_pass_the_websocket(server: OverlayServer) -> None:
+    # stop/quit/shutdown once ended the worker from any local program (exit 0: the OBS script
+    # does not restart it) and `session` split the session log; they belong to the worker's stdin.
+    got: list[dict[str, Any]] = []
+    server.on_command(got.append)
+    with connect(server.ws_url, open_timeout=5) as ws:
+        for cmd in ("stop", "quit", "shutdown", "session"):
+            ws.send(json.dumps({"v": 1, "type": "command", "cmd": cmd, "event": "open"}))
+            err = _recv_json(ws)
+            assert err["type"] == "error" and f"unknown command {cmd!r}" in err["message"]
+        for cmd in ("tag", "set", "pause", "resume", "reload_model", "ping"):
+            ws.send(json.dumps({"v": 1, "type": "command", "cmd": cmd}))
+        ws.send(json.dumps({"v": 1, "type": "command", "cmd": "subscribe", "topics": ["preview"]}))
+        ws.send(json.dumps({"v": 1, "type": "command", "cmd": "unsubscribe", "topics": ["preview"]}))
+        deadline = time.monotonic() + 5
+        while len(got) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert [m["cmd"] for m in got] == ["tag", "set", "pause", "resume", "reload_model", "ping",
+                                       "subscribe", "unsubscribe"]

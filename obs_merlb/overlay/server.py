@@ -30,14 +30,16 @@ import json
 import logging
 import mimetypes
 import posixpath
+import re
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -52,6 +54,11 @@ SCHEMA_VERSION = 1
 # at ~2 Hz, so only clients that subscribe to it receive it.
 DEFAULT_TOPICS = frozenset({"hello", "state", "health", "tag", "highlight", "session", "error"})
 OPT_IN_TOPICS = frozenset({"preview"})
+# The commands a WebSocket client may send (README, docs/ARCHITECTURE.md). The
+# worker's stdin also takes `stop` and `session` from the OBS script; here they
+# would let any local program end the worker (exit 0, which the script does not
+# restart) or split the session log away from the recording.
+WS_COMMANDS = frozenset({"tag", "set", "pause", "resume", "subscribe", "unsubscribe", "reload_model", "ping"})
 
 # Per-client backlog. A browser source that stalls (OBS hides the scene and
 # throttles it) must not make the worker's memory grow over a many-hour
@@ -59,6 +66,10 @@ OPT_IN_TOPICS = frozenset({"preview"})
 # supersedes the previous one.
 CLIENT_BACKLOG = 64
 MAX_COMMAND_BYTES = 64 * 1024
+# Any web page can send requests here in a loop: a kind of refusal is logged
+# once per period and counted meanwhile, so the worker's log cannot be grown
+# from outside.
+WARN_PERIOD_S = 60.0
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -98,13 +109,49 @@ def _host_is_loopback_name(host: str) -> bool:
     return host.lower() in ("localhost", "localhost.") or is_loopback_address(host)
 
 
-def _split_host_port(value: str) -> str:
-    """Host part of a `Host`/`Origin` authority: 'a:1' -> 'a', '[::1]:8' -> '::1'."""
-    value = value.strip()
-    if value.startswith("["):
-        end = value.find("]")
-        return value[1:end] if end > 0 else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+# RFC 9110 `Host` / RFC 6454 origin authority: reg-name or IPv4, or [IPv6], then
+# an optional numeric port. No userinfo (`127.0.0.1:80@evil.example` once
+# passed as loopback), no path, nothing else.
+_AUTHORITY = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+(?:%[\w.~-]+)?)\]|(?P<name>[A-Za-z0-9._~-]+))"
+                        r"(?::(?P<port>[0-9]{0,5}))?")
+
+
+def parse_authority(value: str) -> tuple[str, int | None] | None:
+    """'127.0.0.1:8765' -> ('127.0.0.1', 8765), '[::1]' -> ('::1', None); None when malformed."""
+    m = _AUTHORITY.fullmatch(value.strip())
+    if m is None:
+        return None
+    port = m.group("port")
+    if port and int(port) > 65535:
+        return None
+    return m.group("v6") or m.group("name"), int(port) if port else None
+
+
+class _QuietLog:
+    """One warning per kind of refusal and period; the rest are counted into the next one."""
+
+    def __init__(self, period_s: float = WARN_PERIOD_S) -> None:
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self._muted: collections.Counter[str] = collections.Counter()
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.period_s) < self.period_s:
+            self._muted[kind] += 1
+            return
+        self._last[kind] = now
+        muted = self._muted.pop(kind, 0)
+        suffix = f" (and {muted} more like it since the last report)" if muted else ""
+        log.warning(message + suffix, *args)
+
+
+class _DebugRequests(logging.LoggerAdapter):
+    """websockets logs two INFO lines per HTTP request ("HTTP response sent", "connection
+    closed"); any web page could then grow worker.log without limit. They go to DEBUG."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)
 
 
 class _Client:
@@ -148,10 +195,11 @@ class OverlayServer:
         version: str | None = None,
     ) -> None:
         if not allow_remote and not _host_is_loopback_name(host):
+            # No command-line option opens it: the one reader is OBS on this PC.
             raise OverlayServerError(
                 f"refusing to bind the overlay server to {host!r}: it is not a loopback "
-                "address. Viewers never need to reach this server (OBS does, on this PC). "
-                "Pass allow_remote=True only if OBS runs on another machine on a network you trust."
+                "address. Viewers never reach this server (OBS loads the overlay on this PC "
+                "and streams the picture), so use --host 127.0.0.1, the default."
             )
         if not 0 <= int(port) <= 65535:
             raise OverlayServerError(f"overlay port must be 0-65535, got {port}")
@@ -174,6 +222,7 @@ class OverlayServer:
         self._static_root = self.static_dir.resolve()
         self._port: int | None = None
         self.dropped = 0  # messages dropped for slow clients, over the server's life
+        self._quiet = _QuietLog()
 
     # ---------------------------------------------------------------- public API
 
@@ -309,6 +358,7 @@ class OverlayServer:
                 port,
                 process_request=self._process_request,
                 server_header=None,
+                logger=_DebugRequests(logging.getLogger("websockets.server"), {}),
                 max_size=MAX_COMMAND_BYTES,
                 # Compression costs CPU per message on a machine already
                 # encoding a stream, for messages of a few hundred bytes.
@@ -360,40 +410,51 @@ class OverlayServer:
         return is_loopback_address(str(host))
 
     def host_header_allowed(self, host_header: str | None) -> bool:
-        """Refuse DNS-rebinding names: only loopback names unless allow_remote."""
+        """Refuse DNS-rebinding names: only a well-formed loopback authority unless allow_remote."""
         if self.allow_remote:
             return True
-        if not host_header:
-            return False
-        return _host_is_loopback_name(_split_host_port(host_header))
+        authority = parse_authority(host_header) if host_header else None
+        return authority is not None and _host_is_loopback_name(authority[0])
 
     def origin_allowed(self, origin: str | None, host_header: str | None) -> bool:
         """WebSocket origins: none (native clients) or our own pages."""
         if origin is None:
             return True  # the panel and the engine's tests are not browsers
-        if origin == "null":
-            return False
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https"):
-            return False
-        if host_header and parts.netloc.lower() == host_header.lower():
+        scheme, sep, netloc = origin.partition("://")
+        authority = parse_authority(netloc) if sep else None
+        if scheme.lower() not in ("http", "https") or authority is None:
+            return False  # also "null" (sandboxed pages, file://) and anything with a path or userinfo
+        if host_header and netloc.lower() == host_header.strip().lower():
             return True
-        return not self.allow_remote and _host_is_loopback_name(parts.hostname or "") and \
-            parts.port == self.port
+        return not self.allow_remote and _host_is_loopback_name(authority[0]) and authority[1] == self.port
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._check_request(conn, request)
+        except Exception as exc:  # a request we did not foresee: one line, not a traceback per request
+            self._quiet.warning("failed", "overlay: %s %s failed: %r", request.method,
+                                request.path[:200], exc)
+            return _response(400, "Bad Request\n")
+
+    def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if not self.peer_allowed(conn.remote_address):
-            log.warning("overlay: refused non-loopback peer %s", conn.remote_address)
+            self._quiet.warning("peer", "overlay: refused non-loopback peer %s", conn.remote_address)
             return _response(403, "Forbidden: the overlay server only answers this computer.\n")
-        host_header = request.headers.get("Host")
+        try:
+            host_header = request.headers.get("Host")
+            origin = request.headers.get("Origin")
+        except MultipleValuesError as exc:
+            self._quiet.warning("repeated", "overlay: refused a request with a repeated %s header", exc)
+            return _response(400, "Bad Request: a header that must appear once appears twice.\n")
         if not self.host_header_allowed(host_header):
+            self._quiet.warning("host", "overlay: refused Host header %r", (host_header or "")[:200])
             return _response(403, "Forbidden: unexpected Host header.\n")
         path = urlsplit(request.path).path
         if path == WS_PATH:
             if request.method != "GET":
                 return _response(405, "Method Not Allowed\n", {"Allow": "GET"})
-            if not self.origin_allowed(request.headers.get("Origin"), host_header):
-                log.warning("overlay: refused WebSocket from origin %s", request.headers.get("Origin"))
+            if not self.origin_allowed(origin, host_header):
+                self._quiet.warning("origin", "overlay: refused WebSocket from origin %r", origin[:200])
                 return _response(403, "Forbidden: WebSocket origin not allowed.\n")
             if "websocket" not in request.headers.get("Upgrade", "").lower():
                 return _response(426, "Upgrade Required: this endpoint speaks WebSocket.\n",
@@ -490,11 +551,19 @@ class OverlayServer:
         except (ValueError, UnicodeDecodeError):
             self._reply_error(client, "message is not JSON")
             return
+        except RecursionError:
+            # A few kB of brackets exhaust the parser's stack; a command is one flat object.
+            self._reply_error(client, "message is nested too deeply")
+            return
         if not isinstance(msg, dict) or msg.get("type") != "command" or not isinstance(msg.get("cmd"), str):
             self._reply_error(client, 'expected {"v": 1, "type": "command", "cmd": ...}')
             return
         if msg.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
             self._reply_error(client, f"unsupported schema version {msg.get('v')!r}; this server speaks v{SCHEMA_VERSION}")
+            return
+        if msg["cmd"] not in WS_COMMANDS:
+            self._reply_error(client, f"unknown command {msg['cmd'][:50]!r}; "
+                                      f"the commands are {', '.join(sorted(WS_COMMANDS))}")
             return
         if msg["cmd"] in ("subscribe", "unsubscribe"):
             topics = msg.get("topics")
