@@ -150,7 +150,7 @@ class Worker:
 # ------------------------------------------------------------------ fast unit tests
 
 def test_tag_table_and_resolution() -> None:
-    from obs_merlb.train.personalize import resolve_tag, tag_table
+    from obs_merlb.train.personalize.windows import resolve_tag, tag_table
 
     table = tag_table({"personalize": {"tags": {"tilted": "angry", "clutch": {"valence": "positive",
                                                                               "arousal": "high"},
@@ -168,7 +168,7 @@ def test_tag_table_and_resolution() -> None:
 
 
 def test_split_is_time_disjoint_and_csv_corrects(tmp_path: Path) -> None:
-    from obs_merlb.train.personalize import Session, Window, apply_labels_csv, split_windows, tag_table
+    from obs_merlb.train.personalize.windows import Session, Window, apply_labels_csv, split_windows, tag_table
 
     rec = tmp_path / "a.mkv"
     rec.write_bytes(b"x")
@@ -189,7 +189,7 @@ def test_split_is_time_disjoint_and_csv_corrects(tmp_path: Path) -> None:
 
 
 def test_gate_rejects_noise_and_accepts_signal() -> None:
-    from obs_merlb.train.personalize import gate
+    from obs_merlb.train.personalize.gate import gate
 
     rng = np.random.default_rng(0)
     y = {"emotion": rng.integers(0, 4, 40)}
@@ -207,7 +207,8 @@ def test_embedding_norm_folds_exactly() -> None:
     torch = pytest.importorskip("torch")
     from obs_merlb.model.config import MERLBConfig
     from obs_merlb.model.merlb import MERLB
-    from obs_merlb.train.personalize import EmbeddingNorm, RecordingSteps
+    from obs_merlb.train.personalize.features import RecordingSteps
+    from obs_merlb.train.personalize.finetune import EmbeddingNorm
 
     torch.manual_seed(0)
     model = MERLB(MERLBConfig(modalities=["face", "voice"])).eval()
@@ -237,7 +238,9 @@ def test_pseudo_labels_only_on_untagged_training_time() -> None:
     torch = pytest.importorskip("torch")
     from obs_merlb.model.config import MERLBConfig
     from obs_merlb.model.merlb import MERLB
-    from obs_merlb.train.personalize import RecordingSteps, Session, Window, pseudo_windows
+    from obs_merlb.train.personalize.features import RecordingSteps
+    from obs_merlb.train.personalize.finetune import pseudo_windows
+    from obs_merlb.train.personalize.windows import Session, Window
 
     torch.manual_seed(0)
     model = MERLB(MERLBConfig(modalities=["face", "voice"])).eval()
@@ -263,30 +266,6 @@ def test_pseudo_labels_only_on_untagged_training_time() -> None:
     assert len(sharp) == len(out) + 1       # no validation cut this time: the window at 6-8 s and 8-10 s
     assert pseudo_windows(*args, threshold=0.9, weight=0.3, val_info={},
                           calibration=Calibration({"voice": {"emotion": 0.005}})) == []   # not these windows' set
-
-
-def test_personalized_calibration_fits_where_it_can_and_inherits_the_rest() -> None:
-    from obs_merlb.calibration import Calibration, MIN_SAMPLES
-    from obs_merlb.train.personalize import IGNORE, fit_calibration
-
-    rng = np.random.default_rng(0)
-    n_face, n_voice = 200, MIN_SAMPLES - 1
-    sets = ["face"] * n_face + ["voice"] * n_voice
-    # Labels drawn from softmax(z / 2): the right face temperature is 2.
-    z = rng.normal(scale=3.0, size=(n_face + n_voice, 5))
-    p = np.exp(z / 2) / np.exp(z / 2).sum(axis=1, keepdims=True)
-    y = np.array([rng.choice(5, p=row) for row in p])
-    y[:10] = IGNORE                                       # unlabelled windows do not count
-    base = Calibration({"face": {"emotion": 1.1}, "voice": {"emotion": 0.64, "arousal": 0.5}})
-    cal, rows = fit_calibration({"emotion": z}, sets, {"emotion": y}, base)
-    assert 1.6 < cal.temperature("face", "emotion") < 2.5
-    # Too few voice windows to fit: the base's temperatures stay, not T = 1.
-    assert cal.temperature("voice", "emotion") == 0.64 and cal.temperature("voice", "arousal") == 0.5
-    assert [(r["set"], r["head"], r["n"]) for r in rows] == [("face", "emotion", n_face - 10)]
-    assert rows[0]["ece_calibrated"] < rows[0]["ece_raw"]
-    assert cal.info["fitted"] == ["face/emotion"] and sorted(cal.info["inherited"]) == ["voice/arousal",
-                                                                                        "voice/emotion"]
-    assert base.temperature("face", "emotion") == 1.1      # the base's calibration is not modified
 
 
 def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
