@@ -283,8 +283,14 @@ def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
     registry.set_active("v0002", "test", root)
     assert registry.active_model_dir(root) == root / "v0002"
     assert registry.previous_active(root) == "v0001"
+    # Activating the active version again is no switch: nothing changes, rollback still goes back.
+    pointer = (root / registry.ACTIVE_FILE).read_bytes()
+    registry.set_active("v0002", "again", root)
+    assert (root / registry.ACTIVE_FILE).read_bytes() == pointer
+    assert registry.previous_active(root) == "v0001"
     registry.set_active(registry.previous_active(root), "rollback", root)
     assert registry.active_version(root) == "v0001"
+    assert registry.read_active(root)["previous"] == "v0002" and registry.previous_active(root) == "v0002"
     with pytest.raises(KeyError):
         registry.set_active("v0009", "test", root)
     # A temp folder of a dead process is never listed and gets cleaned.
@@ -419,20 +425,27 @@ def test_kill_midway_leaves_registry_and_active_model_intact(streams: SimpleName
 
 # ------------------------------------------------------------------ the panel's training tab
 
+# The gate's options decide its outcome here, not the scores: a margin of -1 with alpha 1
+# lets every candidate through, a margin of 2 (macro-F1 is at most 1) none.
+GATE = {"pass": ["--margin", "-1", "--alpha", "1", "--min-val", "0"], "refuse": ["--margin", "2"]}
+
+
 @pytest.mark.qt
-@pytest.mark.timeout(240)
-def test_training_tab_drives_personalize_with_progress(streams: SimpleNamespace, qtbot: Any) -> None:
+@pytest.mark.timeout(360)      # run alone, the first case also builds the streams and their features
+@pytest.mark.parametrize("outcome", sorted(GATE))
+def test_training_tab_drives_personalize_with_progress(streams: SimpleNamespace, qtbot: Any, outcome: str) -> None:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     pytest.importorskip("PyQt5.QtWidgets")
     from obs_merlb import registry
     from obs_merlb.panel.training import TrainingTab
 
     tab = TrainingTab(None, streams.sessions, extra_args=["--base", str(streams.base), "--steps", "150",
-                                                          "--no-notify"])
+                                                          "--no-notify", *GATE[outcome]])
     qtbot.addWidget(tab)
     qtbot.waitUntil(lambda: len(tab.selected_recordings()) == 3, timeout=10_000)
     before = {v.name for v in registry.versions()}
-    with qtbot.waitSignal(tab.finished, timeout=200_000) as sig:
+    was = registry.active_version() or registry.DEFAULT
+    with qtbot.waitSignal(tab.finished, timeout=300_000) as sig:
         tab.start()
         assert tab.proc is not None
     res = sig.args[0]
@@ -444,8 +457,11 @@ def test_training_tab_drives_personalize_with_progress(streams: SimpleNamespace,
     assert new == {res["version"]}
     shown = [tab.models.topLevelItem(i).text(1) for i in range(tab.models.topLevelItemCount())]
     assert res["version"] in shown and res["version"] in tab.status.text()
-    # Activate the run's candidate by hand, then roll back: the pointer follows.
-    was = registry.active_version() or registry.DEFAULT
+    passed = outcome == "pass"
+    assert (res["status"], res["activated"]) == (("accepted", True) if passed else ("rejected", False)), res
+    assert (registry.active_version() or registry.DEFAULT) == (res["version"] if passed else was)
+    # Activating the run's candidate by hand (already active when the gate passed: no switch),
+    # then rolling back, returns to the model that was active before the run.
     tab.activate(res["version"], "test")
     assert registry.active_version() == res["version"]
     tab.rollback()
