@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("obs_merlb.report", "analyse a recording: timeline CSV/JSON and an HTML report"),
     "panel": ("obs_merlb.panel.app", "open the PyQt control panel"),
     "install-obs": ("obs_merlb.install", "install the OBS script and enable obs-websocket"),
-    "personalize": ("obs_merlb.train.personalize", "retrain on your own past streams"),
+    "personalize": ("obs_merlb.train.personalize.cli", "retrain on your own past streams"),
 }
 
 

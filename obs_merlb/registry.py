@@ -216,16 +216,22 @@ def resolve_model_dir(model: str | None) -> Path:
 
 
 def set_active(name: str, reason: str, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Point `active.json` at version `name` (or 'default'); keeps a history for rollback."""
+    """Point `active.json` at version `name` (or 'default'); keeps a history for rollback.
+
+    Activating the version that is already active changes nothing, the file
+    included: the history holds only real switches, so `rollback` still
+    returns to the version that was active before this one.
+    """
     r = _root(root)
     name = normalize_version(name)
     if name != DEFAULT:
         get_version(name, r)   # raises for an unknown or incomplete version
     doc = read_active(r)
     prev = doc.get("version") or DEFAULT
+    if prev == name:
+        return doc
     history = list(doc.get("history") or [])
-    if prev != name:
-        history.append({"version": prev, "until": time.time()})
+    history.append({"version": prev, "until": time.time()})
     new = {"version": name, "since": time.time(), "reason": reason, "previous": prev,
            "history": history[-50:]}
     write_json_atomic(r / ACTIVE_FILE, new)

@@ -150,3 +150,30 @@ def test_calibrate_with_too_little_data_says_so_and_changes_nothing(shipped_copy
     assert (shipped_copy / "config.json").read_text() == before
     with pytest.raises(SystemExit, match="no model at"):
         main(["calibrate", "--model", str(tmp_path / "nothing"), "--faces", str(FIX / "fer2013")])
+
+
+def test_fit_over_a_base_fits_where_it_can_and_inherits_the_rest() -> None:
+    """A personalized candidate's calibration (`merlb personalize` fits it with this)."""
+    from obs_merlb.model.merlb import IGNORE
+    from obs_merlb.train.calibrate import by_modality_set, fit
+
+    rng = np.random.default_rng(0)
+    n_face, n_voice, n_none = 200, cal.MIN_SAMPLES - 1, 40
+    sets = ["face"] * n_face + ["voice"] * n_voice + [""] * n_none
+    # Labels drawn from softmax(z / 2): the right face temperature is 2.
+    z = rng.normal(scale=3.0, size=(len(sets), 5))
+    p = cal.scale(z, 2.0).astype(np.float64)
+    y = np.array([rng.choice(5, p=row / row.sum()) for row in p])
+    y[:10] = IGNORE                                       # unlabelled windows do not count
+    base = Calibration({"face": {"emotion": 1.1}, "voice": {"emotion": 0.64, "arousal": 0.5}})
+    fitted, rows = fit(by_modality_set({"emotion": z}, sets, {"emotion": y}), inherited=base)
+    assert 1.6 < fitted.temperature("face", "emotion") < 2.5
+    # Too few voice windows to fit: the base's temperatures stay, not T = 1; windows with no modality never count.
+    assert fitted.temperature("voice", "emotion") == 0.64 and fitted.temperature("voice", "arousal") == 0.5
+    assert [(r["set"], r["head"], r["n"]) for r in rows] == [("face", "emotion", n_face - 10)]
+    assert rows[0]["ece_calibrated"] < rows[0]["ece_raw"]
+    assert fitted.info == {"fitted": ["face/emotion"], "inherited": ["voice/emotion", "voice/arousal"]}
+    assert base.temperature("face", "emotion") == 1.1      # the base's calibration is not modified
+    # Without a base (`merlb calibrate`): only what was fitted.
+    alone, _ = fit(by_modality_set({"emotion": z}, sets, {"emotion": y}))
+    assert alone.temperatures == {"face": {"emotion": fitted.temperature("face", "emotion")}} and not alone.info

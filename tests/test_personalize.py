@@ -150,7 +150,7 @@ class Worker:
 # ------------------------------------------------------------------ fast unit tests
 
 def test_tag_table_and_resolution() -> None:
-    from obs_merlb.train.personalize import resolve_tag, tag_table
+    from obs_merlb.train.personalize.windows import resolve_tag, tag_table
 
     table = tag_table({"personalize": {"tags": {"tilted": "angry", "clutch": {"valence": "positive",
                                                                               "arousal": "high"},
@@ -168,7 +168,7 @@ def test_tag_table_and_resolution() -> None:
 
 
 def test_split_is_time_disjoint_and_csv_corrects(tmp_path: Path) -> None:
-    from obs_merlb.train.personalize import Session, Window, apply_labels_csv, split_windows, tag_table
+    from obs_merlb.train.personalize.windows import Session, Window, apply_labels_csv, split_windows, tag_table
 
     rec = tmp_path / "a.mkv"
     rec.write_bytes(b"x")
@@ -189,7 +189,7 @@ def test_split_is_time_disjoint_and_csv_corrects(tmp_path: Path) -> None:
 
 
 def test_gate_rejects_noise_and_accepts_signal() -> None:
-    from obs_merlb.train.personalize import gate
+    from obs_merlb.train.personalize.gate import gate
 
     rng = np.random.default_rng(0)
     y = {"emotion": rng.integers(0, 4, 40)}
@@ -207,7 +207,8 @@ def test_embedding_norm_folds_exactly() -> None:
     torch = pytest.importorskip("torch")
     from obs_merlb.model.config import MERLBConfig
     from obs_merlb.model.merlb import MERLB
-    from obs_merlb.train.personalize import EmbeddingNorm, RecordingSteps
+    from obs_merlb.train.personalize.features import RecordingSteps
+    from obs_merlb.train.personalize.finetune import EmbeddingNorm
 
     torch.manual_seed(0)
     model = MERLB(MERLBConfig(modalities=["face", "voice"])).eval()
@@ -237,7 +238,9 @@ def test_pseudo_labels_only_on_untagged_training_time() -> None:
     torch = pytest.importorskip("torch")
     from obs_merlb.model.config import MERLBConfig
     from obs_merlb.model.merlb import MERLB
-    from obs_merlb.train.personalize import RecordingSteps, Session, Window, pseudo_windows
+    from obs_merlb.train.personalize.features import RecordingSteps
+    from obs_merlb.train.personalize.finetune import pseudo_windows
+    from obs_merlb.train.personalize.windows import Session, Window
 
     torch.manual_seed(0)
     model = MERLB(MERLBConfig(modalities=["face", "voice"])).eval()
@@ -265,30 +268,6 @@ def test_pseudo_labels_only_on_untagged_training_time() -> None:
                           calibration=Calibration({"voice": {"emotion": 0.005}})) == []   # not these windows' set
 
 
-def test_personalized_calibration_fits_where_it_can_and_inherits_the_rest() -> None:
-    from obs_merlb.calibration import Calibration, MIN_SAMPLES
-    from obs_merlb.train.personalize import IGNORE, fit_calibration
-
-    rng = np.random.default_rng(0)
-    n_face, n_voice = 200, MIN_SAMPLES - 1
-    sets = ["face"] * n_face + ["voice"] * n_voice
-    # Labels drawn from softmax(z / 2): the right face temperature is 2.
-    z = rng.normal(scale=3.0, size=(n_face + n_voice, 5))
-    p = np.exp(z / 2) / np.exp(z / 2).sum(axis=1, keepdims=True)
-    y = np.array([rng.choice(5, p=row) for row in p])
-    y[:10] = IGNORE                                       # unlabelled windows do not count
-    base = Calibration({"face": {"emotion": 1.1}, "voice": {"emotion": 0.64, "arousal": 0.5}})
-    cal, rows = fit_calibration({"emotion": z}, sets, {"emotion": y}, base)
-    assert 1.6 < cal.temperature("face", "emotion") < 2.5
-    # Too few voice windows to fit: the base's temperatures stay, not T = 1.
-    assert cal.temperature("voice", "emotion") == 0.64 and cal.temperature("voice", "arousal") == 0.5
-    assert [(r["set"], r["head"], r["n"]) for r in rows] == [("face", "emotion", n_face - 10)]
-    assert rows[0]["ece_calibrated"] < rows[0]["ece_raw"]
-    assert cal.info["fitted"] == ["face/emotion"] and sorted(cal.info["inherited"]) == ["voice/arousal",
-                                                                                        "voice/emotion"]
-    assert base.temperature("face", "emotion") == 1.1      # the base's calibration is not modified
-
-
 def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
     from obs_merlb import registry
 
@@ -304,8 +283,14 @@ def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
     registry.set_active("v0002", "test", root)
     assert registry.active_model_dir(root) == root / "v0002"
     assert registry.previous_active(root) == "v0001"
+    # Activating the active version again is no switch: nothing changes, rollback still goes back.
+    pointer = (root / registry.ACTIVE_FILE).read_bytes()
+    registry.set_active("v0002", "again", root)
+    assert (root / registry.ACTIVE_FILE).read_bytes() == pointer
+    assert registry.previous_active(root) == "v0001"
     registry.set_active(registry.previous_active(root), "rollback", root)
     assert registry.active_version(root) == "v0001"
+    assert registry.read_active(root)["previous"] == "v0002" and registry.previous_active(root) == "v0002"
     with pytest.raises(KeyError):
         registry.set_active("v0009", "test", root)
     # A temp folder of a dead process is never listed and gets cleaned.
@@ -440,20 +425,27 @@ def test_kill_midway_leaves_registry_and_active_model_intact(streams: SimpleName
 
 # ------------------------------------------------------------------ the panel's training tab
 
+# The gate's options decide its outcome here, not the scores: a margin of -1 with alpha 1
+# lets every candidate through, a margin of 2 (macro-F1 is at most 1) none.
+GATE = {"pass": ["--margin", "-1", "--alpha", "1", "--min-val", "0"], "refuse": ["--margin", "2"]}
+
+
 @pytest.mark.qt
-@pytest.mark.timeout(240)
-def test_training_tab_drives_personalize_with_progress(streams: SimpleNamespace, qtbot: Any) -> None:
+@pytest.mark.timeout(360)      # run alone, the first case also builds the streams and their features
+@pytest.mark.parametrize("outcome", sorted(GATE))
+def test_training_tab_drives_personalize_with_progress(streams: SimpleNamespace, qtbot: Any, outcome: str) -> None:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     pytest.importorskip("PyQt5.QtWidgets")
     from obs_merlb import registry
     from obs_merlb.panel.training import TrainingTab
 
     tab = TrainingTab(None, streams.sessions, extra_args=["--base", str(streams.base), "--steps", "150",
-                                                          "--no-notify"])
+                                                          "--no-notify", *GATE[outcome]])
     qtbot.addWidget(tab)
     qtbot.waitUntil(lambda: len(tab.selected_recordings()) == 3, timeout=10_000)
     before = {v.name for v in registry.versions()}
-    with qtbot.waitSignal(tab.finished, timeout=200_000) as sig:
+    was = registry.active_version() or registry.DEFAULT
+    with qtbot.waitSignal(tab.finished, timeout=300_000) as sig:
         tab.start()
         assert tab.proc is not None
     res = sig.args[0]
@@ -465,8 +457,11 @@ def test_training_tab_drives_personalize_with_progress(streams: SimpleNamespace,
     assert new == {res["version"]}
     shown = [tab.models.topLevelItem(i).text(1) for i in range(tab.models.topLevelItemCount())]
     assert res["version"] in shown and res["version"] in tab.status.text()
-    # Activate the run's candidate by hand, then roll back: the pointer follows.
-    was = registry.active_version() or registry.DEFAULT
+    passed = outcome == "pass"
+    assert (res["status"], res["activated"]) == (("accepted", True) if passed else ("rejected", False)), res
+    assert (registry.active_version() or registry.DEFAULT) == (res["version"] if passed else was)
+    # Activating the run's candidate by hand (already active when the gate passed: no switch),
+    # then rolling back, returns to the model that was active before the run.
     tab.activate(res["version"], "test")
     assert registry.active_version() == res["version"]
     tab.rollback()

@@ -14,20 +14,23 @@ The calibration error is reported twice: in-sample (the fitted T scored on
 the windows it was fitted on) and cross-fitted (T fitted on one half of the
 windows, scored on the other, both ways), the honest figure. `--out` gets a
 JSON report and reliability diagrams before and after.
+
+`fit` is also how `merlb personalize` calibrates its candidates, on their
+held-out windows, keeping the base model's temperatures where those are too few.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from obs_merlb.calibration import (MIN_SAMPLES, Calibration, ece, fit_temperature, modality_sets, nll,
                                    save_calibration, scale)
+from obs_merlb.model.merlb import IGNORE
 
-from .data import IGNORE
 from .datasets import HEADS
 
 
@@ -53,24 +56,27 @@ def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return order[: n // 2], order[n // 2:]
 
 
-def fit(samples: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], seed: int = 0) -> tuple[Calibration, list[dict]]:
-    """Temperatures per (modality set, head) and one report row each.
+def fit(samples: Mapping[str, tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]], seed: int = 0,
+        inherited: Calibration | None = None) -> tuple[Calibration, list[dict[str, Any]]]:
+    """Temperatures per (modality set, head) with MIN_SAMPLES labels or more, and one report row each.
 
-    `samples` maps a modality set to (probabilities per head, targets).
-    Probabilities stand in for logits: log p differs from the logits by a
-    per-row constant, which softmax ignores, so the fitted T is the same.
+    `samples` maps a modality set to (logits per head, targets per head;
+    IGNORE where a window has no label). Log-probabilities serve as logits:
+    they differ by a per-row constant, which softmax ignores, so the fitted T
+    is the same. With `inherited`, its temperatures stay wherever none is
+    fitted (rather than T = 1), and the calibration's info names which are
+    fitted and which inherited.
     """
-    temps: dict[str, dict[str, float]] = {}
+    temps = {s: dict(heads) for s, heads in (inherited.temperatures if inherited else {}).items()}
     rows = []
-    for mset, (probs, y) in samples.items():
-        for head, p in probs.items():
-            if head not in HEADS:
+    for mset, (logits, targets) in samples.items():
+        for head, lg in logits.items():
+            if head not in targets:
                 continue
-            yh = y[:, HEADS.index(head)]
-            keep = yh != IGNORE
+            keep = targets[head] != IGNORE
             if keep.sum() < MIN_SAMPLES:
                 continue
-            lp, yk = np.log(np.clip(p[keep], 1e-12, None)), yh[keep]
+            lp, yk = lg[keep], targets[head][keep]
             t = fit_temperature(lp, yk)
             a, b = _halves(len(yk), seed)
             cross = [ece(scale(lp[test], fit_temperature(lp[train], yk[train])), yk[test])
@@ -83,7 +89,23 @@ def fit(samples: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], seed: int 
                          "ece_raw": ece(scale(lp, 1.0), yk), "ece_calibrated": ece(scale(lp, t), yk),
                          "ece_cross_fitted": float(np.mean(cross)),
                          "nll_raw": nll(lp, yk), "nll_calibrated": nll(lp, yk, t)})
-    return Calibration(temps), rows
+    if inherited is None:
+        return Calibration(temps), rows
+    fitted = [f"{r['set']}/{r['head']}" for r in rows]
+    kept = [f"{s}/{h}" for s, heads in inherited.temperatures.items() for h in heads if f"{s}/{h}" not in fitted]
+    return Calibration(temps, {"fitted": fitted, "inherited": kept}), rows
+
+
+def by_modality_set(logits: Mapping[str, np.ndarray], sets: Sequence[str], targets: Mapping[str, np.ndarray]
+                    ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Per-window logits and targets grouped by each window's modality set, as `fit` takes them
+    (windows with no modality at all are left out)."""
+    window_sets = np.asarray(list(sets))
+    out = {}
+    for mset in sorted(set(window_sets.tolist()) - {""}):
+        sel = window_sets == mset
+        out[mset] = ({h: lg[sel] for h, lg in logits.items()}, {h: y[sel] for h, y in targets.items()})
+    return out
 
 
 def calibrate(model_dir: str | Path, faces: list[str], voices: list[str], n_pairs: int = 1000,
@@ -117,7 +139,9 @@ def calibrate(model_dir: str | Path, faces: list[str], voices: list[str], n_pair
             bar.advance(task)
     if not samples:
         raise SystemExit("nothing to calibrate on: give --faces and/or --voices (validation data of held-out people)")
-    calibration, rows = fit(samples, seed)
+    calibration, rows = fit({mset: ({h: _log(p) for h, p in probs.items()},
+                                    {h: y[:, HEADS.index(h)] for h in HEADS})
+                             for mset, (probs, y) in samples.items()}, seed)
     if not calibration:
         raise SystemExit(f"too few labelled windows to fit a temperature (need {MIN_SAMPLES} per set and head)")
     # Folder names, not paths: the config ships, and a path would name the build machine's folders.
@@ -133,7 +157,7 @@ def calibrate(model_dir: str | Path, faces: list[str], voices: list[str], n_pair
             if "emotion" not in probs:
                 continue
             for label, cal in (("raw", Calibration()), ("calibrated", calibration)):
-                p = cal.probs("emotion", np.log(np.clip(probs["emotion"], 1e-12, None)), [mset] * len(y))
+                p = cal.probs("emotion", _log(probs["emotion"]), [mset] * len(y))
                 m = score({"emotion": p}, y).get("emotion")
                 if m:
                     reliability_png(m, out / f"reliability_{mset.replace('+', '_')}_{label}.png",
@@ -143,6 +167,10 @@ def calibrate(model_dir: str | Path, faces: list[str], voices: list[str], n_pair
     if not quiet:
         _print(rows, model_dir, write, out)
     return report
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(p, 1e-12, None))
 
 
 def _name(path: str) -> str:

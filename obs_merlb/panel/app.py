@@ -21,11 +21,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import IO, Mapping
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 8765
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,14 +153,6 @@ def _default_log_path() -> Path:
     return Path(platformdirs.user_log_dir("obs-merlb", appauthor=False)) / "panel-worker.log"
 
 
-def default_url(cfg: Mapping[str, Any]) -> str:
-    for section in ("overlay", "engine"):
-        sec = cfg.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get("port"), int) and sec["port"] > 0:
-            return f"ws://127.0.0.1:{sec['port']}/ws"
-    return f"ws://127.0.0.1:{DEFAULT_PORT}/ws"
-
-
 def build_worker(args: argparse.Namespace) -> WorkerProcess:
     sources: dict[str, str] = {}
     if args.video:
@@ -193,13 +183,14 @@ def run(args: argparse.Namespace) -> int:
     from obs_merlb import config as cfgmod
     from obs_merlb.panel.client import WorkerClient
     from obs_merlb.panel.main_window import MainWindow
+    from obs_merlb.panel.protocol import worker_url
 
     worker: WorkerProcess | None = None
     if args.start_worker:
         worker = build_worker(args)
         url = worker.url
     else:
-        url = args.url or default_url(cfgmod.load_config())
+        url = args.url or worker_url(cfgmod.load_config())
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("obs-merlb panel")

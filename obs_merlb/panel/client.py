@@ -22,16 +22,12 @@ from typing import Any
 
 from PyQt5.QtCore import QObject, pyqtSignal
 
+from obs_merlb.panel.protocol import command
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 5.0
-
-
-def command(cmd: str, **fields: Any) -> dict[str, Any]:
-    """A client command in the v1 schema."""
-    return {"v": SCHEMA_VERSION, "type": "command", "cmd": cmd, **fields}
 
 
 class WorkerClient(QObject):
