@@ -36,8 +36,9 @@ from obs_merlb import __version__
 from obs_merlb.analyzer import Analyzer, AudioView, FileRun, TickResult, iter_file_ticks
 from obs_merlb.capture.file import probe
 from obs_merlb.files import write_atomic
-from obs_merlb.highlights import HighlightActor, ObsRequestFailed, ObsUnavailable, PeakDetector
+from obs_merlb.highlights import HighlightActor, PeakDetector
 from obs_merlb.inference import load_backend
+from obs_merlb.obs_client import ObsRequestFailed, ObsUnavailable
 from obs_merlb.state import (StateConfig, StateTracker, error_event, extra_heads, health_event,
                              hello_event, preview_event, session_event, tag_event)
 
