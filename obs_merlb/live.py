@@ -29,6 +29,7 @@ from obs_merlb.engine import MAX_RATE_HZ, MIN_RATE_HZ, Engine, cap_threads
 from obs_merlb.obs_client import (DEFAULT_HOST, DEFAULT_PORT, ObsLink, ObsRequestFailed, ObsUnavailable,
                                   obs_password)
 from obs_merlb.overlay.native import IMAGE_SOURCE, OVERLAY_HEADS, TEXT_SOURCE, NativeTextOverlay
+from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 from obs_merlb.overlay.server import OverlayServer, OverlayServerError
 from obs_merlb.registry import resolve_model_dir
 from obs_merlb.session import SessionLog
@@ -63,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "else assets/model)")
     parser.add_argument("--device", default="cpu", help="cpu (onnxruntime) or cuda / cuda:N (torch, falls back to CPU)")
     parser.add_argument("--host", default="127.0.0.1", help="overlay server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="overlay server port (0 = any free port)")
+    parser.add_argument("--port", type=int, default=OVERLAY_PORT,
+                        help=f"overlay server port (default {OVERLAY_PORT}; 0 = any free port)")
     parser.add_argument("--obs-host", default=DEFAULT_HOST, help="obs-websocket host")
     parser.add_argument("--obs-port", type=int, default=None,
                         help=f"obs-websocket port (default {DEFAULT_PORT}; giving it enables OBS stats and highlights "
