@@ -35,8 +35,12 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/merlb demo
 
+# The suite's wall time is printed at the end (it should stay under 15 minutes
+# on the 2-core reference machine); pytest's exit status is make's.
 test: $(STAMP) system-deps
-	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra
+	@start=$$(date +%s); \
+	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra; rc=$$?; \
+	s=$$(( $$(date +%s) - start )); echo "make test: wall time $$((s / 60)) min $$((s % 60)) s"; exit $$rc
 
 test-fast: $(STAMP)
 	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not obs and not browser and not slow"

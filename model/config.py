@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from obs_merlb.labels import AROUSAL, BEHAVIOURS, EMOTIONS, MODALITIES, VALENCE
 
+# The files of a saved model folder (docs/ARCHITECTURE.md, "Saved models").
 CONFIG_FILE = "config.json"
+WEIGHTS = "model.safetensors"
+ONNX_WHOLE = "merlb.onnx"
+ONNX_SEQUENCE = "sequence.onnx"
 FUSIONS = ("tt", "early", "late", "joint", "deep")
 
 
@@ -128,3 +132,13 @@ def load_config(directory: str | Path) -> tuple[MERLBConfig, dict[str, Any]]:
     """(config, training metadata) of a saved model folder; needs no torch."""
     doc = json.loads((Path(directory) / CONFIG_FILE).read_text())
     return MERLBConfig.from_dict(doc["config"]), doc.get("meta", {})
+
+
+def encoder_file(modality: str) -> str:
+    """The ONNX file of one modality's encoder."""
+    return f"{modality}_encoder.onnx"
+
+
+def onnx_files(modalities: Sequence[str] = MODALITIES) -> list[str]:
+    """The ONNX files a folder holds for a model with these modalities."""
+    return [ONNX_WHOLE, ONNX_SEQUENCE] + [encoder_file(m) for m in modalities]

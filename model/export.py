@@ -18,14 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import ONNX_SEQUENCE, ONNX_WHOLE, encoder_file
+from .io import load_model
 from .merlb import MERLB
 
 OPSET = 17
 log = logging.getLogger(__name__)
-
-
-def encoder_file(modality: str) -> str:
-    return f"{modality}_encoder.onnx"
 
 
 class _Whole(nn.Module):
@@ -91,7 +89,7 @@ def export_onnx(model: MERLB, out_dir: str | Path) -> dict[str, Path]:
     with torch.no_grad():
         files["merlb"] = export_module(
             _Whole(model), tuple(ex[m] for m in mods) + (ex["mask"],), mods + ["mask"], heads,
-            {**{n: bt for n in mods + ["mask"]}, **{h: {0: "batch"} for h in heads}}, out / "merlb.onnx")
+            {**{n: bt for n in mods + ["mask"]}, **{h: {0: "batch"} for h in heads}}, out / ONNX_WHOLE)
         embs = {}
         for m in mods:
             x = ex[m].reshape(-1, *ex[m].shape[2:])
@@ -102,7 +100,7 @@ def export_onnx(model: MERLB, out_dir: str | Path) -> dict[str, Path]:
         names = [f"{m}_e" for m in mods]
         files["sequence"] = export_module(
             _Sequence(model), tuple(embs[m] for m in mods) + (ex["mask"],), names + ["mask"], heads,
-            {**{n: bt for n in names + ["mask"]}, **{h: {0: "batch"} for h in heads}}, out / "sequence.onnx")
+            {**{n: bt for n in names + ["mask"]}, **{h: {0: "batch"} for h in heads}}, out / ONNX_SEQUENCE)
     return files
 
 
@@ -112,7 +110,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .io import load_model
     model = load_model(args.model_dir)
     files = export_onnx(model, args.out or args.model_dir)
     for name, path in files.items():

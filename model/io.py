@@ -12,19 +12,18 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_FILE, load_config
+from .config import CONFIG_FILE, WEIGHTS, load_config, onnx_files
 from .merlb import MERLB
 
-WEIGHTS = "model.safetensors"
 FORMAT = 1
-# ONNX files a folder may hold; saving new weights makes them stale.
-ONNX_FILES = ("merlb.onnx", "sequence.onnx", "face_encoder.onnx", "voice_encoder.onnx",
-              "body_encoder.onnx", "scene_encoder.onnx")
 
 
-def save_model(model: MERLB, directory: str | Path, meta: dict[str, Any] | None = None,
-               onnx: bool = False) -> Path:
-    """Write weights and config.json; with onnx=True also the ONNX files the live engine uses."""
+def save_model(model: MERLB, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write weights and config.json, and remove ONNX files of earlier weights.
+
+    The ONNX files the live engine uses are written after it by
+    `obs_merlb.model.export.export_onnx` (export builds on this module, not the
+    other way round)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -33,11 +32,8 @@ def save_model(model: MERLB, directory: str | Path, meta: dict[str, Any] | None 
            "meta": meta or {}}
     (d / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     # ONNX files left from earlier weights would silently serve the old model.
-    for name in ONNX_FILES:
+    for name in onnx_files():
         (d / name).unlink(missing_ok=True)
-    if onnx:
-        from .export import export_onnx
-        export_onnx(model, d)
     return d
 
 

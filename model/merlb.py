@@ -12,13 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import IGNORE, MODALITIES
 
 from .config import MERLBConfig
 from .encoders import build_encoder
 from .fusion import build_fusion
-
-IGNORE = -100
 
 
 class MERLB(nn.Module):

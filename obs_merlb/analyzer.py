@@ -24,10 +24,10 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from obs_merlb.capture.base import AudioRing, VideoFrame
+from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
 from obs_merlb.capture.file import iter_media
-from obs_merlb.labels import MODALITIES
-from obs_merlb.perception.steps import VOICE, Perceiver
+from obs_merlb.labels import MODALITIES, VOICE
+from obs_merlb.perception.steps import Perceiver
 from obs_merlb.perception.voice import NEEDED, key_segment_mask
 from obs_merlb.state import StateTracker, contributions_from_deltas, modality_contributions
 
@@ -133,11 +133,11 @@ class AudioView:
             t_end = self.t_end()
             if t_end is None or t_end < end_s:
                 return None
-            lag = int(round((t_end - end_s) * 16000))
-            cap = getattr(self.ring, "capacity", 10 * 16000)
+            lag = int(round((t_end - end_s) * SAMPLE_RATE))
+            cap = getattr(self.ring, "capacity", 10 * SAMPLE_RATE)
             if lag + n > cap:
                 return None
-            x = self.ring.read((lag + n) / 16000)
+            x = self.ring.read((lag + n) / SAMPLE_RATE)
             if self.t_end() == t_end:
                 return x[:n] if len(x) >= n else None
         return None

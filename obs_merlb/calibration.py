@@ -1,9 +1,10 @@
 """Temperature scaling: probabilities that mean what they say, per modality set.
 
-The shipped model is overconfident on faces alone (mean top probability
-0.73 at 66.9% accuracy on FER2013 val); session 9's was also
-underconfident on voice alone (0.42 at 51%): the fusion heads saw faces
-far more often than voices. The calibration has to follow the weights. The
+Raw, a model's confidence on one modality alone is off, and not the same
+way for each: the fusion heads see faces far more often than voices, and
+models so far were overconfident on faces and, depending on the weights,
+under- or overconfident on voices (MODEL_CARD.md, calibration). The
+calibration has to follow the weights. The
 overlay's "uncertain" threshold compares a probability with a fixed number,
 so without calibration it hides right voice-only guesses and shows wrong
 face-only ones. One temperature per (modality set, head) is fitted on

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import FACE, MODALITIES, VOICE
 from obs_merlb.registry import SHIPPED_MODEL_DIR as SHIPPED_MODEL
 
 DEMO_VIDEO = SHIPPED_MODEL.parent / "demo.mp4"
@@ -47,10 +47,12 @@ def _model_dir(requested: Path | None, tmp: Path) -> tuple[Path, str]:
     import torch
 
     from obs_merlb.model import MERLB, MERLBConfig
+    from obs_merlb.model.export import export_onnx
     from obs_merlb.model.io import save_model
 
     torch.manual_seed(0)
-    save_model(MERLB(MERLBConfig(modalities=["face", "voice"])).eval(), tmp / "model", onnx=True)
+    model = MERLB(MERLBConfig(modalities=["face", "voice"])).eval()
+    export_onnx(model, save_model(model, tmp / "model"))
     return tmp / "model", "a freshly initialised model (no trained weights in assets/model: outputs are not meaningful)"
 
 
@@ -69,7 +71,7 @@ def window_predictions(backend, steps, embs: dict[str, np.ndarray], truth: list[
         emo = probs.get("emotion")
         row = {"start": start * steps.step_s, "end": (start + T) * steps.step_s,
                "true": next((lab for s, e, lab in truth if s <= mid < e), ""),
-               "face": f"{int(w.mask[:, 0].sum())}/{T}", "speech": f"{int(w.mask[:, 1].sum())}/{T}",
+               "face": f"{int(w.mask[:, FACE].sum())}/{T}", "speech": f"{int(w.mask[:, VOICE].sum())}/{T}",
                "emotion": heads["emotion"][int(emo.argmax())] if emo is not None else "-",
                "p": float(emo.max()) if emo is not None else None}
         for h in ("valence", "arousal"):
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         timings["decode + perceive (face mesh, log-mel, VAD)"] = time.perf_counter() - t0
         duration = len(steps) * steps.step_s
         console.print(f"clip: {args.video.name}, {duration:.2f} s = {len(steps)} steps of {steps.step_s} s; "
-                      f"face in {int(steps.mask[:, 0].sum())} steps, speech in {int(steps.mask[:, 1].sum())}")
+                      f"face in {int(steps.mask[:, FACE].sum())} steps, speech in {int(steps.mask[:, VOICE].sum())}")
 
         t0 = time.perf_counter()
         embs = {}

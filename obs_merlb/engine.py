@@ -36,9 +36,11 @@ from obs_merlb import __version__
 from obs_merlb.analyzer import Analyzer, AudioView, FileRun, TickResult, iter_file_ticks
 from obs_merlb.capture.file import probe
 from obs_merlb.files import write_atomic
-from obs_merlb.highlights import HighlightActor, ObsRequestFailed, ObsUnavailable, PeakDetector
+from obs_merlb.highlights import HighlightActor, PeakDetector
 from obs_merlb.inference import load_backend
 from obs_merlb.settings import MIN_RATE_HZ, check_setting
+from obs_merlb.model.config import CONFIG_FILE
+from obs_merlb.obs_client import ObsRequestFailed, ObsUnavailable
 from obs_merlb.state import (StateConfig, StateTracker, error_event, extra_heads, health_event,
                              hello_event, preview_event, session_event, tag_event)
 
@@ -192,8 +194,8 @@ class Engine:
 
     def _reload(self, path: str) -> None:
         try:
-            if not (Path(path) / "config.json").is_file():
-                raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
+            if not (Path(path) / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"{path} is not a saved model folder (no {CONFIG_FILE})")
             backend = load_backend(path, device=self.device, threads=1)
         except Exception as e:
             self.error(f"reload_model failed, keeping the current model: {e}", "reload_model")

@@ -29,24 +29,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import platformdirs
 
 from obs_merlb.calibration import load_calibration, modality_sets
+from obs_merlb.config import APP_NAME
 from obs_merlb.labels import MODALITIES
-from obs_merlb.model.config import MERLBConfig, load_config
+from obs_merlb.model.config import (CONFIG_FILE, ONNX_SEQUENCE, ONNX_WHOLE, WEIGHTS, MERLBConfig, encoder_file,
+                                    load_config, onnx_files)
 
 log = logging.getLogger(__name__)
 
-ONNX_SEQUENCE = "sequence.onnx"
-ONNX_WHOLE = "merlb.onnx"
-
-
-def onnx_files(cfg: MERLBConfig) -> list[str]:
-    return [ONNX_WHOLE, ONNX_SEQUENCE] + [f"{m}_encoder.onnx" for m in cfg.modalities]
-
 
 def _cache_root() -> Path:
-    from platformdirs import user_cache_dir
-    return Path(user_cache_dir("obs-merlb")) / "onnx"
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "onnx"
 
 
 def ensure_onnx(model_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -54,13 +49,13 @@ def ensure_onnx(model_dir: str | Path, cache_dir: str | Path | None = None) -> P
     else a cache folder keyed by the weights' hash, exported there on first use."""
     model_dir = Path(model_dir)
     cfg, _ = load_config(model_dir)
-    if all((model_dir / f).is_file() for f in onnx_files(cfg)):
+    if all((model_dir / f).is_file() for f in onnx_files(cfg.modalities)):
         return model_dir
     h = hashlib.sha256()
-    for name in ("model.safetensors", "config.json"):
+    for name in (WEIGHTS, CONFIG_FILE):
         h.update((model_dir / name).read_bytes())
     target = Path(cache_dir or _cache_root()) / h.hexdigest()[:20]
-    if not all((target / f).is_file() for f in onnx_files(cfg)):
+    if not all((target / f).is_file() for f in onnx_files(cfg.modalities)):
         from obs_merlb.model.export import export_onnx
         from obs_merlb.model.io import load_model
         log.info("exporting %s to ONNX in %s", model_dir, target)
@@ -97,7 +92,7 @@ class _Ort:
 
         self.whole = session(ONNX_WHOLE)
         self.seq = session(ONNX_SEQUENCE)
-        self.encoders = {m: session(f"{m}_encoder.onnx") for m in cfg.modalities}
+        self.encoders = {m: session(encoder_file(m)) for m in cfg.modalities}
         self.heads = [o.name for o in self.whole.get_outputs()]
         self.name = "onnxruntime-cpu"
 

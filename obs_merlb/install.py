@@ -36,11 +36,12 @@ from typing import Any, Callable
 
 from obs_merlb import config as merlb_config
 from obs_merlb.obs_client import DEFAULT_HOST, DEFAULT_PORT
+from obs_merlb.overlay.native import TEXT_SOURCE as OVERLAY_TEXT
+from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 
 SCRIPT_NAME = "obs_script.py"
 OVERLAY_BROWSER = "MERLB overlay"
-OVERLAY_TEXT = "MERLB emotion"   # = obs_merlb.overlay.native.TEXT_SOURCE (kept light: no import at load)
-DEFAULT_OVERLAY_URL = "http://127.0.0.1:8765/overlay.html"
+DEFAULT_OVERLAY_URL = f"http://127.0.0.1:{OVERLAY_PORT}/overlay.html"
 MARK = "obs_merlb"  # key in a source's private_settings: we made it, uninstall may remove it
 FLATPAK_ID = "com.obsproject.Studio"
 CAMERA_KINDS = ("v4l2_input", "dshow_input", "av_capture_input", "av_capture_input_v2",

@@ -16,6 +16,11 @@ BEHAVIOUR_ABBREV = {"routing": "Rou", "procurement": "Pro", "respawning": "Res",
                     "exploring": "Exp", "fighting": "Fig", "punching": "Pun",
                     "defending": "Def", "defeated": "Dft"}
 MODALITIES = ("face", "voice", "body", "scene")
+# Columns of a step mask (T, 4) / (B, T, 4), in MODALITIES order.
+FACE, VOICE, BODY, SCENE = (MODALITIES.index(m) for m in ("face", "voice", "body", "scene"))
+# A head's class index meaning "no label": the loss's ignore_index, and what
+# scores, balance and calibration leave out.
+IGNORE = -100
 
 # Folder and file names other sets use for the same emotion.
 EMOTION_ALIASES = {

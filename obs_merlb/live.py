@@ -24,10 +24,12 @@ from obs_merlb.capture.feeds import FileFeed, SourceFeed
 from obs_merlb.capture.file import MediaError
 from obs_merlb.capture.mic import MicError, MicSource
 from obs_merlb.capture.obs_screens import OBSScreenshotSource
-from obs_merlb.config import get_section, load_config
+from obs_merlb.config import load_config
 from obs_merlb.engine import Engine, cap_threads
-from obs_merlb.highlights import ObsLink, ObsRequestFailed, ObsUnavailable
+from obs_merlb.obs_client import (DEFAULT_HOST, DEFAULT_PORT, ObsLink, ObsRequestFailed, ObsUnavailable,
+                                  obs_password)
 from obs_merlb.overlay.native import IMAGE_SOURCE, OVERLAY_HEADS, TEXT_SOURCE, NativeTextOverlay
+from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 from obs_merlb.overlay.server import OverlayServer, OverlayServerError
 from obs_merlb.registry import resolve_model_dir
 from obs_merlb.session import SessionLog
@@ -63,10 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "else assets/model)")
     parser.add_argument("--device", default="cpu", help="cpu (onnxruntime) or cuda / cuda:N (torch, falls back to CPU)")
     parser.add_argument("--host", default="127.0.0.1", help="overlay server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="overlay server port (0 = any free port)")
-    parser.add_argument("--obs-host", default="127.0.0.1", help="obs-websocket host")
+    parser.add_argument("--port", type=int, default=OVERLAY_PORT,
+                        help=f"overlay server port (default {OVERLAY_PORT}; 0 = any free port)")
+    parser.add_argument("--obs-host", default=DEFAULT_HOST, help="obs-websocket host")
     parser.add_argument("--obs-port", type=int, default=None,
-                        help="obs-websocket port (default 4455; giving it enables OBS stats and highlights "
+                        help=f"obs-websocket port (default {DEFAULT_PORT}; giving it enables OBS stats and highlights "
                              "with --video/--camera). Password: env MERLB_OBS_PASSWORD or the config file")
     parser.add_argument("--overlay", choices=["browser", "text", "none"], default="browser",
                         help="browser: the overlay page (always served); text: also show the emotion in "
@@ -188,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         return cb
 
     use_obs = bool(args.obs_source or args.game_source or args.obs_port is not None)
-    obs_port = 4455 if args.obs_port is None else args.obs_port
+    obs_port = DEFAULT_PORT if args.obs_port is None else args.obs_port
     password = obs_password()
     obs = ObsLink(args.obs_host, obs_port, password, on_error=report("obs")) if use_obs else None
     session = None if args.no_session else SessionLog(args.sessions_dir, on_error=report("session"))
@@ -274,15 +277,3 @@ def _probe_obs(obs: Any) -> None:
     except (ObsUnavailable, ObsRequestFailed):
         pass
 
-
-def obs_password(explicit: str | None = None) -> str:
-    """From MERLB_OBS_PASSWORD, else the project config's [obs] password; never logged."""
-    if explicit:
-        return explicit
-    env = os.environ.get("MERLB_OBS_PASSWORD")
-    if env:
-        return env
-    try:
-        return str(get_section("obs").get("password", "") or "")
-    except Exception:
-        return ""

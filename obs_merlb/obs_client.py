@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
+from obs_merlb.config import get_section
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -92,8 +94,6 @@ def obs_password(explicit: str | None = None) -> str:
     if env:
         return env
     try:
-        from obs_merlb.config import get_section
-
         return str(get_section("obs").get("password", "") or "")
     except Exception:  # an unreadable config: connect without, OBS then says it wants one
         return ""

@@ -65,6 +65,7 @@ else:
 Supervisor = supervision.Supervisor
 WorkerConfig = supervision.WorkerConfig
 TEXT_SOURCE = supervision.TEXT_SOURCE
+IMAGE_SOURCE = supervision.IMAGE_SOURCE
 DEFAULT_TAGS = ["hype", "funny", "frustrated", "calm"]
 HOTKEY_PREFIX = "merlb.tag."
 # The camera list's first entry: with none, OBS shows the list's first
@@ -201,7 +202,26 @@ def _recording_path() -> str | None:
     return path or None
 
 
+def _blank_overlay(settings: Any) -> None:
+    """OBS saves a source's settings, and saves the collection before scripts
+    unload: the last label would reappear at the next start. Blank it once the
+    collection's sources exist (scripts load before them)."""
+    text = obs.obs_data_get_string(settings, "overlay_text_source") or TEXT_SOURCE
+    for name, key in ((text, "text"), (IMAGE_SOURCE, "file")):
+        src = obs.obs_get_source_by_name(name)
+        if src is None:
+            continue
+        data = obs.obs_data_create()
+        obs.obs_data_set_string(data, key, "")
+        obs.obs_source_update(src, data)
+        obs.obs_data_release(data)
+        obs.obs_source_release(src)
+
+
 def _on_frontend_event(event: int) -> None:
+    if event in (obs.OBS_FRONTEND_EVENT_FINISHED_LOADING,
+                 obs.OBS_FRONTEND_EVENT_SCENE_COLLECTION_CHANGED) and G.settings is not None:
+        _blank_overlay(G.settings)
     sup = G.supervisor
     if sup is None:
         return

@@ -74,6 +74,10 @@ TEXT_SOURCE = "MERLB emotion"
 IMAGE_SOURCE = "MERLB emoji"
 BROWSER_SOURCE = "MERLB overlay"
 OWN_SOURCES = (TEXT_SOURCE, IMAGE_SOURCE, BROWSER_SOURCE)
+# obs-websocket's address when neither OBS nor config.toml names one; mirrors
+# obs_merlb/obs_client.py DEFAULT_HOST, DEFAULT_PORT (a test keeps them equal).
+DEFAULT_OBS_HOST = "127.0.0.1"
+DEFAULT_OBS_PORT = 4455
 STATUS_STALE_S = 60.0       # a worker silent this long (after its first status) is restarted
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 HEALTHY_AFTER_S = 60.0      # a run this long resets the backoff
@@ -162,7 +166,7 @@ def websocket_connection(obs_config_dir: str, merlb_config: str,
         except (OSError, ValueError):
             return None
         pw = d.get("server_password") if d.get("auth_required") else None
-        return "127.0.0.1", int(d.get("server_port", 4455)), pw, json_path
+        return DEFAULT_OBS_HOST, int(d.get("server_port", DEFAULT_OBS_PORT)), pw, json_path
 
     def from_ini() -> tuple[str, int, str | None, str] | None:
         s = _read_ini_section(ini_path, "OBSWebSocket")
@@ -170,10 +174,10 @@ def websocket_connection(obs_config_dir: str, merlb_config: str,
             return None
         auth = s.get("AuthRequired", "true").lower() == "true"
         try:
-            port = int(s.get("ServerPort", "4455"))
+            port = int(s.get("ServerPort", DEFAULT_OBS_PORT))
         except ValueError:
-            port = 4455
-        return "127.0.0.1", port, (s.get("ServerPassword") if auth else None), ini_path
+            port = DEFAULT_OBS_PORT
+        return DEFAULT_OBS_HOST, port, (s.get("ServerPassword") if auth else None), ini_path
 
     order = (from_json, from_ini) if obs_major >= 30 or obs_major == 0 else (from_ini, from_json)
     for fn in order:
@@ -182,9 +186,9 @@ def websocket_connection(obs_config_dir: str, merlb_config: str,
             return got
     t = _read_toml_obs(merlb_config) if merlb_config else {}
     if t:
-        return (str(t.get("host", "127.0.0.1")), int(t.get("port", 4455)),
+        return (str(t.get("host", DEFAULT_OBS_HOST)), int(t.get("port", DEFAULT_OBS_PORT)),
                 t.get("password") or None, merlb_config)
-    return "127.0.0.1", 4455, None, "defaults"
+    return DEFAULT_OBS_HOST, DEFAULT_OBS_PORT, None, "defaults"
 
 
 def own_sources(text_source: str = TEXT_SOURCE) -> set[str]:

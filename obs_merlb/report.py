@@ -25,16 +25,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import platformdirs
+
 from obs_merlb.capture.file import MediaError, probe
+from obs_merlb.config import APP_NAME
 from obs_merlb.engine import Engine
 from obs_merlb.labels import AROUSAL, EMOTIONS, MODALITIES, VALENCE
+from obs_merlb.palette import EMOTION_COLORS, UNCERTAIN_COLOR
 from obs_merlb.registry import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
 # Overlay-consistent colours per emotion, so a streamer reads the report like the overlay.
-COLOURS = {"angry": "#e53935", "disgust": "#7cb342", "fear": "#8e24aa", "happy": "#fdd835",
-           "neutral": "#90a4ae", "sad": "#1e88e5", "surprise": "#fb8c00", "uncertain": "#cfd8dc"}
+COLOURS = {**EMOTION_COLORS, "uncertain": UNCERTAIN_COLOR}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +90,6 @@ def make_plots(rows: list[dict[str, Any]], highlights: list[dict[str, Any]]) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     t = np.array([r["t"] for r in rows]) if rows else np.zeros(0)
     out: dict[str, str] = {}
@@ -97,7 +100,7 @@ def make_plots(rows: list[dict[str, Any]], highlights: list[dict[str, Any]]) -> 
         ax.stackplot(t, *ys, labels=EMOTIONS, colors=[COLOURS[e] for e in EMOTIONS], alpha=0.85)
         for i, r in enumerate(rows):
             t1 = rows[i + 1]["t"] if i + 1 < len(rows) else r["t"] + 1 / 15
-            strip.axvspan(r["t"], t1, color=COLOURS.get(r["label"], "#cfd8dc"), lw=0)
+            strip.axvspan(r["t"], t1, color=COLOURS.get(r["label"], UNCERTAIN_COLOR), lw=0)
     for h in highlights:
         ax.axvline(h["t"], color="black", ls="--", lw=1)
     ax.set_ylim(0, 1)
@@ -137,8 +140,8 @@ def write_html(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]],
     for r in rows:
         counts[r["label"]] = counts.get(r["label"], 0) + 1
     total = max(1, len(rows))
-    summary = "".join(f"<tr><td><span class='sw' style='background:{COLOURS.get(k, '#ccc')}'></span>{html.escape(k)}"
-                      f"</td><td>{100.0 * v / total:.1f}%</td></tr>"
+    summary = "".join(f"<tr><td><span class='sw' style='background:{COLOURS.get(k, UNCERTAIN_COLOR)}'></span>"
+                      f"{html.escape(k)}</td><td>{100.0 * v / total:.1f}%</td></tr>"
                       for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     hl = "".join(f"<tr><td>{_fmt_t(h['t'])}</td><td>{h['t']:.2f}</td><td>{html.escape(h['kind'])}</td>"
                  f"<td>{html.escape(str(h['label']))}</td><td>{h['score']:.2f}</td></tr>" for h in highlights) \
@@ -175,9 +178,7 @@ Labels are "uncertain" where the model's smoothed confidence was below {meta['th
 def default_out_dir(file: Path) -> Path:
     """Reports go to the user data dir, beside the session logs: always writable,
     and never inside a read-only recordings share or the source checkout."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("obs-merlb", appauthor=False)) / "reports" / file.stem
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "reports" / file.stem
 
 
 def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | None = None, *,

@@ -28,8 +28,8 @@ def test_shipped_model_follows_the_demo_clip() -> None:
     hits = sum(p == r["true"] for p, r in zip(predicted, rows))
     # Changes with the clip: several emotions named, and far above chance (1 in 7).
     # Three, not more: the voice encoder reads this actor's voice as "fear"
-    # through most of the clip (assets/MODEL_CARD.md, known limits); the
-    # session-6 weights match 10 of 22 windows (session 5: 11, session 4: 9).
+    # through most of the clip (assets/MODEL_CARD.md, known limits; the card
+    # gives each shipped model's count of matching windows).
     assert len(set(predicted)) >= 3, predicted
     assert hits >= len(rows) / 3, list(zip(predicted, [r["true"] for r in rows]))
     assert all(0.0 < r["p"] <= 1.0 for r in rows)

@@ -142,7 +142,7 @@ def test_saved_folder_has_no_pickle_and_loads_with_safetensors(tmp_path: Path) -
 
 def test_saving_new_weights_drops_stale_onnx(tmp_path: Path) -> None:
     model = MERLB(MERLBConfig(modalities=["face"], fusion="joint"))
-    save_model(model, tmp_path, onnx=True)
+    export_onnx(model, save_model(model, tmp_path))
     assert (tmp_path / "merlb.onnx").is_file() and (tmp_path / "face_encoder.onnx").is_file()
     save_model(model, tmp_path)
     assert not (tmp_path / "merlb.onnx").exists()

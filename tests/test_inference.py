@@ -11,7 +11,7 @@ import torch
 
 from obs_merlb.inference import Backend, load_backend
 from obs_merlb.model import MERLB, MERLBConfig, save_model
-from obs_merlb.model.export import example_inputs
+from obs_merlb.model.export import example_inputs, export_onnx
 
 TOL = 1e-4
 
@@ -21,7 +21,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[MERLB, Path]:
     torch.manual_seed(0)
     model = MERLB(MERLBConfig(fusion="tt")).eval()
     d = tmp_path_factory.mktemp("model")
-    save_model(model, d, onnx=True)
+    export_onnx(model, save_model(model, d))
     return model, d
 
 

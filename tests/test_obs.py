@@ -277,9 +277,6 @@ def test_closing_obs_stops_worker(fake: Session) -> None:
     assert '"stop"' in (fake.data / "fake-stdin.jsonl").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="needs obs_script.py to blank the overlay sources at "
-                   "script load: OBS saves the collection before it unloads scripts, so no "
-                   "worker or exit handler can blank the saved label in time")
 def test_stale_label_blanked_at_next_start(fake: Session) -> None:
     """OBS saves the text source's settings, so the last label shown (the
     engine session below saw 'angry 66%' saved) reappears at the next start

@@ -279,6 +279,17 @@ def test_own_source_names_match_the_worker_and_installer() -> None:
     assert install.OVERLAY_TEXT == native.TEXT_SOURCE
 
 
+def test_obs_address_defaults_match_the_client(tmp_path: Path) -> None:
+    """The supervisor's copy of obs-websocket's default address is the worker's."""
+    from obs_merlb import obs_client
+
+    assert (obs_supervisor.DEFAULT_OBS_HOST, obs_supervisor.DEFAULT_OBS_PORT) == (
+        obs_client.DEFAULT_HOST, obs_client.DEFAULT_PORT)
+    # and it is what the script passes when neither OBS nor config.toml names a port
+    assert websocket_connection(str(tmp_path), "", 29)[:3] == (obs_client.DEFAULT_HOST,
+                                                                 obs_client.DEFAULT_PORT, None)
+
+
 def test_script_loads_its_supervisor_as_obs_does_without_the_package(tmp_path: Path) -> None:
     """OBS appends the script's folder to sys.path and imports `obs_script` top-level."""
     folder = Path(obs_script.__file__).parent

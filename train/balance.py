@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-IGNORE = -100
+from obs_merlb.labels import IGNORE
 
 
 def _as_array(labels: Sequence[int | None] | np.ndarray) -> np.ndarray:

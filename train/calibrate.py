@@ -29,7 +29,7 @@ import numpy as np
 
 from obs_merlb.calibration import (MIN_SAMPLES, Calibration, ece, fit_temperature, modality_sets, nll,
                                    save_calibration, scale)
-from obs_merlb.model.merlb import IGNORE
+from obs_merlb.labels import IGNORE
 
 from .datasets import HEADS
 

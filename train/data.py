@@ -24,15 +24,13 @@ import torch
 from torch.utils.data import Dataset
 
 from obs_merlb.calibration import Calibration, modality_sets
-from obs_merlb.labels import EMOTIONS, MODALITIES
+from obs_merlb.labels import EMOTIONS, FACE, IGNORE, MODALITIES, VOICE
 from obs_merlb.perception.voice import HOP, LOG_EPS, SAMPLE_RATE
 
 from .datasets import HEAD_CLASSES, HEADS, Item
 from .preprocess import PER_STEP, STORE_DTYPE, Prepared, read_shard
 
-IGNORE = -100
 FRAME_S = HOP / SAMPLE_RATE          # one log-mel frame, seconds
-FACE, VOICE = MODALITIES.index("face"), MODALITIES.index("voice")
 
 
 @dataclass

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from obs_merlb import labels as L
+from obs_merlb.labels import IGNORE
 
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe
 from .metrics import confusion_png, reliability_png, rich_table, score, table_row, write_table
-
-IGNORE = -100
 
 
 def default_model_dir() -> Path:

@@ -16,10 +16,10 @@ import numpy as np
 
 from obs_merlb import labels as L
 from obs_merlb.calibration import ece, reliability
+from obs_merlb.labels import IGNORE
 
 from .datasets import HEAD_CLASSES, HEADS
 
-IGNORE = -100
 VA_ABBREV = {("valence", "negative"): "VNeg", ("valence", "neutral"): "VNeut", ("valence", "positive"): "VPos",
              ("arousal", "low"): "ALow", ("arousal", "neutral"): "ANeut", ("arousal", "high"): "AHigh"}
 EMOTION_ABBREV = {"angry": "Ang", "disgust": "Dis", "fear": "Fea", "happy": "Hap",

@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import platformdirs
 
+from obs_merlb.config import APP_NAME
 from obs_merlb.files import write_atomic
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import FACE, MODALITIES
 
 from .datasets import FORMATS, Item, load_items
 
@@ -124,7 +126,7 @@ def image_steps(path: str, settings: FeatureSettings) -> dict[str, np.ndarray]:
         crop = _detect_face(path, size)
     out = _empty_steps(1)
     out["face"] = crop.reshape(1, 1, size, size).astype(np.uint8)
-    out["mask"][0, MODALITIES.index("face")] = 1
+    out["mask"][0, FACE] = 1
     return out
 
 
@@ -480,8 +482,7 @@ def default_cache() -> Path:
     env = os.environ.get("MERLB_CACHE")
     if env:
         return Path(env)
-    from platformdirs import user_cache_dir
-    return Path(user_cache_dir("obs-merlb")) / "features"
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "features"
 
 
 def default_workers() -> int:

@@ -19,18 +19,24 @@ source inside OBS's video thread (an image source even re-reads its file).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import platformdirs
+
+from obs_merlb.config import APP_NAME
 from obs_merlb.files import write_atomic
 from obs_merlb.obs_client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT_S, Backoff, ObsError,
                                   ObsLink, ObsSourceNotFound, notify)
+from obs_merlb.palette import BEHAVIOUR_COLORS, BEHAVIOUR_EMOJI, EMOJI, EMOTION_COLORS, rgb
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +47,13 @@ IMAGE_SOURCE = "MERLB emoji"
 IMAGE_KIND = "image_source"
 IMAGE_SIZE = 128
 
-EMOJI = {
-    "angry": "😠", "disgust": "🤢", "fear": "😨", "happy": "😄",
-    "neutral": "😐", "sad": "😢", "surprise": "😲",
-}
-
-# The paper's gameplay behaviours, when a model has a trained `behaviour` head
-# (same glyphs as the browser overlay). A streamer's own `user` classes have no
-# emoji: they get their initial instead (see `icon_for`).
-BEHAVIOUR_EMOJI = {
-    "routing": "🧭", "procurement": "🛒", "respawning": "🔁", "exploring": "🔭",
-    "fighting": "🤺", "punching": "👊", "defending": "🛡️", "defeated": "💀",
-}
 GLYPHS = {**EMOJI, **BEHAVIOUR_EMOJI}
 
 # Heads the overlay can show: emotion, or an extra head of the `state` event's `heads`.
 OVERLAY_HEADS = ("emotion", "user", "behaviour")
 
-# Badge colours when no colour-emoji font is installed (the browser overlay's palette).
-BADGE_COLORS = {
-    "angry": (229, 72, 77), "disgust": (94, 170, 72), "fear": (142, 92, 214), "happy": (246, 190, 40),
-    "neutral": (140, 150, 170), "sad": (70, 130, 220), "surprise": (240, 130, 40),
-}
+# Badge colours when no colour-emoji font is installed.
+BADGE_COLORS = {label: rgb(c) for label, c in {**EMOTION_COLORS, **BEHAVIOUR_COLORS}.items()}
 
 # Colour-emoji fonts Pillow can draw, by platform; Noto Color Emoji is the
 # Debian/Ubuntu package fonts-noto-color-emoji.
@@ -151,9 +142,7 @@ def icon_for(label: str) -> str:
 
 
 def emoji_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("obs-merlb", appauthor=False)) / "emoji"
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)) / "emoji"
 
 
 def find_emoji_font() -> Path | None:
@@ -205,7 +194,7 @@ def _render_badge(label: str, size: int) -> Any:
 
     out = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     d = ImageDraw.Draw(out)
-    d.ellipse((2, 2, size - 3, size - 3), fill=(*BADGE_COLORS.get(label, (140, 150, 170)), 255),
+    d.ellipse((2, 2, size - 3, size - 3), fill=(*BADGE_COLORS.get(label, BADGE_COLORS["neutral"]), 255),
               outline=(0, 0, 0, 200), width=max(2, size // 32))
     text = label[:8]
     px = max(8, int(size * 1.5 / max(4, len(text))))
@@ -244,9 +233,6 @@ def render_label_image(label: str, out_dir: str | os.PathLike[str] | None = None
     prefix plus a hash of the exact label: any text is safe and two labels
     that sanitise alike never share a file.
     """
-    import hashlib
-    import re
-
     if label in GLYPHS:
         return render_emoji_images(out_dir, size=size, font=font, labels=[label])[label]
     d = Path(out_dir) if out_dir is not None else emoji_cache_dir()

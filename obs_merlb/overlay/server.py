@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -605,8 +605,3 @@ def _response(status: int, body: str | bytes, headers: dict[str, str] | None = N
     h["Connection"] = "close"
     return Response(status, http.HTTPStatus(status).phrase, h, b"" if head_only else data)
 
-
-def iter_static_files(static_dir: str | Path | None = None) -> Iterable[Path]:
-    """Every asset the server may serve (used by packaging checks and tests)."""
-    root = Path(static_dir) if static_dir is not None else STATIC_DIR
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -23,12 +23,17 @@ import threading
 from pathlib import Path
 from typing import IO, Mapping
 
+import platformdirs
+
+from obs_merlb import config as cfgmod
+from obs_merlb.overlay.server import DEFAULT_PORT
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the worker's events WebSocket, e.g. ws://127.0.0.1:8765/ws "
-                                      "(default: the port in the config file, else 8765)")
+    parser.add_argument("--url", help=f"the worker's events WebSocket, e.g. ws://127.0.0.1:{DEFAULT_PORT}/ws "
+                                      f"(default: the port in the config file, else {DEFAULT_PORT})")
     w = parser.add_argument_group("start a worker (stopped again when the panel closes)")
     w.add_argument("--start-worker", action="store_true", help="run `merlb live` as a child of the panel")
     src = w.add_mutually_exclusive_group()
@@ -148,9 +153,7 @@ class WorkerProcess:
 
 
 def _default_log_path() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_log_dir("obs-merlb", appauthor=False)) / "panel-worker.log"
+    return Path(platformdirs.user_log_dir(cfgmod.APP_NAME, appauthor=False)) / "panel-worker.log"
 
 
 def build_worker(args: argparse.Namespace) -> WorkerProcess:
@@ -180,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from PyQt5.QtWidgets import QApplication
 
-    from obs_merlb import config as cfgmod
     from obs_merlb.panel.client import WorkerClient
     from obs_merlb.panel.main_window import MainWindow
     from obs_merlb.panel.protocol import worker_url

@@ -127,9 +127,12 @@ def find_report(session_path: str | os.PathLike[str], recording: str | None = No
     folders = [report_dir_for(p)]
     if recording:
         rec = Path(recording)
-        # `merlb analyze REC` with no --out writes to the user data dir
-        # (obs_merlb.report.default_out_dir); check there first.
-        folders += [_default_report_dir(rec), rec.with_suffix(REPORT_DIR_SUFFIX),
+        # `merlb analyze REC` with no --out writes to the user data dir; check
+        # there first. report.py imports the engine (OpenCV), which the panel
+        # otherwise never loads: imported only when a session names a recording.
+        from obs_merlb.report import default_out_dir
+
+        folders += [default_out_dir(rec), rec.with_suffix(REPORT_DIR_SUFFIX),
                     rec.parent / (rec.stem + "_report"), rec.parent / rec.stem]
     names = ("report.html", "index.html", f"{stem}.html", f"{stem}.report.html")
     for folder in folders:
@@ -143,9 +146,3 @@ def find_report(session_path: str | os.PathLike[str], recording: str | None = No
             if htmls:
                 return htmls[0]
     return None
-
-
-def _default_report_dir(recording: Path) -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("obs-merlb", appauthor=False)) / "reports" / recording.stem

@@ -13,18 +13,11 @@ from PyQt5.QtCore import QPointF, QRectF, QSize, Qt
 from PyQt5.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPalette, QPen
 from PyQt5.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-# One colour per emotion, used by the bars, the label and the plots, so a
-# glance at any of them reads the same.
-EMOTION_COLORS: dict[str, str] = {
-    "angry": "#f87171",
-    "disgust": "#a3e635",
-    "fear": "#c084fc",
-    "happy": "#facc15",
-    "neutral": "#94a3b8",
-    "sad": "#60a5fa",
-    "surprise": "#fb923c",
-    "uncertain": "#64748b",
-}
+from obs_merlb import palette
+
+# One colour per emotion (obs_merlb/palette.py, the overlay's), used by the
+# bars, the label and the plots, so a glance at any of them reads the same.
+EMOTION_COLORS: dict[str, str] = {**palette.EMOTION_COLORS, "uncertain": palette.UNCERTAIN_COLOR}
 MODALITY_COLORS: dict[str, str] = {
     "face": "#a78bfa",
     "voice": "#22d3ee",

@@ -19,7 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import BODY, FACE, MODALITIES, VOICE
+from obs_merlb.labels import SCENE as SCENE_I
 
 from . import voice as V
 from .body import BODY_DIM
@@ -28,8 +29,6 @@ from .scene import SCENE, thumbnail
 
 STEP_S = 0.25
 T_DEFAULT = 8
-# Columns of the (T, 4) mask.
-FACE, VOICE, BODY, SCENE_I = (MODALITIES.index(m) for m in MODALITIES)
 # Audio the voice feature of one step reads: 1.0 s plus the first frame's lead-in.
 VOICE_SECONDS = V.NEEDED / V.SAMPLE_RATE
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from obs_merlb.capture.base import SAMPLE_RATE   # what every audio source delivers
+
 N_MELS = 64
 N_FFT = 400
 HOP = 160

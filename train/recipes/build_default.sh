@@ -31,8 +31,9 @@
 #                          scratch with a random equaliser, room reverb and background noise
 #  3g default_fusion.toml  stage 3 again, from stage 3 with stage 2g's voice parts, its voice-only
 #                          windows distilled toward stage 2g (voice_teacher) (shipped)
-# Stages 1 and 1b only serve as the voice stage's starting point; stages
-# 1c-1g (the narrow encoder's CPU chain, sessions 1-6) are in git history.
+# Stages 1 and 1b only serve as the voice stage's starting point; the stages
+# tried and replaced on the way (MODEL_CARD.md, "How the recipe got here")
+# are in git history.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-../shared/data}
@@ -95,10 +96,10 @@ fusion() {
 }
 # Stage 2g: stage 2 from scratch, 120 epochs, with a random equaliser and,
 # for half the windows each, room reverb and background noise; seed 1, the
-# higher validation score of two seeds (MODEL_CARD.md, session 12). Stage 3g:
-# stage 3's recipe from stage 3 with 2g's voice parts, pulling voice-only
-# windows toward 2g's predictions (train/loop.py voice_teacher): without it
-# stage 3 lost the voice stage's held-out accuracy in every run (sessions 4-11).
+# higher validation score of two seeds. Stage 3g: stage 3's recipe from
+# stage 3 with 2g's voice parts, pulling voice-only windows toward 2g's
+# predictions (train/loop.py voice_teacher), without which stage 3 loses the
+# voice stage's held-out accuracy (MODEL_CARD.md, sessions 11-12).
 voice_room() { RECIPE=voice stage voice_room --data "$DATA/ravdess_speech" --data "$DATA/emodb" \
         --set voice_eq=2.0 --set voice_room=0.5 --set seed=1 --epochs 120; }
 fusion_room() { RECIPE=fusion stage fusion_room --data "$DATA/fer2013" --data "$DATA/ravdess_speech" --data "$DATA/emodb" \
@@ -108,8 +109,8 @@ fusion_room() { RECIPE=fusion stage fusion_room --data "$DATA/fer2013" --data "$
         --init-part "fusion.norms.1.=$RUNS/voice_room/model" \
         --set "voice_teacher=\"$RUNS/voice_room/model\""
 }
-# Stages 2e/3e and 2f/3f (sessions 9 and 11's shipped models; 2f is 2g without the room,
-# seed 0) are in git history: 3g starts from stage 3, as 3f did.
+# Earlier shipped voice and fusion stages (2e/3e, 2f/3f) are in git history;
+# 3g starts from stage 3, as 3f did.
 train_all() { preprocess; face; face2; voice; face_wide; face_wide2; fusion; voice_room; fusion_room; }
 
 export_model() {

@@ -26,13 +26,11 @@ import numpy as np
 import torch
 
 from obs_merlb.calibration import Calibration
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import FACE, VOICE
 
 from ..data import Collate, PairedDataset, Records, load_records
 from ..metrics import score
 from ..preprocess import FeatureSettings, default_cache, prepare
-
-FACE, VOICE = MODALITIES.index("face"), MODALITIES.index("voice")
 
 
 SETS = {"fusion": "face+voice", "face_only": "face", "voice_only": "voice"}

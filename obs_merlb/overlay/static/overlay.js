@@ -11,6 +11,9 @@
 (function () {
   "use strict";
 
+  // The palette of obs_merlb/palette.py (panel, report, native overlay), spelled
+  // out because the page draws before any worker answers and previews with
+  // none; tests/test_palette.py holds the two equal.
   const EMOTIONS = {
     angry:     { emoji: "😠", color: "#ff4d6d", v: -0.65, a: 0.7 },
     disgust:   { emoji: "🤢", color: "#5dd39e", v: -0.6, a: 0.15 },
