@@ -39,8 +39,8 @@ class WebhookPoster:
             self._failed(url, f"webhook {url} answered HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
-            what = "timed out" if "timed out" in str(reason) else f"failed ({reason})"
-            self._failed(url, f"webhook {url} {what} (timeout {timeout_s:g} s)")
+            what = f"timed out (timeout {timeout_s:g} s)" if "timed out" in str(reason) else f"failed ({reason})"
+            self._failed(url, f"webhook {url} {what}")
         if rest is not None:
             rest[0].succeeded()
         return f"webhook answered HTTP {status}"

@@ -9,6 +9,7 @@ costs one connection attempt per backoff step, not one per firing.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from typing import Any, Callable
@@ -17,6 +18,9 @@ from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from obs_merlb.obs_client import Backoff
+
+# websockets >= 17 wants `with connect(...)` unless told this long-lived connection is meant.
+_DIRECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
 class PeerError(RuntimeError):
@@ -42,10 +46,10 @@ class JsonSocket:
             return self.ws
         wait = self.backoff.remaining()
         if wait > 0:
-            # The same words every time, so a caller that reports each problem once does so here too.
-            raise PeerError(f"{self.last_problem or f'{self.name} is not reachable'} (retrying with backoff)")
+            raise PeerError(self._retrying())
         try:
-            self.ws = connect(self.url, open_timeout=self.timeout_s, close_timeout=1.0, max_size=2 ** 22)
+            self.ws = connect(self.url, open_timeout=self.timeout_s, close_timeout=1.0, max_size=2 ** 22,
+                              **_DIRECT)
         except InvalidURI:
             self.fail(f"{self.name} address {self.url!r} is not a ws:// URL: fix it in the config")
         except (OSError, TimeoutError, WebSocketException) as e:
@@ -57,7 +61,12 @@ class JsonSocket:
         self.close()
         self.last_problem = problem
         self.backoff.failed()
-        raise PeerError(problem)
+        raise PeerError(self._retrying())
+
+    def _retrying(self) -> str:
+        # The same words for the failure and for the calls refused during its backoff,
+        # so a caller that reports each problem once reports it once.
+        return f"{self.last_problem or f'{self.name} is not reachable'} (retrying with backoff)"
 
     def succeeded(self) -> None:
         self.backoff.succeeded()
