@@ -23,6 +23,11 @@ from obs_merlb.obs_client import Backoff
 _DIRECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
+def open_websocket(url: str, timeout_s: float) -> ClientConnection:
+    """A long-lived synchronous connection (closed by the caller)."""
+    return connect(url, open_timeout=timeout_s, close_timeout=1.0, max_size=2 ** 22, **_DIRECT)
+
+
 class PeerError(RuntimeError):
     """The app cannot be used now; the message says what to do."""
 
@@ -48,8 +53,7 @@ class JsonSocket:
         if wait > 0:
             raise PeerError(self._retrying())
         try:
-            self.ws = connect(self.url, open_timeout=self.timeout_s, close_timeout=1.0, max_size=2 ** 22,
-                              **_DIRECT)
+            self.ws = open_websocket(self.url, self.timeout_s)
         except InvalidURI:
             self.fail(f"{self.name} address {self.url!r} is not a ws:// URL: fix it in the config")
         except (OSError, TimeoutError, WebSocketException) as e:
