@@ -15,7 +15,7 @@ import pytest
 from obs_merlb.config import read_config, save_config
 from obs_merlb.obs_client import ObsLink
 from obs_merlb.triggers.actions import Executor
-from obs_merlb.triggers.rules import RuleState, parse_rule, parse_rules, rule_to_table
+from obs_merlb.triggers.rules import RuleState, parse_rule, parse_rules, rule_to_table, save_triggers
 from obs_merlb.triggers.runner import TriggerRunner, build_runner
 from obs_merlb.triggers.webhook import WebhookPoster
 from tests.obs_standin import ObsStandIn, Refuse
@@ -365,13 +365,12 @@ def test_webhook_posts_state_and_a_slow_endpoint_times_out_without_blocking(http
 
 
 def test_config_round_trip_keeps_other_tables(tmp_path: Path) -> None:
-    from obs_merlb.triggers.rules import save_rules
-
     path = tmp_path / "config.toml"
     save_config({"obs": {"password": "secret"}, "engine": {"rate": 10.0}}, path)
     rules, _ = parse_rules([rule_table(name="a"), rule_table(name="b", when="tag", tag="hype")])
-    save_rules(rules, path)
+    broken = rule_table(name="c", when="smile")
+    save_triggers([rule_to_table(r) for r in rules] + [broken], path)
     cfg = read_config(path)
     assert cfg["obs"]["password"] == "secret" and cfg["engine"]["rate"] == 10.0
-    assert parse_rules(cfg["triggers"])[0] == rules
+    assert parse_rules(cfg["triggers"])[0] == rules and cfg["triggers"][2] == broken   # kept as written
     assert (path.stat().st_mode & 0o777) == 0o600

@@ -373,11 +373,13 @@ def rule_to_table(rule: Rule) -> dict[str, Any]:
     return out
 
 
-def save_rules(rules: list[Rule], path: str | os.PathLike[str] | None = None) -> None:
-    """Write the rules as the config's `[[triggers]]`, keeping every other table.
+def save_triggers(tables: list[dict[str, Any]], path: str | os.PathLike[str] | None = None) -> None:
+    """Write `tables` as the config's `[[triggers]]`, keeping every other table.
 
-    Raises ConfigError, writing nothing, when the file cannot be read (see obs_merlb/config.py).
+    Tables, not Rules, so a rule the reader could not parse is written back
+    as the user left it rather than lost. Raises ConfigError, writing
+    nothing, when the file cannot be read (see obs_merlb/config.py).
     """
     cfg = read_config(path)
-    cfg["triggers"] = [rule_to_table(r) for r in rules]
+    cfg["triggers"] = list(tables)
     save_config(cfg, path)
