@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -374,3 +376,14 @@ def test_config_round_trip_keeps_other_tables(tmp_path: Path) -> None:
     assert cfg["obs"]["password"] == "secret" and cfg["engine"]["rate"] == 10.0
     assert parse_rules(cfg["triggers"])[0] == rules and cfg["triggers"][2] == broken   # kept as written
     assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_readme_examples_are_valid_rules() -> None:
+    """Every TOML block of README "Make the stream react" parses, without a problem, into rules."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Make the stream react", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        rules, problems = parse_rules(tomllib.loads(block)["triggers"])
+        assert problems == [] and len(rules) == 1
