@@ -35,6 +35,7 @@ from obs_merlb.registry import resolve_model_dir
 from obs_merlb.session import SessionLog
 from obs_merlb.settings import MAX_RATE_HZ, MIN_RATE_HZ, checked_live_config
 from obs_merlb.state import StateConfig, session_event
+from obs_merlb.triggers.runner import build_runner
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-session", action="store_true", help="do not write a session log")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (saves CPU)")
     parser.add_argument("--loop", action="store_true", help="with --video: replay the file forever")
+    parser.add_argument("--no-triggers", action="store_true", help="ignore the config's [[triggers]] rules")
     for flag, key, default in ENGINE_SETTINGS:
         what = "analysis rate cap in Hz" if key == "rate" else "state setting"
         parser.add_argument(f"--{flag}", dest=key, type=float, default=None,
@@ -172,7 +174,8 @@ def _open_feeds(args: argparse.Namespace, obs_kw: dict[str, Any], engine: Engine
 def run(args: argparse.Namespace) -> int:
     cap_threads(1)
     # Out-of-range settings (file or flags) stop here with one line: settings.RANGES.
-    config_problems = apply_config_defaults(args, checked_live_config(args))
+    config = checked_live_config(args)
+    config_problems = apply_config_defaults(args, config)
     if not (args.video or args.camera is not None or args.obs_source):
         raise SystemExit("merlb live: no camera: pass --video FILE, --camera N or --obs-source NAME, "
                          "or choose a camera source in the panel (saved as [sources] camera)")
@@ -237,6 +240,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             engine.text_overlay = _native_overlay(args, obs_port, password, report("overlay"))
             engine.add_sink(engine.text_overlay.publish)
+    triggers = None if args.no_triggers else build_runner(
+        config, obs=obs or ObsLink(args.obs_host, obs_port, password, on_error=report("obs")),
+        publish=engine.publish, on_error=engine.error)
+    if triggers is not None:
+        engine.add_sink(triggers)
     read_stdin = args.control == "stdin" or (args.control == "auto" and _stdin_is_pipe())
     engine.start_threads(feed, scene, stdin=sys.stdin if read_stdin else None)
     if obs is not None:
@@ -246,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
         while not engine.stop_event.wait(0.2):
             pass
     finally:
+        if triggers is not None:
+            triggers.close()   # before the engine: its releases still reach OBS and the session log
         engine.shutdown()
         time.sleep(0.2)   # let the last events reach the clients
         server.stop()

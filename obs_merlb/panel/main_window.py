@@ -30,6 +30,7 @@ from obs_merlb.panel.live_tab import LiveTab
 from obs_merlb.panel.sessions_tab import SessionsTab
 from obs_merlb.panel.store import ConfigStore
 from obs_merlb.panel.training import TrainingTab
+from obs_merlb.panel.triggers_tab import TriggersTab
 from obs_merlb.panel.widgets import BAD, MUTED, OK, STYLESHEET, SURFACE, TEXT, WARN, Pill, clock, dark_palette, muted
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.controls, "Controls")
         self.tabs.addTab(self.sessions, "Sessions")
         self.tabs.addTab(self.training, "Training")
+        self.triggers = TriggersTab(self.store)
+        self.tabs.addTab(self.triggers, "Triggers")
         root.addWidget(self.tabs, 1)
         root.addWidget(self._build_tag_bar())
         self.setCentralWidget(central)
