@@ -36,8 +36,8 @@ IGNORE = -100
 
 
 def default_model_dir() -> Path:
-    import obs_merlb
-    return Path(obs_merlb.__file__).resolve().parent.parent / "assets" / "model"
+    from obs_merlb.registry import shipped_path
+    return shipped_path("model")
 
 
 def _load(model_dir: Path, device: str):
