@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 APT_PKGS := obs-studio xvfb xdotool imagemagick chromium chromium-driver fonts-noto-color-emoji libportaudio2
 
-.PHONY: setup system-deps demo test test-fast screenshots bench clean
+.PHONY: setup system-deps demo test test-fast wheel-check screenshots bench clean
 
 setup: $(STAMP)
 
@@ -37,13 +37,21 @@ demo: $(STAMP)
 
 # The suite's wall time is printed at the end (it should stay under 15 minutes
 # on the 2-core reference machine); pytest's exit status is make's.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps wheel-check
 	@start=$$(date +%s); \
 	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra; rc=$$?; \
 	s=$$(( $$(date +%s) - start )); echo "make test: wall time $$((s / 60)) min $$((s % 60)) s"; exit $$rc
 
 test-fast: $(STAMP)
 	QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not obs and not browser and not slow"
+
+# The package as a user installs it: the wheel in a fresh venv outside the
+# checkout with the pinned torch, run from another folder: `merlb demo`,
+# `merlb live` on the packaged clip, and `merlb install-obs --dry-run` on OBS
+# config folders laid out as on Windows, macOS and Linux (.ci/wheel-check).
+# Part of `make test`; pip's cache keeps the install to a minute or two.
+wheel-check:
+	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" bash .ci/wheel-check
 
 # The README's pictures in docs/img, re-taken on purpose from the tests that
 # draw them (the panel, the overlay themes, the OBS script's properties); a

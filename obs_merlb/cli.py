@@ -9,7 +9,7 @@ torch and mediapipe imports.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util  # binds importlib too; a plain install has not imported .util for us
 import logging
 import os
 import sys

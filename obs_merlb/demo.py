@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from obs_merlb.labels import FACE, MODALITIES, VOICE
-from obs_merlb.registry import SHIPPED_MODEL_DIR as SHIPPED_MODEL
+from obs_merlb.registry import shipped_path
 
-DEMO_VIDEO = SHIPPED_MODEL.parent / "demo.mp4"
+SHIPPED_MODEL = shipped_path("model")
+# Its true labels are in demo.csv beside it (see _labels_at).
+DEMO_VIDEO = shipped_path("demo.mp4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=DEMO_VIDEO, help="clip to run on (default: the shipped demo)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="saved model folder (default: assets/model, else a freshly initialised one)")
+                        help="saved model folder (default: the shipped model, else a freshly initialised one)")
     parser.add_argument("--hop", type=int, default=2, help="steps between printed windows (0.25 s each)")
     parser.add_argument("--no-report", action="store_true", help="skip the `merlb analyze` HTML report")
 
@@ -43,7 +45,7 @@ def _model_dir(requested: Path | None, tmp: Path) -> tuple[Path, str]:
     if requested is not None:
         return requested, f"model {requested}"
     if (SHIPPED_MODEL / "config.json").exists():
-        return SHIPPED_MODEL, "shipped model assets/model"
+        return SHIPPED_MODEL, f"shipped model {SHIPPED_MODEL}"
     import torch
 
     from obs_merlb.model import MERLB, MERLBConfig
@@ -53,7 +55,7 @@ def _model_dir(requested: Path | None, tmp: Path) -> tuple[Path, str]:
     torch.manual_seed(0)
     model = MERLB(MERLBConfig(modalities=["face", "voice"])).eval()
     export_onnx(model, save_model(model, tmp / "model"))
-    return tmp / "model", "a freshly initialised model (no trained weights in assets/model: outputs are not meaningful)"
+    return tmp / "model", "a freshly initialised model (no trained weights shipped: outputs are not meaningful)"
 
 
 def window_predictions(backend, steps, embs: dict[str, np.ndarray], truth: list[tuple[float, float, str]],

@@ -40,6 +40,7 @@ from obs_merlb.overlay.native import TEXT_SOURCE as OVERLAY_TEXT
 from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 
 SCRIPT_NAME = "obs_script.py"
+SUPERVISOR_NAME = "obs_supervisor.py"   # OBS loads it from the script's own folder
 OVERLAY_BROWSER = "MERLB overlay"
 DEFAULT_OVERLAY_URL = f"http://127.0.0.1:{OVERLAY_PORT}/overlay.html"
 MARK = "obs_merlb"  # key in a source's private_settings: we made it, uninstall may remove it
@@ -51,6 +52,24 @@ CAMERA_KINDS = ("v4l2_input", "dshow_input", "av_capture_input", "av_capture_inp
 # --------------------------------------------------------------------------
 # where things are
 # --------------------------------------------------------------------------
+# `--platform` names: check the folders another OS's OBS would use (CI, docs).
+PLATFORMS = {"windows": "win32", "macos": "darwin", "linux": "linux"}
+# Any of these in OBS's own folder switches it to portable mode: its config
+# is then that folder's config/obs-studio, not the user's (OBS's obs-main.cpp).
+PORTABLE_MARKERS = ("portable_mode", "obs_portable_mode", "portable_mode.txt",
+                    "obs_portable_mode.txt")
+
+
+def portable_config(obs_dir: Path) -> Path | None:
+    """The config folder of a portable OBS whose own folder is `obs_dir`, else None.
+
+    `obs_dir` may also be its bin/64bit, where obs64.exe is."""
+    root = obs_dir.parent.parent if obs_dir.parent.name.lower() == "bin" else obs_dir
+    if any((root / m).is_file() for m in PORTABLE_MARKERS):
+        return root / "config" / "obs-studio"
+    return None
+
+
 def obs_config_candidates(platform: str | None = None, env: dict[str, str] | None = None,
                           home: Path | None = None) -> list[Path]:
     """OBS config folders for this platform, most likely first."""
@@ -59,22 +78,44 @@ def obs_config_candidates(platform: str | None = None, env: dict[str, str] | Non
     home = home or Path.home()
     if platform.startswith("win"):
         appdata = env.get("APPDATA") or str(home / "AppData" / "Roaming")
-        return [Path(appdata) / "obs-studio"]
+        # The installer's OBS put into portable mode reads only its own folder.
+        program_files = env.get("ProgramFiles") or env.get("PROGRAMFILES")
+        portable = portable_config(Path(program_files) / "obs-studio") if program_files else None
+        return ([portable] if portable else []) + [Path(appdata) / "obs-studio"]
     if platform == "darwin":
         return [home / "Library" / "Application Support" / "obs-studio"]
     xdg = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
     return [xdg / "obs-studio", home / ".var" / "app" / FLATPAK_ID / "config" / "obs-studio"]
 
 
+def _is_obs_config(d: Path) -> bool:
+    # global.ini from every OBS; user.ini from OBS 31 on; basic/ once it saved a scene.
+    return (d / "global.ini").is_file() or (d / "user.ini").is_file() or (d / "basic").is_dir()
+
+
 def find_obs_config(override: str | None = None, **kw: Any) -> Path:
-    """The OBS config folder: --obs-config, else the first that exists, else the native one."""
+    """The OBS config folder: --obs-config, else the first that exists, else the native one.
+
+    --obs-config takes OBS's config folder or a portable OBS's own folder."""
     if override:
-        return Path(override).expanduser()
+        given = Path(override).expanduser()
+        if not _is_obs_config(given):
+            found = portable_config(given)
+            if found is not None:
+                return found
+            if _is_obs_config(given / "obs-studio"):   # a portable OBS's config/ folder
+                return given / "obs-studio"
+        return given
     cands = obs_config_candidates(**kw)
     for c in cands:
-        if (c / "global.ini").is_file() or (c / "basic").is_dir():
+        if _is_obs_config(c):
             return c
     return cands[0]
+
+
+def is_portable_config(path: Path) -> bool:
+    """Whether `path` is a portable OBS's config folder (OBS_DIR/config/obs-studio)."""
+    return path.parent.name == "config" and portable_config(path.parent.parent) is not None
 
 
 def is_flatpak_config(path: Path) -> bool:
@@ -269,7 +310,8 @@ def text_source_kind(platform: str | None = None) -> str:
     return default_text_kind(platform)
 
 
-def _overlay_source(mode: str, url: str, canvas: tuple[int, int]) -> dict[str, Any]:
+def _overlay_source(mode: str, url: str, canvas: tuple[int, int],
+                    platform: str | None = None) -> dict[str, Any]:
     if mode == "browser":
         return {"id": "browser_source", "versioned_id": "browser_source", "name": OVERLAY_BROWSER,
                 "enabled": True, "private_settings": {MARK: True},
@@ -279,7 +321,7 @@ def _overlay_source(mode: str, url: str, canvas: tuple[int, int]) -> dict[str, A
                              "body { background-color: rgba(0, 0, 0, 0); margin: 0; }"}}
     from obs_merlb.overlay.native import text_source_settings
 
-    kind = text_source_kind()
+    kind = text_source_kind(platform)
     # The same look as the source the worker or the panel creates.
     return {"id": kind, "versioned_id": kind, "name": OVERLAY_TEXT, "enabled": True,
             "private_settings": {MARK: True}, "settings": text_source_settings(kind)}
@@ -405,7 +447,8 @@ def plan_install(args: argparse.Namespace, cfg_dir: Path, config_file: Path,
             st["overlay_text_source"] = OVERLAY_TEXT
         what += _plan_overlay(col, args, _canvas(cfg_dir, g), plan)
     if col != col_orig or is_new:
-        what.append("script settings: worker Python, OBS config folder, config file")
+        what.append(f"script settings: worker Python {obs_path(args.python)}, OBS config folder, "
+                    "config file")
         plan.add(Change(cpath, c_before, _json_dump(col), what))
     if g != (g_before or ""):
         gwhat = []
@@ -441,7 +484,8 @@ def _plan_overlay(col: dict[str, Any], args: argparse.Namespace, canvas: tuple[i
                   plan: Plan) -> list[str]:
     mode = args.add_overlay
     src_name = OVERLAY_BROWSER if mode == "browser" else OVERLAY_TEXT
-    if mode == "browser" and _browser_plugin_present() is False:
+    local = target_platform(args) == sys.platform   # the plugin check looks at this machine's OBS
+    if mode == "browser" and local and _browser_plugin_present() is False:
         plan.notes.append("this OBS has no browser source (Debian's obs-studio ships none); "
                           "the overlay will show as missing: use --add-overlay text instead")
     scene_name = args.scene or col.get("current_scene") or "Scene"
@@ -452,7 +496,7 @@ def _plan_overlay(col: dict[str, Any], args: argparse.Namespace, canvas: tuple[i
     what = []
     names = {s.get("name") for s in col.get("sources", [])}
     if src_name not in names:
-        col["sources"].append(_overlay_source(mode, args.overlay_url, canvas))
+        col["sources"].append(_overlay_source(mode, args.overlay_url, canvas, target_platform(args)))
         what.append(f"add source {src_name!r}")
     elif mode == "browser":
         for s in col["sources"]:
@@ -615,9 +659,13 @@ def running_instructions(args: argparse.Namespace, cfg_dir: Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--obs-config", help="OBS's config folder (default: found for this "
-                        "platform: %%APPDATA%%/obs-studio, ~/Library/Application Support/"
-                        "obs-studio, ~/.config/obs-studio or the Flatpak's)")
+    parser.add_argument("--obs-config", help="OBS's config folder, or a portable OBS's own "
+                        "folder (default: found for this platform: %%APPDATA%%/obs-studio or a "
+                        "portable OBS in %%ProgramFiles%%/obs-studio, ~/Library/Application "
+                        "Support/obs-studio, ~/.config/obs-studio or the Flatpak's)")
+    parser.add_argument("--platform", choices=sorted(PLATFORMS),
+                        help="look for OBS where it keeps its config on this OS (default: this "
+                        "machine's; with --dry-run, to check another OS's layout)")
     parser.add_argument("--collection", help="scene collection to add the script to "
                         "(default: OBS's current one)")
     parser.add_argument("--python", default=sys.executable,
@@ -653,10 +701,18 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+def target_platform(args: argparse.Namespace) -> str:
+    """The sys.platform value of the OS whose OBS is being set up (--platform, else this one)."""
+    name = getattr(args, "platform", None)
+    return PLATFORMS[name] if name else sys.platform
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg_dir = find_obs_config(args.obs_config)
+    cfg_dir = find_obs_config(args.obs_config, platform=target_platform(args))
     config_file = Path(args.config).expanduser() if args.config else merlb_config.config_path()
-    print(f"OBS config folder: {cfg_dir}" + (" (Flatpak)" if is_flatpak_config(cfg_dir) else ""))
+    kind = " (Flatpak)" if is_flatpak_config(cfg_dir) else (
+        " (portable OBS)" if is_portable_config(cfg_dir) else "")
+    print(f"OBS config folder: {cfg_dir}{kind}")
     if is_flatpak_config(cfg_dir) and not args.uninstall:
         print("note: Flatpak OBS runs the worker through `flatpak-spawn --host`; allow it with\n"
               f"  flatpak override --user --talk-name=org.freedesktop.Flatpak {FLATPAK_ID}")
@@ -685,6 +741,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.uninstall and not Path(args.script).is_file():
         print(f"error: the script is not at {args.script}", file=sys.stderr)
+        return 2
+    if not args.uninstall and not (Path(args.script).parent / SUPERVISOR_NAME).is_file():
+        print(f"error: {SUPERVISOR_NAME} is not beside {args.script}; OBS loads it from the "
+              "script's folder: pass --script inside an installed obs_merlb package",
+              file=sys.stderr)
         return 2
     plan = plan_uninstall(cfg_dir, config_file) if args.uninstall else plan_install(
         args, cfg_dir, config_file)

@@ -19,6 +19,10 @@ Worker command line (argv carries no secret)::
         --device cpu|cuda:N --rate HZ --overlay browser|text|none
         [--overlay-text-source NAME [--overlay-head user|behaviour]] [--model DIR] --status-file PATH --control stdin
 
+``<python>`` is the script's 'Worker Python' setting, which ``merlb
+install-obs`` sets to the Python it runs under; left blank, it is the Python
+of the virtual environment this file is installed in (``installed_python``).
+
 ``--model`` only when the streamer set a model folder; without it the worker
 uses the active personalized model, else the shipped one. The worker reads
 the rest of its settings ([engine] threshold, smoothing, ...) from the
@@ -94,6 +98,27 @@ MIC_LIST_CODE = (
 # --------------------------------------------------------------------------
 # paths and config (no OBS needed)
 # --------------------------------------------------------------------------
+def installed_python(here: str | None = None) -> str:
+    """The Python of the virtual environment this package is installed in, or "".
+
+    OBS loads the script from ``<venv>/lib/pythonX.Y/site-packages/obs_merlb``
+    (``<venv>\\Lib\\site-packages\\obs_merlb`` on Windows); that environment's
+    Python can import obs_merlb, so it runs the worker when the script was added
+    by hand and 'Worker Python' left blank. A checkout or a system-wide install
+    has no pyvenv.cfg above it: "" then, and the script asks for the setting.
+    """
+    d = here or os.path.dirname(os.path.abspath(__file__))
+    for _ in range(4):   # site-packages, pythonX.Y or Lib, lib or the venv, the venv (POSIX)
+        d = os.path.dirname(d)
+        if os.path.isfile(os.path.join(d, "pyvenv.cfg")):
+            for rel in (("Scripts", "python.exe"), ("bin", "python3"), ("bin", "python")):
+                exe = os.path.join(d, *rel)
+                if os.path.isfile(exe):
+                    return exe
+            return ""
+    return ""
+
+
 def default_obs_config_dir() -> str:
     """OBS's config folder for this platform (Flatpak sets XDG_CONFIG_HOME)."""
     if sys.platform == "win32":
@@ -207,7 +232,7 @@ class WorkerConfig:
                  text_source: str = TEXT_SOURCE, data_dir: str = "",
                  obs_config_dir: str = "", merlb_config: str = "", obs_major: int = 0,
                  model: str = "", head: str = "emotion") -> None:
-        self.python = python
+        self.python = python or installed_python()
         self.camera = camera
         self.game = game
         self.mic = mic
@@ -395,7 +420,7 @@ class Supervisor:
 
     def request_mics(self, python: str) -> None:
         with self.lock:
-            self._mic_python = python
+            self._mic_python = python or installed_python()   # the worker's, as WorkerConfig
         self._wake.set()
 
     # -- the supervisor thread -------------------------------------------

@@ -18,12 +18,14 @@ never half of one. Without `active.json` (or after rolling back past the
 first version) the shipped default model is used.
 
 Model-folder lookup for every command lives here too (`default_model_dir`,
-`resolve_model_dir`), so training and the panel find the model without
-importing the live engine. Standard library only: `merlb live` imports it at
-start.
+`resolve_model_dir`, and `shipped_path` for what the package ships: the
+repo's `assets/`, installed as the package data `obs_merlb.assets`), so
+training and the panel find the model without importing the live engine.
+Standard library only: `merlb live` imports it at start.
 """
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -41,7 +43,7 @@ CANDIDATE_FILE = "candidate.json"
 TMP_PREFIX = ".tmp-"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 DEFAULT = "default"
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+ASSETS_PACKAGE = "obs_merlb.assets"   # the repo's assets/ (pyproject package-dir)
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()   # active.json is read several times per command: say each problem once
@@ -195,9 +197,22 @@ def active_model_dir(root: str | os.PathLike[str] | None = None) -> Path | None:
     return d if (d / "config.json").is_file() else None
 
 
+def shipped_path(name: str) -> Path:
+    """A file or folder the package ships (`model`, `demo.mp4`, ...), wherever it is installed."""
+    try:
+        root = importlib.resources.files(ASSETS_PACKAGE)
+    except ModuleNotFoundError:
+        # A checkout on sys.path without an install, or an editable install
+        # made before assets/ was mapped into the package: its own folder.
+        return Path(__file__).resolve().parent.parent / "assets" / name
+    # A wheel installs real files, which onnxruntime and PyAV need: a path.
+    return Path(str(root / name))
+
+
 def default_model_dir() -> Path | None:
-    """The shipped model (assets/model), or None in a checkout without one."""
-    return SHIPPED_MODEL_DIR if (SHIPPED_MODEL_DIR / "config.json").is_file() else None
+    """The shipped model (the package's assets/model), or None in a checkout without one."""
+    d = shipped_path("model")
+    return d if (d / "config.json").is_file() else None
 
 
 def resolve_model_dir(model: str | None) -> Path:
@@ -210,7 +225,7 @@ def resolve_model_dir(model: str | None) -> Path:
     # The streamer's personalized model (`merlb personalize`) wins over the shipped one.
     d = active_model_dir() or default_model_dir()
     if d is None:
-        raise SystemExit("merlb: no model given and no default model in assets/model; "
+        raise SystemExit("merlb: no model given and no shipped model (assets/model); "
                          "pass --model DIR (a folder written by `merlb train` or save_model)")
     return d
 

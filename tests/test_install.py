@@ -36,13 +36,14 @@ def obs_cfg(tmp_path: Path) -> Path:
     return cfg
 
 
-def run(cfg: Path, tmp_path: Path, *extra: str, monkeypatch: pytest.MonkeyPatch | None = None,
+def run(cfg: Path | None, tmp_path: Path, *extra: str, monkeypatch: pytest.MonkeyPatch | None = None,
         capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str]:
+    """`merlb install-obs` in this process; cfg None: the installer finds OBS's folder itself."""
     parser = argparse.ArgumentParser()
     install.add_arguments(parser)
-    args = parser.parse_args(["--obs-config", str(cfg), "--config", str(tmp_path / "cfg" /
-                              "config.toml"), "--python", "/opt/venv/bin/python", "--yes",
-                              *extra])
+    where = ["--obs-config", str(cfg)] if cfg is not None else []
+    args = parser.parse_args([*where, "--config", str(tmp_path / "cfg" / "config.toml"),
+                              "--python", "/opt/venv/bin/python", "--yes", *extra])
     rc = install.run(args)
     out = capsys.readouterr().out if capsys else ""
     return rc, out
@@ -256,3 +257,109 @@ def test_top_level_script_runs(obs_cfg: Path, tmp_path: Path) -> None:
                        env={**os.environ, "PYTHONPATH": str(repo)})
     assert r.returncode == 0, r.stderr
     assert "Dry run" in r.stdout
+
+
+def lay_out(folder: Path) -> Path:
+    """A fresh OBS config folder at `folder`, as OBS leaves it after its first run."""
+    (folder / "basic" / "scenes").mkdir(parents=True)
+    (folder / "global.ini").write_text(GLOBAL_INI)
+    (folder / "basic" / "scenes" / "Stream.json").write_text(json.dumps(COLLECTION, indent=4))
+    return folder
+
+
+# (--platform, environment, where OBS keeps its config below the fake root, what the run says)
+OS_LAYOUTS = {
+    "windows": ("windows", {"APPDATA": "Users/u/AppData/Roaming"},
+                "Users/u/AppData/Roaming/obs-studio", ""),
+    "windows-portable": ("windows", {"APPDATA": "Users/u/AppData/Roaming",
+                                     "ProgramFiles": "Program Files"},
+                         "Program Files/obs-studio/config/obs-studio", " (portable OBS)"),
+    "macos": ("macos", {}, "home/Library/Application Support/obs-studio", ""),
+    "linux": ("linux", {}, "home/.config/obs-studio", ""),
+    "linux-xdg": ("linux", {"XDG_CONFIG_HOME": "xdg"}, "xdg/obs-studio", ""),
+    "linux-flatpak": ("linux", {}, "home/.var/app/com.obsproject.Studio/config/obs-studio",
+                      " (Flatpak)"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(OS_LAYOUTS))
+def test_finds_obs_config_laid_out_as_on_each_os(layout: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """No --obs-config: the installer looks where that OS's OBS keeps its config."""
+    platform, env, rel, said = OS_LAYOUTS[layout]
+    root = tmp_path / "fs"
+    monkeypatch.setenv("HOME", str(root / "home"))
+    for k in ("APPDATA", "ProgramFiles", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(root / v))
+    cfg = lay_out(root / rel)
+    if layout == "windows-portable":
+        # the portable marker beside OBS wins over a user config that also exists
+        (cfg.parent.parent / "obs_portable_mode.txt").write_text("")
+        lay_out(root / "Users/u/AppData/Roaming/obs-studio")
+    rc, out = run(None, tmp_path, "--platform", platform, "--add-overlay", "text", capsys=capsys)
+    assert rc == 0, out
+    assert f"OBS config folder: {cfg}{said}\n" in out
+    col = json.loads((cfg / "basic" / "scenes" / "Stream.json").read_text())
+    ours = [e for e in col["modules"]["scripts-tool"] if install._is_our_script(e)]
+    assert len(ours) == 1 and ours[0]["settings"]["obs_config_dir"] == cfg.as_posix()
+    text = [s for s in col["sources"] if s["name"] == install.OVERLAY_TEXT]
+    assert text[0]["id"] == ("text_gdiplus_v2" if platform == "windows" else "text_ft2_source_v2")
+
+
+@pytest.mark.parametrize("given", ["obs", "obs/bin/64bit", "obs/config", "obs/config/obs-studio"])
+def test_obs_config_option_takes_a_portable_obs_folder(given: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A portable OBS (unzipped anywhere, a marker file beside bin/) keeps its
+    config in its own folder: --obs-config may name that folder, its
+    bin/64bit, its config/ or the config folder itself."""
+    obs = tmp_path / "obs"
+    (obs / "bin" / "64bit").mkdir(parents=True)
+    (obs / "portable_mode.txt").write_text("")
+    cfg = lay_out(obs / "config" / "obs-studio")
+    assert install.find_obs_config(str(tmp_path / given)) == cfg
+    rc, out = run(tmp_path / given, tmp_path, capsys=capsys)
+    assert rc == 0 and f"OBS config folder: {cfg} (portable OBS)\n" in out
+    assert "obs_script.py" in (cfg / "basic" / "scenes" / "Stream.json").read_text()
+
+
+def test_obs_config_option_without_marker_is_taken_as_given(tmp_path: Path) -> None:
+    plain = tmp_path / "obs"
+    (plain / "bin" / "64bit").mkdir(parents=True)
+    assert install.find_obs_config(str(plain)) == plain
+    assert install.find_obs_config(str(plain / "bin" / "64bit")) == plain / "bin" / "64bit"
+
+
+def test_script_must_have_its_supervisor_beside_it(obs_cfg: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """OBS loads obs_supervisor.py from the script's folder: registering a lone
+    copy of the script would give a script that cannot start."""
+    registered = Path(install.script_source_path())
+    assert (registered.parent / install.SUPERVISOR_NAME).is_file()
+    lone = tmp_path / "lone" / install.SCRIPT_NAME
+    lone.parent.mkdir()
+    lone.write_text(registered.read_text())
+    before = snapshot(obs_cfg)
+    rc = run(obs_cfg, tmp_path, "--script", str(lone))[0]
+    assert rc == 2 and install.SUPERVISOR_NAME in capsys.readouterr().err
+    assert snapshot(obs_cfg) == before
+
+
+@pytest.mark.parametrize("bindir,exe", [("bin", "python3"), ("Scripts", "python.exe")])
+def test_worker_python_defaults_to_the_venv_the_script_is_installed_in(
+        bindir: str, exe: str, tmp_path: Path) -> None:
+    """A script added by hand (OBS was running) with 'Worker Python' blank runs
+    the worker with the Python of the environment obs_merlb is installed in."""
+    from obs_merlb.obs_supervisor import installed_python
+
+    venv = tmp_path / "venv"
+    site = (venv / "lib" / "python3.11" / "site-packages" if bindir == "bin"
+            else venv / "Lib" / "site-packages")
+    (site / "obs_merlb").mkdir(parents=True)
+    (venv / bindir).mkdir()
+    (venv / bindir / exe).write_text("")
+    assert installed_python(str(site / "obs_merlb")) == ""   # no pyvenv.cfg: not a venv
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert installed_python(str(site / "obs_merlb")) == str(venv / bindir / exe)

@@ -35,8 +35,8 @@ from .metrics import confusion_png, reliability_png, rich_table, score, table_ro
 
 
 def default_model_dir() -> Path:
-    import obs_merlb
-    return Path(obs_merlb.__file__).resolve().parent.parent / "assets" / "model"
+    from obs_merlb.registry import shipped_path
+    return shipped_path("model")
 
 
 def _load(model_dir: Path, device: str):
