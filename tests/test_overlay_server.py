@@ -692,8 +692,11 @@ def _raw(srv: OverlayServer, head: str) -> int:
 
 
 def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    # The server's records only: the test's own client may log, at debug and
+    # with the exception, a refused connection it was still reading from.
+    server = [r for r in caplog.records if not r.name.startswith("websockets.client")]
+    assert not [r for r in server if r.exc_info], [r.getMessage() for r in server]
+    assert not [r for r in server if r.levelno >= logging.ERROR], [r.getMessage() for r in server]
 
 
 @pytest.fixture

@@ -67,3 +67,22 @@ def test_plain_progress_line_has_rate_and_eta() -> None:
     line = plain_progress(epoch=1, epochs=4, done=100, total=400, elapsed_s=50.0, loss=1.234)
     assert "epoch 2/4" in line and "2.00 steps/s" in line
     assert "ETA epoch 2.5 min" in line and "run 9.2 min" in line      # 300 steps + 2 epochs of 400 at 2/s
+
+
+def test_blend_original_mixes_the_folder_label_into_voted_targets_only() -> None:
+    from pathlib import Path
+
+    from obs_merlb.labels import EMOTIONS
+    from obs_merlb.train import datasets as D
+    from obs_merlb.train.data import Records, blend_original
+
+    fix = Path(__file__).parent / "fixtures"
+    items = D.load_items(fix / "fer2013", votes=fix / "ferplus_votes_sample.csv")
+    rec = Records(items, [{} for _ in items], np.zeros((len(items), 4), np.int64))
+    out = blend_original(rec, 0.25)
+    for i, it in enumerate(items):
+        if it.soft is None:                                   # unvoted: its folder label, unchanged
+            assert np.array_equal(out.emotion_q[i], rec.emotion_q[i])
+        else:
+            want = 0.75 * np.asarray(it.soft) + 0.25 * np.eye(len(EMOTIONS))[EMOTIONS.index(it.orig)]
+            assert np.allclose(out.emotion_q[i], want) and abs(out.emotion_q[i].sum() - 1) < 1e-6

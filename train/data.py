@@ -84,6 +84,16 @@ def emotion_distributions(items: Sequence[Item]) -> np.ndarray:
     return q
 
 
+def blend_original(records: Records, weight: float) -> Records:
+    """Records whose voted items' targets take `weight` of their original folder label."""
+    q = records.emotion_q.copy()
+    for i, it in enumerate(records.items):
+        if it.soft is not None and it.orig is not None:
+            q[i] *= 1.0 - weight
+            q[i, EMOTIONS.index(it.orig)] += weight
+    return Records(records.items, records.arrays, records.targets, q, records.emotion_allowed)
+
+
 def allowed_emotions(items: Sequence[Item]) -> np.ndarray:
     """(N, len(EMOTIONS)) bool: the emotions each item's set offers (labels.SET_EMOTIONS)."""
     out = np.ones((len(items), len(EMOTIONS)), bool)

@@ -31,7 +31,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from obs_merlb.labels import MODALITIES
 
 from . import balance
-from .data import (Collate, PairedDataset, Records, StepDataset, head_targets, load_records,
+from .data import (Collate, PairedDataset, Records, StepDataset, blend_original, head_targets, load_records,
                    predict, voice_band_std)
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe, split_items
 from .metrics import mean_macro_f1, score
@@ -84,6 +84,11 @@ class TrainConfig:
     # Share of training voices heard in a random reverberant room, and
     # (drawn apart) the same share over background noise (data.reverb_and_noise).
     voice_room: float = 0.0
+    # FER+ votes: the share of an image's target taken by its original
+    # FER2013 folder label (0 = the votes alone). The two label kinds
+    # disagree on about a quarter of the images; a blend keeps some of the
+    # original labels' accuracy (data.blend_original).
+    vote_original_weight: float = 0.0
     max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
     preprocess_workers: int = field(default_factory=default_workers)
     loader_workers: int = 0
@@ -458,6 +463,10 @@ def train(cfg: TrainConfig, quiet: bool = False,
     if dist_info.world > 1 and not dist_info.main:
         torch.distributed.barrier()
     train_rec, val_rec = data if data is not None else load_data(cfg, quiet=quiet or not dist_info.main)
+    if not 0.0 <= cfg.vote_original_weight <= 1.0:
+        raise SystemExit(f"vote_original_weight is a share, 0 to 1; got {cfg.vote_original_weight}")
+    if cfg.vote_original_weight:
+        train_rec = blend_original(train_rec, cfg.vote_original_weight)
     if dist_info.world > 1 and dist_info.main:
         torch.distributed.barrier()
     if not len(train_rec):
