@@ -45,6 +45,8 @@ tag        t, name, source (hotkey | panel | api | stdin)
 highlight  t, kind (arousal_peak | emotion_change), score, label,
            replay_saved, chapter_added
 session    event (open | close), path, recording
+trigger    rule, event (fire | release | skipped), t, wall, ok, results (one per
+           action: what was done or why not); obs_merlb/triggers
 error      message, where
 ========== ==============================================================
 
