@@ -59,7 +59,9 @@ wheel-check:
 # tree clean. Look at `git diff --stat docs/img` and the skips it lists.
 SCREENSHOT_TESTS := tests/test_panel.py::test_panel_shows_live_values_that_change \
 	tests/test_overlay_browser.py::test_theme_screenshot \
-	tests/test_obs.py::test_engine_properties_screenshot
+	tests/test_overlay_browser.py::test_settings_page_builds_form_and_url \
+	tests/test_obs.py::test_engine_properties_screenshot \
+	tests/test_triggers_panel.py::test_triggers_tab_lists_edits_saves_and_tests
 
 screenshots: $(STAMP) system-deps
 	MERLB_SCREENSHOTS=docs/img QT_QPA_PLATFORM=offscreen OMP_NUM_THREADS=1 \

@@ -250,7 +250,7 @@ def test_recovers_after_server_restart(driver: Any) -> None:
         srv.stop()
 
 
-def test_settings_page_builds_form_and_url(driver: Any, server: OverlayServer) -> None:
+def test_settings_page_builds_form_and_url(driver: Any, server: OverlayServer, tmp_path: Path) -> None:
     from selenium.webdriver.support.ui import Select
 
     driver.get(server.url.replace("overlay.html", "settings.html"))
@@ -270,12 +270,11 @@ def test_settings_page_builds_form_and_url(driver: Any, server: OverlayServer) -
         _wait(lambda: _js(driver, "window.__merlb.visible"), what="preview shows demo events")
     finally:
         driver.switch_to.default_content()
-    IMG_DIR.mkdir(parents=True, exist_ok=True)
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False})
     try:
         time.sleep(1.0)
-        _png(driver, transparent=False).convert("RGB").save(IMG_DIR / "overlay-settings.png")
+        _png(driver, transparent=False).convert("RGB").save(screenshot_path("overlay-settings.png", tmp_path))
     finally:
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                {"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": False})
