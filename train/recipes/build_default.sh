@@ -3,12 +3,11 @@
 #
 #   train/recipes/build_default.sh            # everything: preprocess, 3 stages, export, eval, bench
 #   train/recipes/build_default.sh train      # preprocess + the 3 training stages
-#   train/recipes/build_default.sh export     # copy RUNS/combined/model to assets/model, then calibrate
+#   train/recipes/build_default.sh export     # copy RUNS/fusion_room/model to assets/model, then calibrate
 #   train/recipes/build_default.sh calibrate  # temperatures per modality set into DEST/config.json
 #   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
 #   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | face_wide | face_wide2 |
-#                                             #   fusion | voice_room | fusion_room | face_ferplus |
-#                                             #   face_ferplus2 | voice_all | combine
+#                                             #   fusion | voice_room | fusion_room
 #
 # Settings (environment):
 #   DATA  data root in the ../shared/data layout   (default ../shared/data)
@@ -31,12 +30,10 @@
 #  2g default_voice.toml + voice_eq=2.0, voice_room=0.5, 120 epochs, seed 1: stage 2 from
 #                          scratch with a random equaliser, room reverb and background noise
 #  3g default_fusion.toml  stage 3 again, from stage 3 with stage 2g's voice parts, its voice-only
-#                          windows distilled toward stage 2g (voice_teacher)
-#  1a default_face_ferplus.toml   the face on FER+ votes (init: 3g), fusion and heads fixed
-# 1a2 default_face_ferplus2.toml  a second cycle, more of the encoder, votes blended with the
-#                          original labels (init: 1a)
-#  2a default_voice_all.toml      the voice on all six speech sets (init: 3g), fusion and heads fixed
-#   c combine_parts.py     1a2 with 2a's voice encoder and voice Bi-LSTM (shipped)
+#                          windows distilled toward stage 2g (voice_teacher) (shipped)
+# default_face_ferplus.toml (FER+ votes) and default_voice_all.toml (all six speech sets)
+# start from the shipped model and were measured, not shipped (MODEL_CARD.md, session 13);
+# combine_parts.py joins such stages' disjoint parts into one model.
 # Stages 1 and 1b only serve as the voice stage's starting point; the stages
 # tried and replaced on the way (MODEL_CARD.md, "How the recipe got here")
 # are in git history.
@@ -117,31 +114,15 @@ fusion_room() { RECIPE=fusion stage fusion_room --data "$DATA/fer2013" --data "$
 }
 # Earlier shipped voice and fusion stages (2e/3e, 2f/3f) are in git history;
 # 3g starts from stage 3, as 3f did.
-# Stages 1a, 1a2 and 2a start from 3g and each train weights the others keep
-# fixed (the fusion and heads stay 3g's), so `combine` joins them without a
-# training run.
-face_ferplus() { stage face_ferplus --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" \
-        --init "$RUNS/fusion_room/model"; }
-face_ferplus2() { stage face_ferplus2 --data "$DATA/fer2013/train" --val-data "$DATA/fer2013/val" \
-        --init "$RUNS/face_ferplus/model"; }
-voice_all() { stage voice_all --data "$DATA/ravdess_speech" --data "$DATA/emodb" --data "$DATA/ased" \
-        --data "$DATA/urdu" --data "$DATA/emotiontts_kr" --data "$DATA/nemo" --init "$RUNS/fusion_room/model"; }
-combine() {
-    stamp "combine $RUNS/face_ferplus2/model + voice parts of $RUNS/voice_all/model"
-    $PY -m obs_merlb.train.recipes.combine_parts --base "$RUNS/face_ferplus2/model" \
-        --part "encoders.voice.=$RUNS/voice_all/model" \
-        --part "fusion.temporals.1.=$RUNS/voice_all/model" \
-        --part "fusion.norms.1.=$RUNS/voice_all/model" --out "$RUNS/combined/model"
-}
-train_all() { preprocess; face; face2; voice; face_wide; face_wide2; fusion; voice_room; fusion_room; face_ferplus; face_ferplus2; voice_all; combine; }
+train_all() { preprocess; face; face2; voice; face_wide; face_wide2; fusion; voice_room; fusion_room; }
 
 export_model() {
     # The run folder already holds weights, config (with label names) and the
     # ONNX files the live engine loads (obs_merlb/inference.py onnx_files).
-    stamp "export $RUNS/combined/model -> $DEST"
+    stamp "export $RUNS/fusion_room/model -> $DEST"
     rm -rf "$DEST"
     mkdir -p "$DEST"
-    cp "$RUNS"/combined/model/{model.safetensors,config.json,*.onnx} "$DEST"/
+    cp "$RUNS"/fusion_room/model/{model.safetensors,config.json,*.onnx} "$DEST"/
     calibrate
     du -sh "$DEST"
 }
@@ -192,8 +173,7 @@ evaluate() {
 case $what in
     all) train_all; export_model; evaluate ;;
     train) train_all ;;
-    preprocess | face | face2 | voice | face_wide | face_wide2 | fusion | voice_room | fusion_room | \
-        face_ferplus | face_ferplus2 | voice_all | combine) $what ;;   # one step
+    preprocess | face | face2 | voice | face_wide | face_wide2 | fusion | voice_room | fusion_room) $what ;;   # one step
     export) export_model ;;
     calibrate) calibrate ;;
     eval) evaluate ;;
