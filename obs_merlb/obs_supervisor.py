@@ -83,6 +83,9 @@ OWN_SOURCES = (TEXT_SOURCE, IMAGE_SOURCE, BROWSER_SOURCE)
 DEFAULT_OBS_HOST = "127.0.0.1"
 DEFAULT_OBS_PORT = 4455
 STATUS_STALE_S = 60.0       # a worker silent this long (after its first status) is restarted
+# A worker that has written no status this long after it started is hung
+# before its first one (loading a model and mediapipe takes seconds, not minutes).
+STATUS_FIRST_S = 120.0
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 HEALTHY_AFTER_S = 60.0      # a run this long resets the backoff
 STOP_GRACE_S = 4.0          # after {"cmd":"stop"}: then terminate, then kill
@@ -489,7 +492,9 @@ class Supervisor:
                 self._set("restarting", f"worker stopped answering ({stale:.0f}s without status)")
                 self._stop_worker()
                 self._schedule_restart()
-            elif time.monotonic() - self.started_at > HEALTHY_AFTER_S:
+            elif self._status_mtime and time.monotonic() - self.started_at > HEALTHY_AFTER_S:
+                # Only a worker that reports counts as healthy: one that never
+                # wrote a status must not reset the backoff.
                 self.failures = 0
             return
         if proc is not None:  # it exited on its own
@@ -610,9 +615,13 @@ class Supervisor:
         self._set("running" if state == "running" else state, "")
 
     def _status_stale(self) -> float:
-        """Seconds since the worker's last status, once it has written one."""
+        """Seconds without a status when that means a hung worker, else 0.
+
+        Since its last status once it has written one; since its start while
+        it has written none (a worker can hang before its first status)."""
         if not self._status_mtime:
-            return 0.0
+            waited = time.monotonic() - self.started_at
+            return waited if self.started_at and waited > STATUS_FIRST_S else 0.0
         age = time.time() - self._status_mtime
         return age if age > STATUS_STALE_S else 0.0
 

@@ -155,6 +155,23 @@ def test_crashing_worker_backs_off(setup: dict[str, Any], tmp_path: Path) -> Non
     assert sup.restarts <= 3
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
+def test_worker_hung_before_its_first_status_is_restarted(setup: dict[str, Any], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that never writes a status (hung while starting) is restarted, and never counts as healthy."""
+    monkeypatch.setattr(obs_supervisor, "STATUS_FIRST_S", 1.0)
+    monkeypatch.setattr(obs_supervisor, "HEALTHY_AFTER_S", 0.5)
+    sup, cfg = setup["sup"], setup["cfg"]
+    hung = tmp_path / "hung-python"
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "python": str(hung)}))
+    sup.start()
+    wait_for(lambda: sup.restarts >= 1, timeout=20, what="restart of a worker with no status")
+    assert "stopped answering" in sup.status_line()
+    assert sup.failures >= 1          # the backoff keeps growing for a worker that never reports
+
+
 def test_websocket_connection_sources(tmp_path: Path) -> None:
     obs_cfg = tmp_path / "obs"
     (obs_cfg / "plugin_config" / "obs-websocket").mkdir(parents=True)
