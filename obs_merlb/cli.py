@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib.util  # binds importlib too; a plain install has not imported .util for us
 import logging
+import logging.handlers
 import os
 import sys
+
+# `--log-file`: a web page or a stuck loop must not fill the disk through the worker's log.
+LOG_FILE_BYTES = 5 * 2**20
+LOG_FILE_BACKUPS = 2
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Run `merlb COMMAND --help` for a command's options.",
     )
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    top.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in commands.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -74,12 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"merlb {known.command}",
                                      description=commands[known.command][1])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-file", default=None, metavar="PATH",
+                        help=f"log to PATH instead of stderr, rotated at {LOG_FILE_BYTES // 2**20} MB "
+                             f"({LOG_FILE_BACKUPS} older files kept)")
     module.add_arguments(parser)
     rest = argv[argv.index(known.command) + 1:]
     args = parser.parse_args(rest)
-    logging.basicConfig(level=logging.DEBUG if (args.verbose or known.verbose) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose or known.verbose, args.log_file or known.log_file)
     return int(module.run(args) or 0)
+
+
+def setup_logging(verbose: bool, log_file: str | None) -> None:
+    """Log lines to stderr, or to a size-capped, rotated file (the OBS script's worker.log)."""
+    handlers: list[logging.Handler] | None = None
+    if log_file:
+        try:
+            handlers = [logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES,
+                                                             backupCount=LOG_FILE_BACKUPS, encoding="utf-8")]
+        except OSError as e:
+            print(f"merlb: cannot write the log file {log_file} ({e.strerror or e}); logging to stderr",
+                  file=sys.stderr)
+    # force: a file asked for replaces whatever handler an embedding process set up.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
+                        force=handlers is not None,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

@@ -291,7 +291,8 @@ class WorkerConfig:
                 args += ["--overlay-head", self.head]
         if self.model:
             args += ["--model", self.model]
-        args += ["--status-file", self.status_file, "--control", "stdin"]
+        args += ["--status-file", self.status_file, "--control", "stdin",
+                 "--log-file", os.path.join(self.data_dir, "worker.log")]
         return args
 
 
@@ -537,7 +538,10 @@ class Supervisor:
         host, port, password, source = websocket_connection(
             cfg.obs_config_dir, cfg.merlb_config, cfg.obs_major)
         os.makedirs(cfg.data_dir, exist_ok=True)
-        log_path = os.path.join(cfg.data_dir, "worker.log")
+        # The worker logs to worker.log itself (size-capped and rotated:
+        # `merlb --log-file`); what it prints outside logging (a fatal
+        # `merlb live: ...` line, a crash) goes to worker.out.
+        log_path = os.path.join(cfg.data_dir, "worker.out")
         if os.path.exists(log_path):
             os.replace(log_path, log_path + ".1")  # keep the previous run for bug reports
         env = dict(os.environ)
@@ -626,16 +630,19 @@ class Supervisor:
         return age if age > STATUS_STALE_S else 0.0
 
     def _log_tail(self, cfg: WorkerConfig) -> str:
-        """The worker's last log line: usually the reason it died."""
-        try:
-            with open(os.path.join(cfg.data_dir, "worker.log"), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 4096))
-                lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
-        except OSError:
-            return ""
-        lines = [ln for ln in lines if ln]
-        return lines[-1][:300] if lines else ""
+        """The worker's last output line, usually the reason it died: worker.out, else worker.log."""
+        for name in ("worker.out", "worker.log"):
+            try:
+                with open(os.path.join(cfg.data_dir, name), "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    f.seek(max(0, f.tell() - 4096))
+                    lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+            except OSError:
+                continue
+            lines = [ln for ln in lines if ln]
+            if lines:
+                return lines[-1][:300]
+        return ""
 
     def _stop_worker(self, final: bool = False) -> None:
         """Ask the worker to stop; escalation happens in _reap_stopping."""
