@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -122,7 +122,8 @@ def _frame_converter(frame, max_width: int | None):
 def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = True,
                paced: bool = False, speed: float = 1.0, max_width: int | None = None,
                start: float = 0.0, end: float | None = None,
-               stop: threading.Event | None = None) -> Iterator[VideoFrame | AudioChunk]:
+               stop: threading.Event | None = None,
+               on_warning: Callable[[str], None] | None = None) -> Iterator[VideoFrame | AudioChunk]:
     """Yield video frames and 16 kHz mono audio chunks in file order.
 
     ``paced`` releases each item when its timestamp is reached on the wall
@@ -132,6 +133,8 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
     early (truncated mid-stream) stops with a warning and keeps what decoded;
     a file that yields nothing at all raises :class:`MediaError`.
     ``max_width`` scales frames down on conversion (aspect kept).
+    ``on_warning`` receives those warnings' text instead (a decoding thread,
+    where ``warnings.catch_warnings`` is not safe to use).
     """
     av = _av()
     p = os.fspath(path)
@@ -156,6 +159,12 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         yielded = 0
         v_done, a_done = v is None, a is None
         wall0 = time.monotonic()
+
+        def warn(message: str) -> None:
+            if on_warning is not None:
+                on_warning(message)
+            else:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
 
         def pace(t: float) -> None:
             if paced:
@@ -223,9 +232,8 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         except av.FFmpegError as e:
             if yielded == 0:
                 raise MediaError(p, f"cannot decode ({_reason(e)})") from e
-            warnings.warn(f"{p}: decoding stopped at {_reached(last_vt, audio_t0, audio_n):.2f} s "
-                          f"({_reason(e)}); the file looks truncated or damaged, keeping what decoded",
-                          RuntimeWarning, stacklevel=2)
+            warn(f"{p}: decoding stopped at {_reached(last_vt, audio_t0, audio_n):.2f} s "
+                 f"({_reason(e)}); the file looks truncated or damaged, keeping what decoded")
             return
         if yielded == 0:
             where = "" if start == 0 and end is None else f" between {start:.2f} s and {end} s"
@@ -235,9 +243,8 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         declared = container.duration / 1e6 if container.duration else None
         got = _reached(last_vt, audio_t0, audio_n)
         if declared and (end is None or end > got) and got < 0.9 * declared - 0.2:
-            warnings.warn(f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
-                          f"{declared:.2f} s; it looks truncated, keeping what decoded",
-                          RuntimeWarning, stacklevel=2)
+            warn(f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
+                 f"{declared:.2f} s; it looks truncated, keeping what decoded")
     finally:
         container.close()
 

@@ -164,14 +164,22 @@ class Perceiver:
         """The newest audio (at least ``VOICE_SECONDS``; shorter is zero-padded
         in front, as at a stream's start) -> the step ending now. The log-mel
         is computed only for speech: a masked step carries zeros anyway."""
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        return self.voice_steps(V.window_ending(x, len(x))[None])[0]
+
+    def voice_steps(self, windows: np.ndarray) -> list[VoiceStep]:
+        """``voice_step`` of each row of ``windows`` (B, NEEDED samples), the
+        speech detector batched over them (offline: many steps per call)."""
         if self._vad is None:
             raise RuntimeError("this Perceiver was made with voice=False")
-        x = V.window_ending(np.asarray(audio, dtype=np.float32).reshape(-1), len(audio))
-        p = self._vad.speech_prob(x)
-        e = V.rms(x)
-        present = p >= self.vad_threshold
-        feat = V.log_mel(x) if present else np.zeros((1, V.N_MELS, V.N_FRAMES), np.float32)
-        return VoiceStep(feat, p, e, present)
+        x = np.asarray(windows, dtype=np.float32).reshape(len(windows), -1)
+        probs = self._vad.speech_probs(x)
+        out = []
+        for row, p in zip(x, probs):
+            present = bool(p >= self.vad_threshold)
+            feat = V.log_mel(row) if present else np.zeros((1, V.N_MELS, V.N_FRAMES), np.float32)
+            out.append(VoiceStep(feat, float(p), V.rms(row), present))
+        return out
 
     def steps(self, frames: Sequence[np.ndarray], frame_times: Sequence[float],
               audio: np.ndarray | None, *, t0: float = 0.0, T: int = T_DEFAULT,
