@@ -249,6 +249,51 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         container.close()
 
 
+def iter_media_ahead(path: str | os.PathLike, *, ahead: int = 64, **kw) -> Iterator[VideoFrame | AudioChunk]:
+    """`iter_media` decoding in its own thread, up to ``ahead`` items in front of the
+    consumer: offline, decoding and perceiving then share the cores. Same items, same
+    order, same errors; a truncation warning is issued in the consumer's thread."""
+    import queue
+
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    halt = threading.Event()
+    notes: list[str] = []
+    done = object()
+    on_warning = kw.pop("on_warning", None)
+
+    def run() -> None:
+        try:
+            for item in iter_media(path, stop=halt, on_warning=notes.append, **kw):
+                while not halt.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=run, name="merlb-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        thread.join(timeout=5.0)
+    for note in notes:
+        if on_warning is not None:
+            on_warning(note)
+        else:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+
+
 def _reached(last_vt: float | None, audio_t0: float | None, audio_n: int) -> float:
     return max(last_vt if last_vt is not None else 0.0,
                (audio_t0 or 0.0) + audio_n / SAMPLE_RATE)
