@@ -38,6 +38,11 @@ from obs_merlb.state import StateTracker, contributions_from_deltas, modality_co
 # a paused or frozen source repeats its pixels exactly and is skipped.
 UNCHANGED_LEVELS = 0.1
 
+def thumb(image: np.ndarray) -> np.ndarray:
+    """The 24x16 thumbnail the 'unchanged frame' test compares."""
+    return cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
 # ---------------------------------------------------------------- stage timing
 
 class StageClock:
@@ -214,11 +219,14 @@ class Analyzer:
         Compared with the last frame the mesh actually saw, not the last tick:
         a face that changes slowly would otherwise never count as changed.
         """
-        small = cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+        small = self._thumb(image)
         same = self._last_thumb is not None and float(np.abs(small - self._last_thumb).mean()) < UNCHANGED_LEVELS
         if not same:
             self._last_thumb = small
         return same
+
+    def _thumb(self, image: np.ndarray) -> np.ndarray:
+        return thumb(image)
 
     def _voice_step(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None]:
         """Step k's voice features and embedding (None when not speech) from its audio window."""

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from obs_merlb.analyzer import Analyzer, AudioView, StepRing, TickResult
+from obs_merlb.analyzer import Analyzer, AudioView, StepRing, TickResult, thumb
 from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
 from obs_merlb.capture.file import iter_media
 from obs_merlb.perception.steps import VoiceStep
@@ -36,6 +36,10 @@ from obs_merlb.perception.voice import NEEDED
 DECODE_AHEAD = 48          # decoded items queued ahead of the analysis (frames are ~0.5 MB each)
 TICK_BATCH = 96            # ticks per batched sequence call
 VOICE_BATCH = 32           # voice steps per batched call
+# Faces per encoder call: the face CNN is compute-bound (a batch saves nothing
+# per face), and onnxruntime's arena keeps the largest batch's activations:
+# 60 faces at once held ~200 MB more for the whole run.
+FACE_BATCH = 8
 _END = object()
 
 
@@ -100,12 +104,13 @@ class _Decoder:
     """Decodes in its own thread: sampled frames (converted) and audio, in file order."""
 
     def __init__(self, path: str, rate: float, *, max_width: int | None, start: float, next_t: float,
-                 voice: "_VoiceAhead | None", stop: threading.Event) -> None:
+                 voice: "_VoiceAhead | None", stop: threading.Event, thumbs: bool) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=DECODE_AHEAD)
         self.notes: list[str] = []
         self._args = (path, rate, max_width, start, next_t)
         self._voice = voice
         self._stop = stop
+        self._thumbs = thumbs            # the 'unchanged frame' thumbnails, made here off the mesh's thread
         self._thread = threading.Thread(target=self._run, name="merlb-decode", daemon=True)
         self._thread.start()
 
@@ -131,7 +136,8 @@ class _Decoder:
                     if item.t < start or item.t + 1e-6 < next_t:
                         continue
                     before, next_t = next_t, max(next_t + period, item.t + period * 0.5)
-                    ok = self._put(("v", item.t, (item.image, before)))
+                    image = item.image
+                    ok = self._put(("v", item.t, (image, before, thumb(image) if self._thumbs else None)))
                 else:
                     if self._voice is not None:
                         self._voice.feed(item.samples, item.t)
@@ -300,6 +306,7 @@ class BatchedAnalyzer(Analyzer):
         self.voice_ahead: _VoiceAhead | None = None
         # Ticks up to this media time only warm the ring up (a resumed run): no model call, no state.
         self.quiet_until = -math.inf
+        self.next_thumb: np.ndarray | None = None    # the next frame's thumbnail, from the decoder
 
     @property
     def pending(self) -> int:
@@ -324,6 +331,9 @@ class BatchedAnalyzer(Analyzer):
         self._pending, self._crops = [], []
         return batch
 
+    def _thumb(self, image: np.ndarray) -> np.ndarray:
+        return self.next_thumb if self.next_thumb is not None else super()._thumb(image)
+
     def _voice_step(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None]:
         if self.voice_ahead is not None:
             hit = self.voice_ahead.get(k, window)
@@ -333,7 +343,8 @@ class BatchedAnalyzer(Analyzer):
 
     def answer(self, batch: _Batch) -> list[OfflineTick]:
         if batch.crops:
-            embs = self.backend.encode("face", np.stack(batch.crops)[:, None])
+            embs = np.concatenate([self.backend.encode("face", np.stack(batch.crops[a:a + FACE_BATCH])[:, None])
+                                   for a in range(0, len(batch.crops), FACE_BATCH)])
             self._faces.update({batch.first_id + j: e for j, e in enumerate(embs)})
         for p in batch.ticks:
             if "face" in p.embs:
@@ -443,14 +454,15 @@ def iter_ticks(analyzer: BatchedAnalyzer, path: str, rate: float, *, max_width: 
     if analyzer.perceiver.enabled["voice"]:
         voice = _VoiceAhead(analyzer, int(math.floor(start / analyzer.step_s)) - analyzer.T)
         analyzer.voice_ahead = voice
-    decoder = _Decoder(path, rate, max_width=max_width, start=start, next_t=next_t, voice=voice, stop=halt)
+    decoder = _Decoder(path, rate, max_width=max_width, start=start, next_t=next_t, voice=voice, stop=halt,
+                       thumbs=analyzer.reuse_unchanged and analyzer.perceiver.enabled["face"])
     answers = _Answerer(analyzer)
     try:
         for kind, t, payload in decoder.items():
             if kind == "a":
                 ring.write(payload, t)
                 continue
-            image, sampled_from = payload
+            image, sampled_from, analyzer.next_thumb = payload
             analyzer.tick_later(image, t, sampled_from)
             analyzer.after_event(image, t, audio=audio)
             if analyzer.pending >= TICK_BATCH:

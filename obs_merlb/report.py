@@ -37,7 +37,7 @@ import numpy as np
 import platformdirs
 
 from obs_merlb import resume
-from obs_merlb.capture.file import MediaError, probe
+from obs_merlb.capture.file import MediaError, probe, undeclared_length_note
 from obs_merlb.config import APP_NAME
 from obs_merlb.engine import cap_threads
 from obs_merlb.highlights import PeakDetector
@@ -240,7 +240,7 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
             "tracker": resume.snapshot(state), "detector": resume.snapshot(detector),
             "highlights": highlights, "notes": notes, "wall_s": wall_before + time.monotonic() - wall0})
 
-    if ckpt is not None and progress:
+    if ckpt is not None:
         print(f"merlb analyze: continuing {file.name} from {clock(done_t)} (checkpoint in {out})", file=sys.stderr)
     try:
         with MediaProgress(f"analysing {file.name}", duration, start_s=max(done_t, 0.0), enabled=progress) as bar:
@@ -263,6 +263,9 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
                     if stopping:
                         stopped = True
                         break
+            cut = undeclared_length_note(info, last_t)
+            if cut is not None and not stopped:
+                notes.append(cut)
             for note in notes:
                 bar.note(f"merlb analyze: note: {note}")
     except KeyboardInterrupt:

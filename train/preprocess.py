@@ -234,6 +234,7 @@ def media_shard(key: str, item: Item, settings: FeatureSettings, shard_path: Pat
     each window it cuts, from the stored speech probability and energy.
     """
     from obs_merlb import resume
+    from obs_merlb.capture.file import probe, undeclared_length_note
     from obs_merlb.perception import steps as steps_mod
 
     folder = partial_root / key
@@ -268,6 +269,9 @@ def media_shard(key: str, item: Item, settings: FeatureSettings, shard_path: Pat
         sizes = spools.sizes()
     finally:
         spools.close()
+    cut = undeclared_length_note(probe(item.path), done * settings.step_s)
+    if cut is not None and on_note is not None:
+        on_note(cut)
     n = sizes["mask"] // len(MODALITIES)
     if n == 0:
         shutil.rmtree(folder, ignore_errors=True)

@@ -110,6 +110,15 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         container.close()
 
 
+def undeclared_length_note(info: MediaInfo, reached_s: float) -> str | None:
+    """The note for a file whose header gives no length (iter_media cannot tell such a file
+    from a cut-off one: a Matroska recording that OBS never finalised looks just like it)."""
+    if info.duration:
+        return None
+    return (f"{info.path}: the file does not say how long it lasts (a recording cut off before it was "
+            f"finalised, as when OBS crashes?); kept the {reached_s:.2f} s that decoded")
+
+
 def _frame_converter(frame, max_width: int | None):
     def convert() -> np.ndarray:
         if max_width is not None and frame.width > max_width:
