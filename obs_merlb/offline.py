@@ -10,11 +10,15 @@ tick at a time is grouped, with each tick's result unchanged:
   voice embedding ahead of the ticks, many steps per onnxruntime call; a
   tick uses a precomputed step only when its audio window is the very one
   the live path reads (compared sample for sample), else computes it itself;
-* the sequence model runs once per batch of ticks (consecutive identical
-  windows once), and the state tracker then takes the ticks in order.
+* an answering thread encodes the faces the ticks kept (their ring holds
+  references until then), runs the sequence model once per batch of ticks
+  (consecutive identical windows once), and feeds the state tracker in
+  order.
 
-Memory is flat: audio lives in windows (the live AudioRing plus the voice
-thread's few seconds), queues are bounded, and results leave as they come.
+Every tick's event equals the live Analyzer's (tests/test_perception.py,
+tests/test_long_recording.py). Memory is flat: audio lives in AudioRings
+(the live one, and the voice thread's 30 s), queues are bounded, and
+results leave as they come.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ VOICE_BATCH = 32           # voice steps per batched call
 # per face), and onnxruntime's arena keeps the largest batch's activations:
 # 60 faces at once held ~200 MB more for the whole run.
 FACE_BATCH = 8
+VOICE_RING_S = 30.0        # audio the voice thread keeps: a batch's windows and its lead
 _END = object()
 
 
@@ -167,8 +172,8 @@ class _Decoder:
 class _VoiceAhead:
     """Every step's voice result, computed in batches in its own thread from the audio as it decodes.
 
-    Samples are indexed as the live AudioRing counts them (chunks appended in
-    order), so a step's window is cut the way `AudioView.window_ending` cuts it.
+    Its AudioRing gets the same chunks as the live one, in the same order, so
+    a step's window is cut the way `AudioView.window_ending` cuts it.
     """
 
     def __init__(self, analyzer: Analyzer, first_step: int) -> None:
@@ -180,10 +185,7 @@ class _VoiceAhead:
         self._results: dict[int, tuple[np.ndarray, VoiceStep, np.ndarray | None]] = {}
         self._next_k = first_step
         self._done = False
-        self._buf = np.zeros(0, np.float32)
-        self._buf_start = 0          # ring sample index of _buf[0]
-        self._total = 0
-        self._t_end: float | None = None
+        self.ring = AudioRing(VOICE_RING_S)
         self.hits = self.misses = 0
         self._thread = threading.Thread(target=self._run, name="merlb-voice", daemon=True)
         self._thread.start()
@@ -194,16 +196,16 @@ class _VoiceAhead:
     def _window_end(self, k: int) -> int | None:
         """Ring index just after step k's window, once the audio has reached it."""
         end_s = (k + 1) * self.step_s
-        if self._t_end is None or self._t_end < end_s:
+        t_end = self.ring.t_end
+        if t_end is None or t_end < end_s:
             return None
-        return self._total - int(round((self._t_end - end_s) * SAMPLE_RATE))
+        return self.ring.total_written - int(round((t_end - end_s) * SAMPLE_RATE))
 
-    def _window(self, end: int) -> np.ndarray:
-        out = np.zeros(NEEDED, np.float32)
-        lo = max(end - NEEDED, self._buf_start, 0)
-        if end > lo:
-            out[NEEDED - (end - lo):] = self._buf[lo - self._buf_start:end - self._buf_start]
-        return out
+    def _window(self, end: int) -> np.ndarray | None:
+        lag = self.ring.total_written - end
+        if lag + NEEDED > self.ring.capacity:
+            return None          # fell too far behind: the tick computes this step itself
+        return self.ring.read((lag + NEEDED) / SAMPLE_RATE)[:NEEDED]
 
     def _run(self) -> None:
         try:
@@ -211,12 +213,9 @@ class _VoiceAhead:
                 samples, t = self._in.get()
                 if samples is None:
                     break
-                self._buf = np.concatenate([self._buf, np.asarray(samples, np.float32).reshape(-1)])
-                self._total += len(samples)
-                self._t_end = float(t) + len(samples) / SAMPLE_RATE
+                self.ring.write(samples, t)
                 if self._in.qsize() == 0 or self._ready() >= VOICE_BATCH:
                     self._compute()
-                self._trim()
         finally:
             with self._cv:
                 self._done = True
@@ -230,38 +229,30 @@ class _VoiceAhead:
 
     def _compute(self) -> None:
         while True:
-            ks, ends = [], []
+            ks, windows = [], []
             while len(ks) < VOICE_BATCH:
-                end = self._window_end(self._next_k + len(ks))
+                k = self._next_k + len(ks)
+                end = self._window_end(k)
                 if end is None:
                     break
-                ks.append(self._next_k + len(ks))
-                ends.append(end)
+                w = self._window(end)
+                ks.append(k)
+                windows.append(w)
             if not ks:
                 break
-            windows = np.stack([self._window(e) for e in ends])
-            steps = self.perceiver.voice_steps(windows)
-            speech = [j for j, s in enumerate(steps) if s.present]
+            kept = [j for j, w in enumerate(windows) if w is not None]
+            steps = self.perceiver.voice_steps(np.stack([windows[j] for j in kept])) if kept else []
+            speech = [n for n, s in enumerate(steps) if s.present]
             embs: list[np.ndarray | None] = [None] * len(steps)
             if speech:
-                enc = self.backend.encode("voice", np.stack([steps[j].feature for j in speech]))
-                for n, j in enumerate(speech):
-                    embs[j] = enc[n]
+                enc = self.backend.encode("voice", np.stack([steps[n].feature for n in speech]))
+                for m, n in enumerate(speech):
+                    embs[n] = enc[m]
             with self._cv:
-                for k, w, s, e in zip(ks, windows, steps, embs):
-                    self._results[k] = (w, s, e)
+                for n, j in enumerate(kept):
+                    self._results[ks[j]] = (windows[j], steps[n], embs[n])
                 self._next_k = ks[-1] + 1
                 self._cv.notify_all()
-
-    def _trim(self) -> None:
-        """Keep only the audio the next step's window can still reach."""
-        if self._t_end is None:
-            return
-        end = self._total - int(round((self._t_end - (self._next_k + 1) * self.step_s) * SAMPLE_RATE))
-        keep_from = max(0, min(end, self._total) - NEEDED)
-        if keep_from > self._buf_start:
-            self._buf = self._buf[keep_from - self._buf_start:]
-            self._buf_start = keep_from
 
     def get(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None] | None:
         """Step k's result if it was computed from exactly this window; older steps are dropped."""
@@ -291,9 +282,9 @@ class BatchedAnalyzer(Analyzer):
     Two sides, each on one thread: perception (`tick_later`, `after_event`,
     `take_batch`) runs the face mesh and the ring exactly as a live tick
     does, keeping each tick's window with its new face crops unencoded;
-    answering (`answer`) encodes a batch's crops in one call, runs the
-    sequence model over its windows in one call and feeds the state
-    tracker in order.
+    answering (`answer`) encodes a batch's crops (FACE_BATCH at a time),
+    runs the sequence model over its windows in one call and feeds the
+    state tracker in order.
     """
 
     def __init__(self, *args: Any, **kw: Any) -> None:

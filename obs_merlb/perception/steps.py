@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from obs_merlb.capture.base import AudioRing
 from obs_merlb.labels import BODY, FACE, MODALITIES, VOICE
 from obs_merlb.labels import SCENE as SCENE_I
 
@@ -262,6 +263,7 @@ def _nearest(times: np.ndarray, t: float, tol: float) -> int | None:
 
 
 STEP_BLOCK = 256              # steps per block `iter_clip_steps` yields (64 s at 0.25 s)
+AUDIO_RING_S = 20.0          # audio kept: a voice window (1 s) behind the newest decoded chunk, and margin
 VOICE_BATCH = 32             # voice steps per batched speech-detector call
 
 
@@ -357,9 +359,8 @@ class _ClipStepper:
         self.voice_upto = from_step                   # next step whose voice is due
         self.emitted = from_step
         self.last_t = self.start
-        # Audio, indexed from decode_from (assemble_audio's layout), kept from `buf_start` on.
-        self.buf = np.zeros(0, np.float32)
-        self.buf_start = 0
+        # Audio, indexed from decode_from (assemble_audio's layout): the newest seconds in a ring.
+        self.ring = AudioRing(AUDIO_RING_S)
         self.audio_n: int | None = None               # samples so far (None before the first chunk)
         self.drop = 0
 
@@ -401,7 +402,7 @@ class _ClipStepper:
         if self.drop:
             cut = min(self.drop, len(x))
             x, self.drop = x[cut:], self.drop - cut
-        self.buf = np.concatenate([self.buf, x])
+        self.ring.write(x)
         self.audio_n += len(x)
 
     def _end_index(self, i: int) -> int:
@@ -423,17 +424,15 @@ class _ClipStepper:
             for i, step in zip(ks, self.p.voice_steps(windows)):
                 self.voiced[i] = step
             self.voice_upto = ks[-1] + 1
-        keep = max(0, min(self._end_index(self.voice_upto) - V.NEEDED, self.audio_n or 0))
-        if keep > self.buf_start:
-            self.buf = self.buf[keep - self.buf_start:]
-            self.buf_start = keep
 
     def _window(self, end: int) -> np.ndarray:
-        """`voice.window_ending` on the whole audio, from the part kept."""
-        out = np.zeros(V.NEEDED, np.float32)
-        lo, hi = max(end - V.NEEDED, 0), min(end, (self.audio_n or 0))
-        if hi > lo:
-            out[lo - (end - V.NEEDED):hi - (end - V.NEEDED)] = self.buf[lo - self.buf_start:hi - self.buf_start]
+        """`voice.window_ending` on the whole audio, read from the ring (zeros past either end)."""
+        lag = (self.audio_n or 0) - end
+        if lag >= 0:
+            return self.ring.read((lag + V.NEEDED) / V.SAMPLE_RATE)[:V.NEEDED]
+        out = np.zeros(V.NEEDED, np.float32)     # the clip's last steps: past its end
+        if V.NEEDED + lag > 0:
+            out[:V.NEEDED + lag] = self.ring.read((V.NEEDED + lag) / V.SAMPLE_RATE)
         return out
 
     # -- output
