@@ -10,7 +10,8 @@ training clips. Encoders run once per step into a ring of T embeddings; each
 tick runs only the sequence model on the ring.
 
 `iter_file_ticks` drives an Analyzer over a file as fast as it decodes
-(`merlb analyze`, `Engine.run_file`, benchmarks).
+(`Engine.run_file`, benchmarks); `merlb analyze` gets the same ticks from
+obs_merlb/offline.py, batched and pipelined.
 """
 from __future__ import annotations
 

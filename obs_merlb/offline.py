@@ -23,6 +23,7 @@ results leave as they come.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import queue
 import threading
@@ -36,6 +37,8 @@ from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
 from obs_merlb.capture.file import iter_media
 from obs_merlb.perception.steps import VoiceStep
 from obs_merlb.perception.voice import NEEDED
+
+log = logging.getLogger(__name__)
 
 DECODE_AHEAD = 48          # decoded items queued ahead of the analysis (frames are ~0.5 MB each)
 TICK_BATCH = 96            # ticks per batched sequence call
@@ -191,7 +194,12 @@ class _VoiceAhead:
         self._thread.start()
 
     def feed(self, samples: np.ndarray | None, t: float | None) -> None:
-        self._in.put((samples, t))
+        while not self._done:        # a voice thread that died must not block the decoder
+            try:
+                self._in.put((samples, t), timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _window_end(self, k: int) -> int | None:
         """Ring index just after step k's window, once the audio has reached it."""
@@ -216,6 +224,8 @@ class _VoiceAhead:
                 self.ring.write(samples, t)
                 if self._in.qsize() == 0 or self._ready() >= VOICE_BATCH:
                     self._compute()
+        except Exception:  # noqa: BLE001 - the ticks then compute their voice steps themselves
+            log.exception("voice steps ahead failed; computing them per tick")
         finally:
             with self._cv:
                 self._done = True
