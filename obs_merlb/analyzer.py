@@ -10,7 +10,8 @@ training clips. Encoders run once per step into a ring of T embeddings; each
 tick runs only the sequence model on the ring.
 
 `iter_file_ticks` drives an Analyzer over a file as fast as it decodes
-(`merlb analyze`, `Engine.run_file`, benchmarks).
+(`Engine.run_file`, benchmarks); `merlb analyze` gets the same ticks from
+obs_merlb/offline.py, batched and pipelined.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
 from obs_merlb.capture.file import iter_media
 from obs_merlb.labels import MODALITIES, VOICE
-from obs_merlb.perception.steps import Perceiver
+from obs_merlb.perception.steps import Perceiver, VoiceStep
 from obs_merlb.perception.voice import NEEDED, key_segment_mask
 from obs_merlb.state import StateTracker, contributions_from_deltas, modality_contributions
 
@@ -37,6 +38,11 @@ from obs_merlb.state import StateTracker, contributions_from_deltas, modality_co
 # against the last analysed frame re-runs the mesh on 187 of 189 ticks there;
 # a paused or frozen source repeats its pixels exactly and is skipped.
 UNCHANGED_LEVELS = 0.1
+
+def thumb(image: np.ndarray) -> np.ndarray:
+    """The 24x16 thumbnail the 'unchanged frame' test compares."""
+    return cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+
 
 # ---------------------------------------------------------------- stage timing
 
@@ -214,11 +220,19 @@ class Analyzer:
         Compared with the last frame the mesh actually saw, not the last tick:
         a face that changes slowly would otherwise never count as changed.
         """
-        small = cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+        small = self._thumb(image)
         same = self._last_thumb is not None and float(np.abs(small - self._last_thumb).mean()) < UNCHANGED_LEVELS
         if not same:
             self._last_thumb = small
         return same
+
+    def _thumb(self, image: np.ndarray) -> np.ndarray:
+        return thumb(image)
+
+    def _voice_step(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None]:
+        """Step k's voice features and embedding (None when not speech) from its audio window."""
+        step = self.perceiver.voice_step(window)
+        return step, (self.backend.encode("voice", step.feature[None])[0] if step.present else None)
 
     def _voice_steps(self, audio: AudioView | None, k_now: int) -> None:
         if audio is None or not self.perceiver.enabled["voice"]:
@@ -235,10 +249,9 @@ class Analyzer:
             if window is None:
                 self.ring.put("voice", k, None)
                 continue
-            step = self.perceiver.voice_step(window)
+            step, emb = self._voice_step(k, window)
             i = k % self.T
             self.ring.speech_prob[i], self.ring.energy[i] = step.speech_prob, step.energy
-            emb = self.backend.encode("voice", step.feature[None])[0] if step.present else None
             self.ring.put("voice", k, emb)
             self.last_speech = bool(step.present)
         self._next_voice_k = max(self._next_voice_k or -10**9, last_done + 1)
@@ -248,6 +261,20 @@ class Analyzer:
         """Analyse one frame at source time t; returns the state event."""
         clock = self.clock
         k = int(math.floor(t / self.step_s + 1e-9))
+        face_res = self._face_tick(image, t, k)
+        with _Timed(clock, "inference"):
+            embs, mask, _ = self.ring.window(k, self.voice_k)
+            probs, contrib = self._infer(embs, mask)
+        ev = self._state_update(t if t_event is None else t_event, probs, contrib, self._speech(mask),
+                                face_res is not None,
+                                None if capture_mono is None else 1000.0 * (time.monotonic() - capture_mono))
+        return TickResult(ev, None if face_res is None else face_res.box,
+                          None if face_res is None else face_res.landmarks)
+
+    def _face_tick(self, image: np.ndarray | None, t: float, k: int) -> Any:
+        """The frame's face (mesh, or the last one for an unchanged frame), kept in the
+        ring when it is the nearest yet to its step's middle."""
+        clock = self.clock
         mid = (k + 0.5) * self.step_s
         i = k % self.T
         face_res = None
@@ -273,35 +300,46 @@ class Analyzer:
                     elif nearer:
                         # Training uses the frame nearest the step's middle; keep that one.
                         with _Timed(clock, "inference"):
-                            emb = self.backend.encode("face", face_res.crop[None, None])[0]
+                            emb = self._face_embedding(face_res)
                         self._last_face_emb = emb
                         self.ring.put("face", k, emb)
                         self.ring.face_dist[i] = dist
                     elif self._last_face_emb is None:
                         with _Timed(clock, "inference"):
-                            self._last_face_emb = self.backend.encode("face", face_res.crop[None, None])[0]
-        with _Timed(clock, "inference"):
-            embs, mask, _ = self.ring.window(k, self.voice_k)
-            probs = contrib = None
-            if mask.any():
-                present = [j for j in range(len(MODALITIES)) if mask[:, j].any()]
-                if self.contributions and len(present) > 1:
-                    probs, contrib = modality_contributions(
-                        lambda masks: self.backend.sequence(
-                            {m: np.repeat(e[None], len(masks), axis=0) for m, e in embs.items()}, masks), mask)
-                else:
-                    probs = self.backend.sequence(embs, mask)
-                    contrib = contributions_from_deltas({MODALITIES[j]: 1.0 for j in present},
-                                                        {MODALITIES[j]: True for j in present})
-        with _Timed(clock, "state"):
-            latency = None if capture_mono is None else 1000.0 * (time.monotonic() - capture_mono)
-            speech = bool(mask[:, VOICE].any()) and self.last_speech
-            ev = self.state.update(t if t_event is None else t_event, probs, face_present=face_res is not None,
+                            self._last_face_emb = self._face_embedding(face_res)
+        return face_res
+
+    def _face_embedding(self, face_res: Any) -> Any:
+        return self.backend.encode("face", face_res.crop[None, None])[0]
+
+    def _infer(self, embs: dict[str, np.ndarray], mask: np.ndarray,
+               sequence: Any = None) -> tuple[dict[str, np.ndarray] | None, dict[str, float] | None]:
+        """The window's probabilities and modality shares; `sequence(embs, masks)` runs the
+        sequence model on (N, T, 4) masks (default: the backend, one call per tick)."""
+        if not mask.any():
+            return None, None
+        run = sequence or (lambda e, masks: self.backend.sequence(
+            {m: np.repeat(x[None], len(masks), axis=0) for m, x in e.items()}, masks))
+        present = [j for j in range(len(MODALITIES)) if mask[:, j].any()]
+        if self.contributions and len(present) > 1:
+            return modality_contributions(lambda masks: run(embs, masks), mask)
+        probs = (self.backend.sequence(embs, mask) if sequence is None
+                 else {h: v[0] for h, v in sequence(embs, mask[None]).items()})
+        return probs, contributions_from_deltas({MODALITIES[j]: 1.0 for j in present},
+                                                {MODALITIES[j]: True for j in present})
+
+    def _speech(self, mask: np.ndarray) -> bool:
+        """Speech now: a voice step in the window and the newest voice step was speech."""
+        return bool(mask[:, VOICE].any()) and self.last_speech
+
+    def _state_update(self, t: float, probs: dict[str, np.ndarray] | None, contrib: dict[str, float] | None,
+                      speech: bool, face_present: bool, latency: float | None) -> dict[str, Any]:
+        with _Timed(self.clock, "state"):
+            ev = self.state.update(t, probs, face_present=face_present,
                                    speech=speech, contributions=contrib, latency_ms=latency)
-        if clock is not None:
-            clock.frames += 1
-        return TickResult(ev, None if face_res is None else face_res.box,
-                          None if face_res is None else face_res.landmarks)
+        if self.clock is not None:
+            self.clock.frames += 1
+        return ev
 
 
     def after_event(self, image: np.ndarray | None, t: float, *, audio: AudioView | None = None,

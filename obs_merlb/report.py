@@ -1,44 +1,64 @@
 """`merlb analyze FILE [--out DIR] [--model DIR]`: a past stream as a timeline and a report.
 
-Runs the live engine's core (`Engine.run_file`) over the file as fast as
-decoding and analysis go, then writes into DIR:
+Runs the live analyzer (obs_merlb/offline.py: the same ticks, batched and
+pipelined) over the file as fast as decoding and analysis go, in flat
+memory whatever the recording's length, and writes into DIR:
 
-* `timeline.csv`: one row per analysed frame (time, label, confidence, face,
-  speech, valence/arousal scores, every probability, modality shares);
-* `timeline.json`: the same rows plus the run's metadata and highlights;
-* `report.html`: self-contained (plots inlined as PNG), with emotions,
-  valence and arousal over time and the list of highlights.
+* `timeline.csv` and `timeline.jsonl`: one row per analysed frame (time,
+  label, confidence, face, speech, valence/arousal scores, every
+  probability, modality shares), appended and flushed as the analysis goes
+  (obs_merlb/timeline.py);
+* `timeline.json`: the run's metadata and highlights (arousal peaks and
+  emotion changes, found in the same pass), and the name of the rows' file;
+* `report.html`: self-contained (plots inlined as PNG, downsampled to what a
+  screen shows), with emotions, valence and arousal over time and the
+  list of highlights, built from the written timeline;
 
-and prints the report's path.
+and prints the report's path. A long run keeps a checkpoint in DIR: run
+the same command again after an interruption and it continues where it
+stopped (obs_merlb/resume.py). A recording cut off mid-file (OBS crashed) is
+analysed up to the cut, with a note.
 """
 from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import html
 import io
 import json
 import logging
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import platformdirs
 
-from obs_merlb.capture.file import MediaError, probe
+from obs_merlb import resume
+from obs_merlb.capture.file import MediaError, probe, undeclared_length_note
 from obs_merlb.config import APP_NAME
-from obs_merlb.engine import Engine
-from obs_merlb.labels import AROUSAL, EMOTIONS, MODALITIES, VALENCE
+from obs_merlb.engine import cap_threads
+from obs_merlb.highlights import PeakDetector
+from obs_merlb.inference import load_backend
+from obs_merlb.jobprogress import MediaProgress, clock
+from obs_merlb.labels import EMOTIONS
+from obs_merlb.offline import BatchedAnalyzer, iter_ticks
 from obs_merlb.palette import EMOTION_COLORS, UNCERTAIN_COLOR
 from obs_merlb.registry import resolve_model_dir
+from obs_merlb.state import StateConfig, StateTracker, highlight_event
+from obs_merlb.timeline import JSONL_NAME, PlotSeries, TimelineWriter, iter_rows, row_from_event
 
 log = logging.getLogger(__name__)
 
 # Overlay-consistent colours per emotion, so a streamer reads the report like the overlay.
 COLOURS = {**EMOTION_COLORS, "uncertain": UNCERTAIN_COLOR}
+CHECKPOINT = ".analyze-checkpoint.json"
+CHECKPOINT_VERSION = 1
+# A resumed run restarts this much media before its checkpoint and drops the
+# overlap: the ring's T steps (2 s) and their voice windows (1 s) refill.
+WARMUP_S = 4.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,34 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda / cuda:N")
     parser.add_argument("--rate", type=float, default=15.0, help="frames analysed per second of video (default 15)")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (faster)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def rows_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for ev in events:
-        if ev.get("type") != "state":
-            continue
-        row: dict[str, Any] = {"t": ev["t"], "label": ev["label"], "confidence": ev["confidence"],
-                               "visible": ev["visible"], "face_present": ev["face_present"],
-                               "speech": ev["speech"], "valence_score": ev["valence_score"],
-                               "arousal_score": ev["arousal_score"]}
-        row.update({f"p_{k}": v for k, v in ev["probs"].items()})
-        row.update({f"valence_{k}": v for k, v in ev["valence"].items()})
-        row.update({f"arousal_{k}": v for k, v in ev["arousal"].items()})
-        row.update({f"share_{k}": v for k, v in ev["contributions"].items()})
-        rows.append(row)
-    return rows
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    cols = (["t", "label", "confidence", "visible", "face_present", "speech", "valence_score", "arousal_score"]
-            + [f"p_{e}" for e in EMOTIONS] + [f"valence_{v}" for v in VALENCE]
-            + [f"arousal_{a}" for a in AROUSAL] + [f"share_{m}" for m in MODALITIES])
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    parser.add_argument("--restart", action="store_true",
+                        help="start from the beginning even if an interrupted run left a checkpoint")
+    parser.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                        help="media seconds between checkpoints of a resumable run (default 60)")
 
 
 def _png(fig: Any) -> str:
@@ -84,23 +81,21 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def make_plots(rows: list[dict[str, Any]], highlights: list[dict[str, Any]]) -> dict[str, str]:
+def make_plots(series: PlotSeries, highlights: list[dict[str, Any]], tail: float) -> dict[str, str]:
     """Base64 PNGs: emotions (stacked probabilities + label strip), valence, arousal."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = np.array([r["t"] for r in rows]) if rows else np.zeros(0)
     out: dict[str, str] = {}
     fig, (ax, strip) = plt.subplots(2, 1, figsize=(11, 4.2), sharex=True,
                                     gridspec_kw={"height_ratios": [5, 1]})
-    if rows:
-        ys = [np.array([r[f"p_{e}"] for r in rows]) for e in EMOTIONS]
-        ax.stackplot(t, *ys, labels=EMOTIONS, colors=[COLOURS[e] for e in EMOTIONS], alpha=0.85)
-        for i, r in enumerate(rows):
-            t1 = rows[i + 1]["t"] if i + 1 < len(rows) else r["t"] + 1 / 15
-            strip.axvspan(r["t"], t1, color=COLOURS.get(r["label"], UNCERTAIN_COLOR), lw=0)
+    if series.rows:
+        probs = series.probs()
+        ax.stackplot(series.times(), *probs.T, labels=EMOTIONS, colors=[COLOURS[e] for e in EMOTIONS], alpha=0.85)
+        for t0, t1, label in series.label_runs(tail):
+            strip.axvspan(t0, t1, color=COLOURS.get(label, UNCERTAIN_COLOR), lw=0)
     for h in highlights:
         ax.axvline(h["t"], color="black", ls="--", lw=1)
     ax.set_ylim(0, 1)
@@ -114,9 +109,10 @@ def make_plots(rows: list[dict[str, Any]], highlights: list[dict[str, Any]]) -> 
     for key, title, colour in (("valence_score", "Valence (negative -1 ... +1 positive)", "#43a047"),
                                ("arousal_score", "Arousal (low -1 ... +1 high)", "#e53935")):
         fig, ax = plt.subplots(figsize=(11, 2.4))
-        if rows:
-            ax.plot(t, [r[key] for r in rows], color=colour, lw=1.5)
-            ax.fill_between(t, 0, [r[key] for r in rows], color=colour, alpha=0.2)
+        if series.rows:
+            t, v = series.line(key)
+            ax.plot(t, v, color=colour, lw=1.5)
+            ax.fill_between(t, 0, v, color=colour, alpha=0.2)
         for h in highlights:
             ax.axvline(h["t"], color="black", ls="--", lw=1)
         ax.axhline(0, color="grey", lw=0.5)
@@ -134,12 +130,9 @@ def _fmt_t(t: float) -> str:
     return f"{h:d}:{m:02d}:{s:04.1f}" if h else f"{m:d}:{s:04.1f}"
 
 
-def write_html(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]],
+def write_html(path: Path, meta: dict[str, Any], counts: dict[str, int],
                highlights: list[dict[str, Any]], plots: dict[str, str]) -> None:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["label"]] = counts.get(r["label"], 0) + 1
-    total = max(1, len(rows))
+    total = max(1, sum(counts.values()))
     summary = "".join(f"<tr><td><span class='sw' style='background:{COLOURS.get(k, UNCERTAIN_COLOR)}'></span>"
                       f"{html.escape(k)}</td><td>{100.0 * v / total:.1f}%</td></tr>"
                       for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
@@ -168,7 +161,8 @@ model {html.escape(meta['model'])}; {html.escape(meta['created'])}.</p>
 <h2>Highlights</h2>
 <table><tr><th>time</th><th>seconds</th><th>kind</th><th>label</th><th>score</th></tr>{hl}</table>
 <h2>Labels shown</h2><table>{summary}</table>
-<p class="meta">Timeline: <a href="timeline.csv">timeline.csv</a>, <a href="timeline.json">timeline.json</a>.
+<p class="meta">Timeline: <a href="timeline.csv">timeline.csv</a>, <a href="timeline.jsonl">timeline.jsonl</a>
+(one JSON object per line), <a href="timeline.json">timeline.json</a> (metadata and highlights).
 Labels are "uncertain" where the model's smoothed confidence was below {meta['threshold']:.2f}.</p>
 </body></html>
 """
@@ -181,9 +175,30 @@ def default_out_dir(file: Path) -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "reports" / file.stem
 
 
+def _job(file: Path, model_dir: Path, rate: float, body: bool) -> dict[str, Any]:
+    """What a checkpoint must match to be continued: the same recording, model and settings."""
+    model_files = {p.name: resume.file_identity(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+    return {"kind": "analyze", "version": CHECKPOINT_VERSION, "file": resume.file_identity(file),
+            "model": model_files, "rate": rate, "body": body, "state": StateConfig().__dict__}
+
+
+def _tracker_classes() -> list[type]:
+    from obs_merlb import state
+
+    return [StateTracker, StateConfig, state._LabelledHead, PeakDetector]
+
+
 def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | None = None, *,
-            device: str = "cpu", rate: float = 15.0, body: bool = True, progress: bool = True) -> Path:
-    """Analyse a file and write the timeline and the report; returns report.html's path."""
+            device: str = "cpu", rate: float = 15.0, body: bool = True, progress: bool = True,
+            restart: bool = False, checkpoint_every_s: float = 60.0,
+            stop_after_s: float | None = None) -> Path | None:
+    """Analyse a file and write the timeline and the report; returns report.html's path.
+
+    An interrupted run (killed, or stopped by ``stop_after_s`` media seconds,
+    then returning None) leaves a checkpoint every ``checkpoint_every_s``;
+    the next call with the same file, model and settings continues from it
+    unless ``restart``.
+    """
     file = Path(file)
     info = probe(file)  # a clear error before any model loads
     if not info.has_video:
@@ -191,40 +206,104 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     out = Path(out_dir) if out_dir else default_out_dir(file)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model_dir(model)
+    job = _job(file, model_dir, rate, body)
+    ckpt_path = out / CHECKPOINT
+    ckpt = None if restart else resume.load(ckpt_path, job)
+    cap_threads(1)
+    backend = load_backend(model_dir, device=device, threads=1)
+    tracker, detector = StateTracker(StateConfig()), PeakDetector()
     highlights: list[dict[str, Any]] = []
-    errors: list[str] = []
-    engine = Engine(model_dir, device=device, rate=rate, body=body)
-    engine.add_sink(lambda ev: highlights.append(ev) if ev.get("type") == "highlight" else
-                    (errors.append(ev["message"]) if ev.get("type") == "error" else None))
+    notes: list[str] = []
+    start = next_t = wall_before = 0.0
+    done_t = -np.inf
+    if ckpt is not None:
+        tracker = resume.restore(ckpt["tracker"], _tracker_classes())
+        detector = resume.restore(ckpt["detector"], _tracker_classes())
+        highlights, notes = ckpt["highlights"], ckpt["notes"]
+        start, next_t = ckpt["warm_start"], ckpt["warm_next_t"]
+        done_t, wall_before = ckpt["t"], ckpt["wall_s"]
+    writer = TimelineWriter(out, resume=tuple(ckpt["offsets"]) if ckpt else None)
+    analyzer = BatchedAnalyzer(backend, tracker, body=body)
+    analyzer.quiet_until = done_t
     duration = info.duration or 0.0
-    if progress and sys.stderr.isatty():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    recent: deque[tuple[float, float]] = deque()      # (tick t, sampler's next_t before it), last WARMUP_S
+    last_t = max(done_t, 0.0)
+    next_ckpt = last_t + checkpoint_every_s
+    wall0 = time.monotonic()
+    stopped = False
 
-        with Progress(TextColumn("analysing"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.1f} s"),
-                      TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task("analyse", total=max(duration, 0.1))
-            run = engine.run_file(str(file), on_tick=lambda ev, t: bar.update(task, completed=min(t, duration)))
-    else:
-        run = engine.run_file(str(file))
-    rows = rows_from_events(run.events)
-    meta = {"file": str(file.resolve()), "file_name": file.name, "duration_s": run.duration,
-            "wall_s": run.wall_s, "realtime_factor": run.realtime_factor, "rate_hz": rate,
-            "frames_analysed": run.frames, "backend": run.backend, "model": str(model_dir),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "threshold": engine.state_config.threshold,
-            "cpu_ms_per_frame": run.clock.per_frame_ms(), "warnings": run.warnings,
-            "errors": errors, "schema": 1}
-    write_csv(rows, out / "timeline.csv")
-    (out / "timeline.json").write_text(json.dumps({"meta": meta, "highlights": highlights, "timeline": rows}))
-    write_html(out / "report.html", meta, rows, highlights, make_plots(rows, highlights))
+    def checkpoint(state: StateTracker) -> None:
+        warm_t, warm_next = recent[0] if recent else (0.0, 0.0)
+        resume.save(ckpt_path, {
+            "job": job, "t": last_t, "offsets": list(writer.offsets()),
+            "warm_start": max(0.0, warm_t - 1.5), "warm_next_t": warm_next,
+            "tracker": resume.snapshot(state), "detector": resume.snapshot(detector),
+            "highlights": highlights, "notes": notes, "wall_s": wall_before + time.monotonic() - wall0})
+
+    if ckpt is not None:
+        print(f"merlb analyze: continuing {file.name} from {clock(done_t)} (checkpoint in {out})", file=sys.stderr)
+    try:
+        with MediaProgress(f"analysing {file.name}", duration, start_s=max(done_t, 0.0), enabled=progress) as bar:
+            for tick in iter_ticks(analyzer, str(file), rate, start=start, next_t=next_t, on_note=notes.append):
+                recent.append((tick.t, tick.next_t))
+                while recent and recent[0][0] < tick.t - WARMUP_S:
+                    recent.popleft()
+                if tick.result is None:          # warm-up before the checkpoint: already written
+                    continue
+                ev = tick.result.event
+                writer.write(row_from_event(ev))
+                for h in detector.update(ev["t"], ev["arousal_score"], ev["label"], ev["confidence"]):
+                    highlights.append(highlight_event(h.t, h.kind, h.score, h.label, False, False))
+                last_t = tick.t
+                bar.update(last_t)
+                stopping = stop_after_s is not None and last_t >= stop_after_s
+                if tick.state is not None and (last_t >= next_ckpt or stopping):
+                    checkpoint(tick.state)
+                    next_ckpt = last_t + checkpoint_every_s
+                    if stopping:
+                        stopped = True
+                        break
+            cut = undeclared_length_note(info, last_t)
+            if cut is not None and not stopped:
+                notes.append(cut)
+            for note in notes:
+                bar.note(f"merlb analyze: note: {note}")
+    except KeyboardInterrupt:
+        writer.close()
+        print(f"merlb analyze: interrupted; run the same command again to continue from {clock(last_t)}",
+              file=sys.stderr)
+        raise
+    finally:
+        analyzer.close()
+    if stopped:
+        writer.close()
+        return None
+    writer.close()
+    wall = wall_before + time.monotonic() - wall0
+    analysed = max(last_t, min(info.duration or last_t, last_t + 1.0 / rate))
+    meta = {"file": str(file.resolve()), "file_name": file.name, "duration_s": analysed,
+            "wall_s": wall, "realtime_factor": analysed / wall if wall > 0 else float("inf"), "rate_hz": rate,
+            "frames_analysed": writer.rows, "backend": backend.name, "model": str(model_dir),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "threshold": tracker.config.threshold,
+            "warnings": notes, "errors": notes, "rows": JSONL_NAME, "schema": 2}
+    (out / "timeline.json").write_text(json.dumps({"meta": meta, "highlights": highlights}), encoding="utf-8")
+    series = PlotSeries(analysed)
+    for row in iter_rows(out / JSONL_NAME):
+        series.add(row)
+    write_html(out / "report.html", meta, series.label_counts, highlights, make_plots(series, highlights, 1.0 / rate))
+    resume.remove(ckpt_path)
     return out / "report.html"
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         report = analyze(args.file, args.out, args.model, device=args.device, rate=args.rate,
-                         body=not args.no_body, progress=not args.no_progress)
+                         body=not args.no_body, progress=not args.no_progress, restart=args.restart,
+                         checkpoint_every_s=args.checkpoint_every)
     except MediaError as e:
         print(f"merlb analyze: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     print(report)
     return 0

@@ -325,3 +325,35 @@ def test_segment_steps_match_the_whole_clip(perceiver) -> None:
     assert np.array_equal(part.mask, whole.mask[4:8])
     assert np.allclose(part.face, whole.face[4:8], atol=1e-6)
     assert np.allclose(part.voice, whole.voice[4:8], atol=1e-3)
+
+
+def test_batched_offline_analysis_equals_live() -> None:
+    """`merlb analyze`'s batched, pipelined run (obs_merlb/offline.py) gives the
+    live analyzer's events, tick for tick, on the demo clip with the shipped model."""
+    from obs_merlb.analyzer import Analyzer, iter_file_ticks
+    from obs_merlb.inference import load_backend
+    from obs_merlb.offline import BatchedAnalyzer, iter_ticks
+    from obs_merlb.state import StateTracker
+
+    model = Path(__file__).resolve().parents[1] / "assets" / "model"
+    if not (model / "config.json").is_file():
+        pytest.skip("no shipped model in assets/model")
+    backend = load_backend(model)
+    live_an = Analyzer(backend, StateTracker())
+    try:
+        live = [r.event for r, _ in iter_file_ticks(live_an, str(av_clip()), 15.0)]
+    finally:
+        live_an.close()
+    batched_an = BatchedAnalyzer(backend, StateTracker())
+    try:
+        ticks = list(iter_ticks(batched_an, str(av_clip()), 15.0))
+    finally:
+        batched_an.close()
+    offline = [tick.result.event for tick in ticks]
+    assert len(offline) == len(live) > 150
+    for a, b in zip(live, offline):
+        assert a["t"] == b["t"] and a["label"] == b["label"]
+        assert (a["face_present"], a["speech"], a["visible"]) == (b["face_present"], b["speech"], b["visible"])
+        for key in ("probs", "valence", "arousal", "contributions"):
+            assert a[key].keys() == b[key].keys()
+            assert np.allclose(list(a[key].values()), list(b[key].values()), atol=1e-5), key

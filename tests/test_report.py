@@ -38,7 +38,9 @@ def test_analyze_demo(tmp_path: Path) -> None:
     assert all(-1 <= float(r["valence_score"]) <= 1 for r in rows)
     doc = json.loads((out / "timeline.json").read_text())
     assert doc["meta"]["duration_s"] == pytest.approx(12.6, abs=0.2)
-    assert len(doc["timeline"]) == len(rows) and isinstance(doc["highlights"], list)
-    assert any(r["face_present"] for r in doc["timeline"])
+    timeline = [json.loads(line) for line in (out / doc["meta"]["rows"]).read_text().splitlines()]
+    assert len(timeline) == len(rows) and isinstance(doc["highlights"], list)
+    assert any(r["face_present"] for r in timeline)
+    assert not (out / ".analyze-checkpoint.json").exists()    # a finished run leaves no checkpoint
     # Faster than real time even on 2 shared cores (the requirement).
     assert doc["meta"]["realtime_factor"] > 1.0

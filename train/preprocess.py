@@ -19,7 +19,11 @@ Shards are `np.savez_compressed` files (read back with allow_pickle=False),
 named by a key made of the member files' content hashes, the item's time
 range and a hash of the feature settings: unchanged data is never decoded
 twice, a changed file or setting is, and an interrupted run resumes where it
-stopped. A file that cannot be read is reported by name and skipped (the
+stopped. A recording streams into its shard in flat memory, whatever its
+length: its steps are appended to spool files under `partial/<key>/` as
+they are made, with a checkpoint every minute of media, so an interrupted
+recording continues from its last checkpoint; the shard is assembled from
+the spools at the end (the same file `np.savez_compressed` writes). A file that cannot be read is reported by name and skipped (the
 failure is cached too, so a rerun does not decode it again; `--retry-failed`
 tries again).
 
@@ -38,10 +42,13 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import shutil
+import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import platformdirs
@@ -56,6 +63,7 @@ log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1          # bump when the stored features change meaning
 IMAGE_CHUNK = 256            # images per shard: FER2013 would be 28k tiny files otherwise
+CHECKPOINT_EVERY_S = 60.0    # media seconds between checkpoints of a recording's partial shard
 STEP_SHAPES = {"face": (1, 64, 64), "voice": (1, 64, 100), "body": (132,), "scene": (3, 128, 128)}
 # Per-step scalars kept for key-segment selection per training window.
 PER_STEP = ("speech_prob", "energy")
@@ -162,34 +170,6 @@ def _perceiver(settings: FeatureSettings):
     return _PERCEIVERS[key]
 
 
-def media_steps(path: str, start: float | None, end: float | None,
-                settings: FeatureSettings) -> dict[str, np.ndarray]:
-    """All steps of a clip (or of [start, end) in it) through the shared perception code.
-
-    Key-segment selection is not applied here: it is per window (the live
-    engine selects within each T-step window), so training applies it to
-    each window it cuts, from the stored speech probability and energy.
-    """
-    from obs_merlb.perception import steps as steps_mod
-
-    res = steps_mod.clip_steps(path, step_s=settings.step_s, face=True, voice=True,
-                               body=settings.body, scene=settings.scene,
-                               perceiver=_perceiver(settings))
-    sel = np.ones(len(res.times), dtype=bool)
-    if start is not None:
-        sel &= res.times >= start - 1e-6
-    if end is not None:
-        sel &= res.times + settings.step_s <= end + 1e-6
-    mask = (np.asarray(res.mask)[sel] > 0).astype(np.uint8)
-    out = {"mask": mask,
-           "speech_prob": np.asarray(res.speech_prob, np.float16)[sel],
-           "energy": np.asarray(res.energy, np.float16)[sel]}
-    for i, m in enumerate(MODALITIES):
-        if mask[:, i].any():
-            out[m] = stored(m, np.asarray(getattr(res, m))[sel])
-    return out
-
-
 def stored(modality: str, steps: np.ndarray) -> np.ndarray:
     """Float32 step arrays of one modality as a shard keeps them (see Storage above)."""
     arr = np.asarray(steps, dtype=np.float32).reshape(-1, *STEP_SHAPES[modality])
@@ -199,9 +179,111 @@ def stored(modality: str, steps: np.ndarray) -> np.ndarray:
 
 
 def compute_steps(item: Item, settings: FeatureSettings) -> dict[str, np.ndarray]:
-    if item.kind == "image":
-        return image_steps(item.path, settings)
-    return media_steps(item.path, item.start, item.end, settings)
+    """An image item's steps (media items stream into their shard: `media_shard`)."""
+    return image_steps(item.path, settings)
+
+
+# --------------------------------------------------------------------------- long media
+
+
+class _Spools:
+    """Per-array append-only files of one item's steps (storage dtypes), truncatable to a checkpoint."""
+
+    def __init__(self, folder: Path, names: Sequence[str], sizes: dict[str, int] | None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.files = {}
+        for name in names:
+            path = folder / f"{name}.bin"
+            if sizes is not None:
+                os.truncate(path, sizes[name])
+            self.files[name] = open(path, "ab" if sizes is not None else "wb")
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, fh in self.files.items():
+            fh.write(np.ascontiguousarray(arrays[name]).tobytes())
+
+    def sizes(self) -> dict[str, int]:
+        for fh in self.files.values():
+            fh.flush()
+        return {name: fh.tell() for name, fh in self.files.items()}
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+
+def _spool_layout(settings: FeatureSettings) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Array name -> (storage dtype, shape of one step)."""
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+        "mask": (np.dtype(np.uint8), (len(MODALITIES),)),
+        "speech_prob": (np.dtype(np.float16), ()), "energy": (np.dtype(np.float16), ())}
+    for m, on in (("face", True), ("voice", True), ("body", settings.body), ("scene", settings.scene)):
+        if on:
+            layout[m] = (np.dtype(STORE_DTYPE[m]), STEP_SHAPES[m])
+    return layout
+
+
+def media_shard(key: str, item: Item, settings: FeatureSettings, shard_path: Path,
+                partial_root: Path, on_progress: Callable[[float], None] | None = None,
+                on_note: Callable[[str], None] | None = None) -> int:
+    """Stream a media item's steps into its shard (resumable); returns its number of steps.
+
+    Key-segment selection is not applied here: it is per window (the live
+    engine selects within each T-step window), so training applies it to
+    each window it cuts, from the stored speech probability and energy.
+    """
+    from obs_merlb import resume
+    from obs_merlb.capture.file import probe, undeclared_length_note
+    from obs_merlb.perception import steps as steps_mod
+
+    folder = partial_root / key
+    layout = _spool_layout(settings)
+    job = {"key": key, "layout": sorted(layout), "version": 1}
+    ckpt = resume.load(folder / "checkpoint.json", job)
+    spools = _Spools(folder, list(layout), ckpt["sizes"] if ckpt else None)
+    done = ckpt["steps"] if ckpt else 0                      # clip steps already spooled (selected or not)
+    present = np.array(ckpt["present"] if ckpt else [False] * len(MODALITIES))
+    next_save = (done * settings.step_s) + CHECKPOINT_EVERY_S
+    try:
+        for block in steps_mod.iter_clip_steps(item.path, step_s=settings.step_s, face=True, voice=True,
+                                               body=settings.body, scene=settings.scene,
+                                               perceiver=_perceiver(settings), from_step=done,
+                                               on_progress=on_progress, on_warning=on_note):
+            sel = np.ones(len(block.times), dtype=bool)
+            if item.start is not None:
+                sel &= block.times >= item.start - 1e-6
+            if item.end is not None:
+                sel &= block.times + settings.step_s <= item.end + 1e-6
+            mask = (np.asarray(block.mask)[sel] > 0).astype(np.uint8)
+            present |= mask.any(axis=0).astype(bool)
+            arrays = {"mask": mask, "speech_prob": np.asarray(block.speech_prob, np.float16)[sel],
+                      "energy": np.asarray(block.energy, np.float16)[sel]}
+            arrays.update({m: stored(m, np.asarray(getattr(block, m))[sel]) for m in layout if m in STEP_SHAPES})
+            spools.append(arrays)
+            done += len(block.times)
+            if done * settings.step_s >= next_save:
+                resume.save(folder / "checkpoint.json", {"job": job, "steps": done, "sizes": spools.sizes(),
+                                                         "present": present.tolist()})
+                next_save = done * settings.step_s + CHECKPOINT_EVERY_S
+        sizes = spools.sizes()
+    finally:
+        spools.close()
+    cut = undeclared_length_note(probe(item.path), done * settings.step_s)
+    if cut is not None and on_note is not None:
+        on_note(cut)
+    n = sizes["mask"] // len(MODALITIES)
+    if n == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ValueError("no time steps (clip shorter than one step)")
+    small = {"keys": np.array([key], dtype="U32"), "offsets": np.array([0, n], np.int64),
+             "failed": np.zeros(0, "U32"), "errors": np.zeros(0, "U1")}
+    # A modality with no present step is not stored (see Storage above).
+    spooled = {name: (folder / f"{name}.bin", dt, shape) for name, (dt, shape) in layout.items()
+               if name not in STEP_SHAPES or present[MODALITIES.index(name)]}
+    write_shard_streamed(shard_path, small, spooled, n)
+    shutil.rmtree(folder, ignore_errors=True)
+    return n
 
 
 # --------------------------------------------------------------------------- shards
@@ -241,6 +323,29 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomic(path, buf.getvalue(), durable=False)
 
 
+def write_shard_streamed(path: Path, small: dict[str, np.ndarray],
+                         spooled: dict[str, tuple[Path, np.dtype, tuple[int, ...]]], n: int) -> None:
+    """`write_shard` for arrays too big to hold: each spooled array (raw rows of one
+    dtype and step shape) is copied into the .npz in blocks, never loaded whole."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for name, arr in small.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+            for name, (src, dtype, shape) in spooled.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as fh, open(src, "rb") as raw:
+                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                              "shape": (n, *shape)}
+                    np.lib.format.write_array_header_2_0(fh, header)
+                    shutil.copyfileobj(raw, fh, 1 << 20)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -264,12 +369,35 @@ def unpack(shard: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _run_chunk(tasks: list[tuple[str, Item]], settings: FeatureSettings,
-               shard_path: str) -> list[tuple[str, str | None, int]]:
+def _failure(e: Exception) -> str:
+    return getattr(e, "reason", None) or str(e) or type(e).__name__
+
+
+def _run_media(key: str, item: Item, settings: FeatureSettings, shard_path: Path,
+               on_progress: Callable[[float], None] | None,
+               on_note: Callable[[str], None] | None) -> tuple[str, str | None, int]:
+    """One recording into its shard; a file that cannot be read gets a shard saying so."""
+    try:
+        return key, None, media_shard(key, item, settings, shard_path, shard_path.parents[2] / "partial",
+                                      on_progress, on_note)
+    except (ImportError, MemoryError):
+        raise  # an environment problem, not this file's: stop the run and say so
+    except Exception as e:  # noqa: BLE001 - any decoder error means "this file is unreadable"
+        shutil.rmtree(shard_path.parents[2] / "partial" / key, ignore_errors=True)
+        msg = _failure(e)
+        write_shard(shard_path, _pack([], [], [(key, msg)]))
+        return key, msg, 0
+
+
+def _run_chunk(tasks: list[tuple[str, Item]], settings: FeatureSettings, shard_path: str,
+               on_progress: Callable[[float], None] | None = None,
+               on_note: Callable[[str], None] | None = None) -> list[tuple[str, str | None, int]]:
     """Compute a chunk's items and write its shard; (key, error or None, n_steps) per item.
 
     Runs in a worker process: only the small summary travels back.
     """
+    if len(tasks) == 1 and tasks[0][1].kind != "image":
+        return [_run_media(*tasks[0], settings, Path(shard_path), on_progress, on_note)]
     keys, results, failed, summary = [], [], [], []
     for key, item in tasks:
         try:
@@ -279,7 +407,7 @@ def _run_chunk(tasks: list[tuple[str, Item]], settings: FeatureSettings,
         except (ImportError, MemoryError):
             raise  # an environment problem, not this file's: stop the run and say so
         except Exception as e:  # noqa: BLE001 - any decoder error means "this file is unreadable"
-            msg = getattr(e, "reason", None) or str(e) or type(e).__name__
+            msg = _failure(e)
             failed.append((key, msg))
             summary.append((key, msg, 0))
             continue
@@ -323,9 +451,49 @@ def _progress(console):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} files/s"), TextColumn("{task.fields[failed]}"),
+                    TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[failed]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                     transient=False, disable=not console.is_terminal and not os.environ.get("MERLB_PROGRESS"))
+
+
+class _RecordingProgress:
+    """Progress of one recording computed in this process: media time done, speed and ETA,
+    as a row under the files bar on a terminal, else a log line now and then."""
+
+    def __init__(self, path: str, progress: Any, console: Any, quiet: bool) -> None:
+        from obs_merlb.capture.file import MediaError, probe
+        from obs_merlb.jobprogress import MediaProgress
+
+        try:
+            self.duration = probe(path).duration
+        except MediaError:
+            self.duration = None
+        self.name, self.progress, self.console, self.quiet = Path(path).name, progress, console, quiet
+        self.on_bar = not quiet and not progress.disable
+        self.media = MediaProgress(f"preprocess {self.name}", self.duration, stream=console.file,
+                                   enabled=not quiet and not self.on_bar)
+        self.row: Any = None
+        self._last = 0.0
+
+    def __enter__(self) -> "_RecordingProgress":
+        if self.on_bar:
+            self.row = self.progress.add_task(self.name, total=self.duration or 1.0, rate="", failed="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.row is not None:
+            self.progress.remove_task(self.row)
+
+    def update(self, t: float) -> None:
+        self.media.update(t)
+        if self.row is not None and time.monotonic() - self._last > 0.2:
+            self._last = time.monotonic()
+            self.progress.update(self.row, completed=min(t, self.duration or t), rate=self.media.line(short=True))
+
+    def note(self, text: str) -> None:
+        log.warning("%s", text)
+        if not self.quiet:
+            self.console.print(f"[yellow]note[/] {text}")
 
 
 def _manifest_name(src: Path, fmt: str, settings: FeatureSettings) -> str:
@@ -405,12 +573,16 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
                         console.print(f"[yellow]warning[/] {msg}")
             done += len(chunk)
             dt = max(time.perf_counter() - t0, 1e-6)
-            progress.update(task, advance=len(chunk), rate=f"{done / dt:.1f}",
+            progress.update(task, advance=len(chunk), rate=f"{done / dt:.1f} files/s",
                             failed=f"{n_failed_new} failed" if n_failed_new else "")
 
         if workers <= 1 or len(todo) <= 1:
             for chunk, sp in todo:
-                finished(chunk, _run_chunk(chunk, settings, str(sp)))
+                if len(chunk) == 1 and chunk[0][1].kind != "image":
+                    with _RecordingProgress(chunk[0][1].path, progress, console, quiet) as rp:
+                        finished(chunk, _run_chunk(chunk, settings, str(sp), rp.update, rp.note))
+                else:
+                    finished(chunk, _run_chunk(chunk, settings, str(sp)))
         else:
             # spawn: mediapipe and torch do not survive fork() in a process that has threads.
             ctx = mp.get_context("spawn")

@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -110,6 +110,15 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         container.close()
 
 
+def undeclared_length_note(info: MediaInfo, reached_s: float) -> str | None:
+    """The note for a file whose header gives no length (iter_media cannot tell such a file
+    from a cut-off one: a Matroska recording that OBS never finalised looks just like it)."""
+    if info.duration:
+        return None
+    return (f"{info.path}: the file does not say how long it lasts (a recording cut off before it was "
+            f"finalised, as when OBS crashes?); kept the {reached_s:.2f} s that decoded")
+
+
 def _frame_converter(frame, max_width: int | None):
     def convert() -> np.ndarray:
         if max_width is not None and frame.width > max_width:
@@ -122,7 +131,8 @@ def _frame_converter(frame, max_width: int | None):
 def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = True,
                paced: bool = False, speed: float = 1.0, max_width: int | None = None,
                start: float = 0.0, end: float | None = None,
-               stop: threading.Event | None = None) -> Iterator[VideoFrame | AudioChunk]:
+               stop: threading.Event | None = None,
+               on_warning: Callable[[str], None] | None = None) -> Iterator[VideoFrame | AudioChunk]:
     """Yield video frames and 16 kHz mono audio chunks in file order.
 
     ``paced`` releases each item when its timestamp is reached on the wall
@@ -132,6 +142,8 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
     early (truncated mid-stream) stops with a warning and keeps what decoded;
     a file that yields nothing at all raises :class:`MediaError`.
     ``max_width`` scales frames down on conversion (aspect kept).
+    ``on_warning`` receives those warnings' text instead (a decoding thread,
+    where ``warnings.catch_warnings`` is not safe to use).
     """
     av = _av()
     p = os.fspath(path)
@@ -156,6 +168,12 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         yielded = 0
         v_done, a_done = v is None, a is None
         wall0 = time.monotonic()
+
+        def warn(message: str) -> None:
+            if on_warning is not None:
+                on_warning(message)
+            else:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
 
         def pace(t: float) -> None:
             if paced:
@@ -223,9 +241,8 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         except av.FFmpegError as e:
             if yielded == 0:
                 raise MediaError(p, f"cannot decode ({_reason(e)})") from e
-            warnings.warn(f"{p}: decoding stopped at {_reached(last_vt, audio_t0, audio_n):.2f} s "
-                          f"({_reason(e)}); the file looks truncated or damaged, keeping what decoded",
-                          RuntimeWarning, stacklevel=2)
+            warn(f"{p}: decoding stopped at {_reached(last_vt, audio_t0, audio_n):.2f} s "
+                 f"({_reason(e)}); the file looks truncated or damaged, keeping what decoded")
             return
         if yielded == 0:
             where = "" if start == 0 and end is None else f" between {start:.2f} s and {end} s"
@@ -235,11 +252,55 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         declared = container.duration / 1e6 if container.duration else None
         got = _reached(last_vt, audio_t0, audio_n)
         if declared and (end is None or end > got) and got < 0.9 * declared - 0.2:
-            warnings.warn(f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
-                          f"{declared:.2f} s; it looks truncated, keeping what decoded",
-                          RuntimeWarning, stacklevel=2)
+            warn(f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
+                 f"{declared:.2f} s; it looks truncated, keeping what decoded")
     finally:
         container.close()
+
+
+def iter_media_ahead(path: str | os.PathLike, *, ahead: int = 64, **kw) -> Iterator[VideoFrame | AudioChunk]:
+    """`iter_media` decoding in its own thread, up to ``ahead`` items in front of the
+    consumer: offline, decoding and perceiving then share the cores. Same items, same
+    order, same errors; a truncation warning is issued in the consumer's thread."""
+    import queue
+
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    halt = threading.Event()
+    notes: list[str] = []
+    done = object()
+    on_warning = kw.pop("on_warning", None)
+
+    def run() -> None:
+        try:
+            for item in iter_media(path, stop=halt, on_warning=notes.append, **kw):
+                while not halt.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=run, name="merlb-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        thread.join(timeout=5.0)
+    for note in notes:
+        if on_warning is not None:
+            on_warning(note)
+        else:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
 
 
 def _reached(last_vt: float | None, audio_t0: float | None, audio_n: int) -> float:

@@ -144,34 +144,44 @@ class VAD:
         self._lock = threading.Lock()
 
     def chunk_probs(self, audio: np.ndarray) -> np.ndarray:
-        """Per-32 ms speech probabilities over ``audio``, newest chunk last."""
-        x = np.asarray(audio, dtype=np.float32).reshape(-1)
-        n = len(x) // VAD_CHUNK
+        """Per-32 ms speech probabilities over ``audio``, newest chunk last.
+
+        ``audio`` (B, N) runs B windows in one batch (offline), giving (B, n).
+        """
+        x = np.asarray(audio, dtype=np.float32)
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+        n = rows.shape[1] // VAD_CHUNK
         if n == 0:
-            return np.zeros(0, dtype=np.float32)
-        x = x[len(x) - n * VAD_CHUNK:]
-        state = np.zeros((2, 1, 128), dtype=np.float32)
-        ctx = np.zeros((1, VAD_CONTEXT), dtype=np.float32)
-        out = np.empty(n, dtype=np.float32)
+            return np.zeros((len(rows), 0) if x.ndim > 1 else 0, dtype=np.float32)
+        rows = rows[:, rows.shape[1] - n * VAD_CHUNK:]
+        state = np.zeros((2, len(rows), 128), dtype=np.float32)
+        ctx = np.zeros((len(rows), VAD_CONTEXT), dtype=np.float32)
+        out = np.empty((len(rows), n), dtype=np.float32)
         with self._lock:
             if self._sess is None:
                 raise RuntimeError("VAD is closed")
             for i in range(n):
-                inp = np.concatenate([ctx, x[None, i * VAD_CHUNK:(i + 1) * VAD_CHUNK]], axis=1)
+                inp = np.concatenate([ctx, rows[:, i * VAD_CHUNK:(i + 1) * VAD_CHUNK]], axis=1)
                 p, state = self._sess.run(None, {"input": inp, "state": state, "sr": self._sr})
-                out[i] = p[0, 0]
+                out[:, i] = p[:, 0]
                 ctx = inp[:, -VAD_CONTEXT:]
-        return out
+        return out if x.ndim > 1 else out[0]
 
     def speech_prob(self, window: np.ndarray) -> float:
         """Speech probability of the last 1.0 s of ``window``."""
-        x = np.asarray(window, dtype=np.float32)[-WINDOW:]
-        if not np.any(x):
-            return 0.0   # digital silence: skip the model (a muted mic costs nothing)
-        p = self.chunk_probs(x)
-        if len(p) == 0:
-            return 0.0
-        return float(np.mean(np.sort(p)[-3:]))
+        return float(self.speech_probs(np.asarray(window, dtype=np.float32).reshape(1, -1))[0])
+
+    def speech_probs(self, windows: np.ndarray) -> np.ndarray:
+        """`speech_prob` of each row of ``windows`` (B, N), in one batched pass."""
+        x = np.asarray(windows, dtype=np.float32)[:, -WINDOW:]
+        out = np.zeros(len(x), dtype=np.float32)
+        # Digital silence skips the model (a muted mic costs nothing).
+        live = np.flatnonzero(np.any(x, axis=1))
+        if len(live):
+            p = self.chunk_probs(x[live])
+            if p.shape[1]:
+                out[live] = np.mean(np.sort(p, axis=1)[:, -3:], axis=1)
+        return out
 
     def close(self) -> None:
         with self._lock:
