@@ -264,13 +264,19 @@ class _VoiceAhead:
                 self._next_k = ks[-1] + 1
                 self._cv.notify_all()
 
+    def forget_before(self, k: int) -> None:
+        """Drop results no tick can ask for any more (the live path skips steps when the
+        audio lags the video by more than a window)."""
+        with self._cv:
+            for old in [j for j in self._results if j < k]:
+                del self._results[old]
+
     def get(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None] | None:
         """Step k's result if it was computed from exactly this window; older steps are dropped."""
         with self._cv:
             while k >= self._next_k and not self._done:
                 self._cv.wait(0.5)
-            for old in [j for j in self._results if j < k]:
-                del self._results[old]
+            self.forget_before(k)
             hit = self._results.pop(k, None)
         if hit is not None and np.array_equal(hit[0], window):
             self.hits += 1
@@ -319,6 +325,8 @@ class BatchedAnalyzer(Analyzer):
 
     def tick_later(self, image: np.ndarray | None, t: float, next_t: float = 0.0) -> None:
         k = int(math.floor(t / self.step_s + 1e-9))
+        if self.voice_ahead is not None:
+            self.voice_ahead.forget_before(k - self.T)      # older than any window a tick reads
         face = self._face_tick(image, t, k)
         embs, mask, _ = self.ring.window(k, self.voice_k)
         self._pending.append(_Pending(t, embs, mask, self.ring.refs(k), self._speech(mask), face, next_t))

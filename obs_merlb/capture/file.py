@@ -21,6 +21,10 @@ from .base import SAMPLE_RATE, AudioChunk, AudioRing, CaptureError, LatestSlot, 
 
 log = logging.getLogger(__name__)
 
+# A hole in an audio track longer than this is filled with silence (shorter
+# ones are timestamp rounding: Matroska keeps milliseconds).
+AUDIO_GAP_S = 0.05
+
 
 class MediaError(CaptureError):
     """A file that cannot be read as audio or video; the message names the file."""
@@ -187,7 +191,7 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         def audio_out(frames) -> Iterator[AudioChunk]:
             nonlocal audio_n, a_done
             for rf in frames:
-                x = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                x = (rf if isinstance(rf, np.ndarray) else rf.to_ndarray()).reshape(-1).astype(np.float32, copy=False)
                 if len(x) == 0:
                     continue
                 t = audio_t0 + audio_n / SAMPLE_RATE
@@ -230,6 +234,14 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
                     elif not a_done:
                         if audio_t0 is None:
                             audio_t0 = (frame.time - origin) if frame.time is not None else start
+                        elif frame.time is not None:
+                            # Audio time counts samples; a hole in the track (a dropout, joined
+                            # files) becomes silence, so later audio stays on the video's clock.
+                            gap = frame.time - origin - (audio_t0 + audio_n / SAMPLE_RATE)
+                            if gap > AUDIO_GAP_S:
+                                for chunk in audio_out([np.zeros(int(round(gap * SAMPLE_RATE)), np.float32)]):
+                                    yielded += 1
+                                    yield chunk
                         for chunk in audio_out(resampler.resample(frame)):
                             pace(chunk.t)
                             yielded += 1
