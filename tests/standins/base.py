@@ -29,7 +29,9 @@ class JsonServer(ObsStandIn):
         """Called once per connection before any message."""
 
     def answer(self, ws: Any, msg: dict[str, Any]) -> dict[str, Any] | None:
-        raise NotImplementedError
+        """The reply to one request; a stand-in that knows no requests records each as a problem."""
+        self.problems.append(f"unexpected request {msg!r}")
+        return None
 
     def send(self, ws: Any, msg: dict[str, Any]) -> None:
         ws.send(json.dumps(msg))
