@@ -351,6 +351,13 @@ def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def shard_index(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A shard's keys, failed keys and errors, without loading its steps (hours of a
+    recording's steps are hundreds of MB)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in ("keys", "failed", "errors")}
+
+
 def unpack(shard: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """key -> per-item arrays, features back to float32 in their live ranges."""
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -548,7 +555,7 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
     shard_paths = [shard_of(c) for c in chunks]
     todo = []
     for chunk, sp in zip(chunks, shard_paths):
-        if sp.exists() and retry_failed and len(read_shard(sp)["failed"]):
+        if sp.exists() and retry_failed and len(shard_index(sp)["failed"]):
             sp.unlink()
         if not sp.exists():
             sp.parent.mkdir(parents=True, exist_ok=True)
@@ -596,7 +603,7 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
     # Assemble the result from the shards (new and old alike).
     out_items, out_shards, out_keys = [], [], []
     for chunk, sp in zip(chunks, shard_paths):
-        shard = read_shard(sp)
+        shard = shard_index(sp)
         present = set(shard["keys"].tolist())
         errors = dict(zip(shard["failed"].tolist(), shard["errors"].tolist()))
         for key, it in chunk:
