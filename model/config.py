@@ -62,6 +62,11 @@ class MERLBConfig:
     heads: dict[str, list[str]] = field(default_factory=default_heads)
     # "multi" trains every head; a head name trains (and outputs) that head only.
     task: str = "multi"
+    # The population's voice band statistics (perception/baseline.Prior as a
+    # dict) for a model trained with a person baseline (TrainConfig.voice_baseline);
+    # None for a model that takes raw log-mels. Only a model that carries
+    # one is fed baseline-normalised voices, live and in `merlb eval --adapt person`.
+    voice_prior: dict[str, list[float]] | None = None
     dropout: float = 0.3
     modality_dropout: float = 0.2
 

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from obs_merlb.calibration import Calibration, modality_sets
 from obs_merlb.labels import EMOTIONS, FACE, IGNORE, MODALITIES, VOICE
+from obs_merlb.perception.baseline import BandStats, Prior, apply as apply_baseline
 from obs_merlb.perception.voice import HOP, LOG_EPS, SAMPLE_RATE
 
 from .datasets import HEAD_CLASSES, HEADS, Item
@@ -318,15 +319,61 @@ def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | No
     return {k: v[start:start + steps] for k, v in rec.items()}
 
 
+def voice_stats(rec: dict[str, np.ndarray]) -> BandStats:
+    """A record's contribution to its person's voice baseline (its speech steps)."""
+    if "voice" not in rec:
+        return BandStats()
+    return BandStats.of(rec["voice"], rec["speech_prob"] * (rec["mask"][:, VOICE] > 0))
+
+
+class PersonBaselines:
+    """Each record's person baseline (perception/baseline.py), built the way it runs live: without labels.
+
+    In training a record sees a random handful of its person's *other* clips
+    (a streamer's baseline is young for the first minute), or with
+    probability `none_p` no baseline at all, as the live engine does before
+    the person has spoken. In evaluation it sees all of its person's clips,
+    itself included, as a live baseline includes what is being said.
+    """
+
+    def __init__(self, records: Records, prior: Prior, none_p: float = 0.25,
+                 people_from: Records | None = None) -> None:
+        """`people_from`: whole clips to build evaluation baselines from when `records` are windows of them."""
+        self.prior, self.none_p = prior, none_p
+        self.stats = [voice_stats(r) for r in records.arrays]
+        self.people: dict[str, list[int]] = {}
+        for i, it in enumerate(records.items):
+            if self.stats[i].n > 0:
+                self.people.setdefault(it.group, []).append(i)
+        self.groups = [it.group for it in records.items]
+        whole = people_from or records
+        stats = self.stats if people_from is None else [voice_stats(r) for r in whole.arrays]
+        self.totals: dict[str, BandStats] = {}
+        for it, st in zip(whole.items, stats):
+            self.totals[it.group] = self.totals.get(it.group, BandStats()) + st
+
+    def of(self, i: int, rng: np.random.Generator | None) -> BandStats:
+        if rng is None:
+            return self.totals.get(self.groups[i], BandStats())
+        others = [j for j in self.people.get(self.groups[i], []) if j != i]
+        if not others or rng.random() < self.none_p:
+            return BandStats()
+        pick = rng.choice(others, size=int(rng.integers(1, len(others) + 1)), replace=False)
+        return sum((self.stats[j] for j in pick), BandStats())
+
+    def normalise(self, x: np.ndarray, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        return apply_baseline(x, self.prior, self.of(i, rng))
+
+
 class StepDataset(Dataset):
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  augment: bool = True, image_steps: int = 1, seed: int = 0,
                  key_segments: int | None = None, face_erase: float = 0.0, voice_eq: float = 0.0,
-                 voice_room: float = 0.0) -> None:
+                 voice_room: float = 0.0, baselines: PersonBaselines | None = None) -> None:
         self.records, self.modalities, self.steps = records, list(modalities), steps
         self.train, self.augment, self.image_steps, self.seed = train, augment, image_steps, seed
         self.key_segments, self.face_erase, self.voice_eq = key_segments, face_erase, voice_eq
-        self.voice_room = voice_room
+        self.voice_room, self.baselines = voice_room, baselines
         # In shared memory: DataLoader workers hold their own copy of the
         # dataset (persistent ones for the whole run), and a plain attribute
         # set in the main process never reaches them, so every epoch would
@@ -348,7 +395,9 @@ class StepDataset(Dataset):
         # whatever the worker count or DDP rank that draws the sample.
         return np.random.default_rng((self.seed, self.epoch, i)) if self.train else None
 
-    def sample(self, rec: dict[str, np.ndarray], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    def sample(self, rec: dict[str, np.ndarray], rng: np.random.Generator | None,
+               index: int | None = None) -> dict[str, np.ndarray]:
+        """A window of record `index` (whose person baseline applies, when the dataset has them)."""
         w = window(rec, self.steps, rng, self.image_steps)
         out = {"mask": w["mask"].astype(np.float32)}
         if self.key_segments and "speech_prob" in w:
@@ -360,6 +409,8 @@ class StepDataset(Dataset):
         for m in self.modalities:
             if m in w:
                 x = to_float(m, w[m])
+                if m == "voice" and self.baselines is not None and index is not None:
+                    x = self.baselines.normalise(x, index, rng)
                 if rng is not None and self.augment:
                     x = (augment_face(x, rng, self.face_erase) if m == "face"
                          else augment_voice(x, rng, eq=self.voice_eq, room=self.voice_room) if m == "voice" else x)
@@ -367,7 +418,7 @@ class StepDataset(Dataset):
         return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        out = self.sample(self.records.arrays[i], self._rng(i))
+        out = self.sample(self.records.arrays[i], self._rng(i), i)
         out["y"] = self.records.targets[i]
         out["q"] = self.records.emotion_q[i]
         out["allowed"] = self.records.emotion_allowed[i]
@@ -384,9 +435,9 @@ class PairedDataset(StepDataset):
     def __init__(self, records: Records, modalities: Sequence[str], steps: int, train: bool,
                  n_pairs: int = 0, augment: bool = True, seed: int = 0,
                  key_segments: int | None = None, mismatch: float = 0.0, face_erase: float = 0.0,
-                 voice_eq: float = 0.0, voice_room: float = 0.0) -> None:
+                 voice_eq: float = 0.0, voice_room: float = 0.0, baselines: PersonBaselines | None = None) -> None:
         super().__init__(records, modalities, steps, train, augment, 1, seed, key_segments, face_erase, voice_eq,
-                         voice_room)
+                         voice_room, baselines)
         self.mismatch = mismatch
         masks = [r["mask"].any(axis=0) for r in records.arrays]
         emo = records.targets[:, HEADS.index("emotion")]
@@ -417,7 +468,7 @@ class PairedDataset(StepDataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         f, v = self.pair(i)
         rng = self._rng(i)
-        voice = self.sample(self.records.arrays[v], rng)
+        voice = self.sample(self.records.arrays[v], rng, v)
         t = voice["mask"].shape[0]
         face = self.sample(window(self.records.arrays[f], t, rng, image_steps=t), rng)
         out = {"mask": voice["mask"].copy()}

@@ -29,10 +29,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from obs_merlb.labels import MODALITIES
+from obs_merlb.perception.baseline import BandStats, Prior
 
 from . import balance
-from .data import (Collate, PairedDataset, Records, StepDataset, blend_original, head_targets, load_records,
-                   predict, voice_band_std)
+from .data import (Collate, PairedDataset, PersonBaselines, Records, StepDataset, blend_original, head_targets,
+                   load_records, predict, voice_band_std, voice_stats)
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe, split_items
 from .metrics import mean_macro_f1, score
 from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
@@ -128,6 +129,13 @@ class TrainConfig:
     # accuracy fell below the voice stage's in every run (MODEL_CARD.md).
     voice_teacher: str | None = None
     voice_teacher_weight: float = 1.0
+    # Train the voice to hear each person against their own baseline
+    # (perception/baseline.py, data.PersonBaselines): the model then carries
+    # the population prior and live adapts to the streamer without labels.
+    # `baseline_none_p`: share of training clips seen with no baseline, as
+    # live before the person has spoken.
+    voice_baseline: bool = False
+    baseline_none_p: float = 0.25
     model: dict[str, Any] = field(default_factory=dict)  # MERLBConfig overrides
 
     @classmethod
@@ -390,6 +398,14 @@ def _measure_voice_scale(model, train: Records, seed: int = 0) -> None:
             model.encoders["voice"].set_band_scale(torch.from_numpy(std))
 
 
+def person_prior(model, train: Records) -> Prior:
+    """The model's population voice prior; measured on the training speech (and kept) when it has none."""
+    if model.cfg.voice_prior is None:
+        prior = Prior.of(sum((voice_stats(r) for r in train.arrays), BandStats()))
+        model.cfg.voice_prior = prior.to_dict()
+    return Prior.from_dict(model.cfg.voice_prior)
+
+
 def load_voice_teacher(directory: str, student: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The teacher for voice-only windows, fixed, on the student's device; it must hear voices
     and answer every head the student has."""
@@ -501,18 +517,26 @@ def train(cfg: TrainConfig, quiet: bool = False,
 
     mods = model.cfg.modalities
     k = cfg.voice_key_segments
+    train_base = val_base = None
+    if cfg.voice_baseline:
+        prior = person_prior(model, train_rec)
+        train_base = PersonBaselines(train_rec, prior, cfg.baseline_none_p)
+        val_base = PersonBaselines(val_rec, prior)
+        console.print(f"person baselines: {len(train_base.people)} training and {len(val_base.people)} "
+                      f"validation people; {cfg.baseline_none_p:.0%} of training clips without one")
     parts = [StepDataset(train_rec, mods, cfg.steps, True, cfg.augment, cfg.image_steps, cfg.seed, k,
-                         cfg.face_erase, cfg.voice_eq, cfg.voice_room)]
+                         cfg.face_erase, cfg.voice_eq, cfg.voice_room, train_base)]
     if cfg.pairing:
         paired = PairedDataset(train_rec, mods, cfg.steps, True, cfg.pairs_per_epoch, cfg.augment, cfg.seed, k,
                                mismatch=cfg.pair_mismatch, face_erase=cfg.face_erase, voice_eq=cfg.voice_eq,
-                               voice_room=cfg.voice_room)
+                               voice_room=cfg.voice_room, baselines=train_base)
         console.print(f"face+voice pairs per epoch: {len(paired)} "
                       f"({cfg.pair_mismatch:.0%} disagreeing, labelled by the face)")
         if len(paired):
             parts.append(paired)
     train_ds = ConcatDataset(parts)
-    val_ds = StepDataset(val_rec, mods, cfg.steps, False, image_steps=cfg.image_steps, key_segments=k)
+    val_ds = StepDataset(val_rec, mods, cfg.steps, False, image_steps=cfg.image_steps, key_segments=k,
+                         baselines=val_base)
 
     sampler = None
     if dist_info.world > 1:
