@@ -69,17 +69,20 @@ def windows_of(records, steps: int):
 
 def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
                     image_steps: int = 1, key_segments: int | None = None,
-                    calibration=None) -> dict[str, np.ndarray]:
+                    calibration=None, adapt_prior=None) -> dict[str, np.ndarray]:
     """Per item and head, class probabilities (mean over the item's windows),
-    temperature-scaled per window when a calibration is given."""
+    temperature-scaled per window when a calibration is given. With
+    `adapt_prior` (a perception.baseline.Prior) each voice is heard against
+    its person's baseline, built from all of that person's clips here."""
     import torch
 
-    from .data import StepDataset, predict
+    from .data import PersonBaselines, StepDataset, predict
 
     steps = model.cfg.steps
     win, owners = windows_of(records, steps)
+    baselines = None if adapt_prior is None else PersonBaselines(win, adapt_prior, people_from=records)
     ds = StepDataset(win, model.cfg.modalities, steps, train=False, image_steps=image_steps,
-                     key_segments=key_segments)
+                     key_segments=key_segments, baselines=baselines)
     probs, _ = predict(model, ds, model.cfg.modalities, torch.device(device), batch_size, calibration)
     out = {}
     for head, p in probs.items():
@@ -140,12 +143,15 @@ def _label_kinds(probs: dict[str, np.ndarray], records, heads: dict[str, list[st
 def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None = None,
              cache: str | None = None, out: str | Path | None = None, device: str = "cpu",
              workers: int = 1, limit: int | None = None, quiet: bool = False,
-             calibrated: bool = True, people: list[str] | None = None) -> dict[str, Any]:
+             calibrated: bool = True, people: list[str] | None = None, adapt: str = "none") -> dict[str, Any]:
     """Metrics per head (and files in `out`); the dict `merlb eval --json` prints.
 
     Probabilities are those the live engine shows: temperature-scaled by the
     model's calibration unless `calibrated` is False. Only the calibration
     error (ECE) and log-loss depend on that; argmax metrics do not.
+    `adapt="person"` hears each voice against its person's baseline, built
+    without labels from that person's clips in `data` (the live engine's
+    adaptation); only a model trained with one (`voice_prior`) takes it.
     """
     from obs_merlb.calibration import Calibration, load_calibration
 
@@ -155,6 +161,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
 
     model_dir = Path(model_dir)
     model, meta = _load(model_dir, device)
+    adapt_prior = person_prior(model, model_dir) if adapt == "person" else None
     train_meta = meta.get("train")
     if data is None:
         if not train_meta:
@@ -181,10 +188,13 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     image_steps = (train_meta or {}).get("image_steps", 1)
     calibration = load_calibration(model_dir) if calibrated else Calibration()
     probs = predict_records(model, records, device, image_steps=image_steps, key_segments=key_segments,
-                            calibration=calibration)
+                            calibration=calibration, adapt_prior=adapt_prior)
     heads = model.cfg.active_heads
     metrics = score(probs, remap_targets(records.targets, heads), heads)
     result: dict[str, Any] = _summary(metrics)
+    if adapt_prior is not None:
+        result["adapt"] = adapt
+        result["baselines"] = speech_per_person(records, model.cfg.step_s)
     by_set = _per_set(probs, records, heads)
     if by_set:
         result["sets"] = by_set
@@ -202,7 +212,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
             reliability_png(m, out / f"reliability_{h}.png", f"{model_dir.name} on {data_name}: {h}"
                             f" ({'calibrated' if calibration else 'uncalibrated'})")
         (out / "metrics.json").write_text(json.dumps(
-            {"model": str(model_dir), "data": data or "validation split", "items": describe(records.items),
+            {"model": str(model_dir), "data": data or "validation split", "adapt": adapt, "items": describe(records.items),
              "heads": metrics, "sets": by_set, "label_kinds": kinds, "skipped_heads": [h for h in heads if h not in metrics],
              "calibration": calibration.to_dict() if calibration else None}, indent=1))
         if not quiet:
@@ -224,6 +234,28 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     return result
 
 
+def person_prior(model, model_dir: Path):
+    from obs_merlb.perception.baseline import Prior
+
+    if model.cfg.voice_prior is None:
+        raise SystemExit(f"--adapt person: {model_dir} was trained without a person baseline (its config.json "
+                         f"has no voice_prior); train one with voice_baseline = true, e.g. "
+                         f"train/recipes/default_voice_baseline.toml")
+    return Prior.from_dict(model.cfg.voice_prior)
+
+
+def speech_per_person(records, step_s: float) -> dict[str, float]:
+    """Seconds of speech each person's baseline was built from."""
+    from obs_merlb.perception.voice import N_FRAMES
+
+    from .data import voice_stats
+
+    seconds: dict[str, float] = {}
+    for it, rec in zip(records.items, records.arrays):
+        seconds[it.group] = seconds.get(it.group, 0.0) + voice_stats(rec).n / N_FRAMES * step_s
+    return {g: round(s, 1) for g, s in sorted(seconds.items()) if s > 0}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", metavar="PATH",
                         help="dataset folder or CSV (default: the model's own validation split)")
@@ -237,6 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N items only")
     parser.add_argument("--people", default=None, metavar="G1,G2",
                         help="only these people (groups as the readers name them, e.g. ravdess:17,ased:01-27)")
+    parser.add_argument("--adapt", choices=("none", "person"), default="none",
+                        help="person: hear each voice against its person's baseline, built without labels "
+                             "from that person's clips in PATH (people as the readers name them)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-calibration", dest="calibrated", action="store_false",
                         help="score the raw softmax, ignoring the model's temperature calibration")
@@ -249,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
         Path("runs") / "eval" / f"{model_dir.name}-{Path(args.path).name if args.path else 'validation'}")
     result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
                       workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated,
-                      people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None)
+                      people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None,
+                      adapt=args.adapt)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     return 0

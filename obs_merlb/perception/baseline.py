@@ -28,8 +28,10 @@ import numpy as np
 
 from .voice import N_MELS, N_FRAMES, SPEECH_THRESHOLD
 
-PRIOR_FRAMES = 3000        # 30 s of speech frames: how much the prior counts
-LEARNED_FRAMES = 6000      # 60 s of speech frames: the baseline is the person's own from here
+# Every voice step adds its whole 1 s window (N_FRAMES frames), and steps
+# overlap: at the 0.25 s step one second of speech adds 4 windows.
+PRIOR_FRAMES = 30 * N_FRAMES       # 30 speech steps (7.5 s of speech): how much the prior counts
+LEARNED_FRAMES = 240 * N_FRAMES    # 240 speech steps (a minute of speech): the person's own from here
 GAIN_LIMITS = (0.5, 2.0)   # a band's spread is never stretched or squeezed beyond this
 MIN_STD = 1e-3
 FORMAT = 1                 # the saved file's layout
@@ -124,14 +126,14 @@ def apply(logmel: np.ndarray, prior: Prior, stats: BandStats) -> np.ndarray:
 class VoiceBaseline:
     """A live person baseline: update with each voice step, normalise each step, save, reset."""
 
-    def __init__(self, prior: Prior, stats: BandStats | None = None) -> None:
-        self.prior = prior
+    def __init__(self, prior: Prior, stats: BandStats | None = None, step_s: float = 0.25) -> None:
+        self.prior, self.step_s = prior, step_s
         self.stats = stats or BandStats()
 
     @property
     def seconds(self) -> float:
-        """Speech heard so far, in seconds of log-mel frames."""
-        return self.stats.n * 0.01
+        """Speech heard so far, in seconds (one step's window adds `step_s` of new audio)."""
+        return self.stats.n / N_FRAMES * self.step_s
 
     @property
     def learning(self) -> bool:
