@@ -35,6 +35,7 @@ from . import balance
 from .data import (Collate, PairedDataset, PersonBaselines, Records, StepDataset, blend_original, head_targets,
                    load_records, predict, voice_band_std, voice_stats)
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe, split_items
+from .device_batches import DeviceImageBatches
 from .metrics import mean_macro_f1, score
 from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
 
@@ -136,6 +137,13 @@ class TrainConfig:
     # live before the person has spoken.
     voice_baseline: bool = False
     baseline_none_p: float = 0.25
+    # Hold the training images on the device and augment them there
+    # (train/device_batches.py): for a face stage on a GPU, whose DataLoader
+    # path leaves the GPU waiting. One-step face images only.
+    device_data: bool = False
+    # Stop before an epoch that would end past this many minutes of training
+    # (0 = no limit): a stage that must fit one short GPU lease.
+    time_limit_min: float = 0.0
     model: dict[str, Any] = field(default_factory=dict)  # MERLBConfig overrides
 
     @classmethod
@@ -543,10 +551,18 @@ def train(cfg: TrainConfig, quiet: bool = False,
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(train_ds, dist_info.world, dist_info.rank, shuffle=True, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=gen, collate_fn=Collate(mods), num_workers=cfg.loader_workers,
-                        drop_last=len(train_ds) > cfg.batch_size, persistent_workers=cfg.loader_workers > 0,
-                        pin_memory=device.type == "cuda")   # lets the non_blocking copies below overlap
+    loader: Any
+    if cfg.device_data:
+        if cfg.pairing or dist_info.world > 1:
+            raise SystemExit("device_data trains one-step face images on one device: without pairing, one process")
+        loader = DeviceImageBatches(train_rec, cfg.batch_size, device, seed=cfg.seed, augment=cfg.augment,
+                                    erase=cfg.face_erase, image_steps=cfg.image_steps)
+        parts.append(loader)          # it follows the epoch like the datasets do
+    else:
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=gen, collate_fn=Collate(mods), num_workers=cfg.loader_workers,
+                            drop_last=len(train_ds) > cfg.batch_size, persistent_workers=cfg.loader_workers > 0,
+                            pin_memory=device.type == "cuda")   # lets the non_blocking copies below overlap
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
@@ -586,6 +602,7 @@ def train(cfg: TrainConfig, quiet: bool = False,
     log_every = 60.0 if not quiet and dist_info.main and not console.is_terminal else None
     last_log = time.perf_counter()
     epoch = start_epoch
+    run_t0 = time.perf_counter()
     with progress:
         for epoch in range(start_epoch, cfg.epochs):
             if stop:
@@ -666,12 +683,19 @@ def train(cfg: TrainConfig, quiet: bool = False,
                 console.print(f"epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.4f} "
                               f"val macro-F1 {vals or '-'} ({rec['seconds']}s)")
                 stop = epoch + 1 - best_epoch >= cfg.patience
+                if stop:
+                    console.print(f"early stop: no better validation macro-F1 for {cfg.patience} epochs")
+                spent = time.perf_counter() - run_t0
+                if (not stop and cfg.time_limit_min and epoch + 1 < cfg.epochs
+                        and spent + rec["seconds"] > cfg.time_limit_min * 60):
+                    stop = True
+                    console.print(f"time limit: {spent / 60:.1f} of {cfg.time_limit_min:g} min spent, another "
+                                  f"epoch (~{rec['seconds'] / 60:.1f} min) would pass it; keeping the best so far")
             if dist_info.world > 1:
                 flag = torch.tensor([int(stop)], device=device)
                 torch.distributed.broadcast(flag, 0)
                 stop = bool(flag.item())
             if stop:
-                console.print(f"early stop: no better validation macro-F1 for {cfg.patience} epochs")
                 break
 
     summary: dict[str, Any] = {"out": str(out), "best_epoch": best_epoch, "best_val_macro_f1": best,
