@@ -7,7 +7,11 @@ nearest the step's middle; once per step, after the tick's event is out, it
 runs pose, the game thumbnail and the finished voice steps. All of that is
 `obs_merlb.perception.steps.Perceiver`, the code `merlb preprocess` runs on
 training clips. Encoders run once per step into a ring of T embeddings; each
-tick runs only the sequence model on the ring.
+tick runs only the sequence model on the ring. A model that carries a voice
+prior (`MERLBConfig.voice_prior`) hears each voice step through the person's
+baseline (perception/baseline.py): the step first adds to it, then is
+normalised by it, before the voice encoder; a model without one gets the
+raw log-mel, as before.
 
 `iter_file_ticks` drives an Analyzer over a file as fast as it decodes
 (`Engine.run_file`, benchmarks); `merlb analyze` gets the same ticks from
@@ -28,6 +32,7 @@ import numpy as np
 from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
 from obs_merlb.capture.file import iter_media
 from obs_merlb.labels import MODALITIES, VOICE
+from obs_merlb.perception.baseline import Prior, VoiceBaseline
 from obs_merlb.perception.steps import Perceiver, VoiceStep
 from obs_merlb.perception.voice import NEEDED, key_segment_mask
 from obs_merlb.state import StateTracker, contributions_from_deltas, modality_contributions
@@ -175,7 +180,11 @@ class Analyzer:
 
     def __init__(self, backend: Any, state: StateTracker | None = None, *, body: bool = True,
                  contributions: bool = True, clock: StageClock | None = None,
-                 static_perception: bool = False, reuse_unchanged: bool = True) -> None:
+                 static_perception: bool = False, reuse_unchanged: bool = True,
+                 baseline: VoiceBaseline | None = None) -> None:
+        """`baseline`: the person's voice baseline to continue (the live engine's, loaded from
+        its profile); a model with a voice prior otherwise starts a fresh one, and a model
+        without one ignores it."""
         self.backend = backend
         cfg = backend.cfg
         self.T, self.step_s = int(cfg.steps), float(cfg.step_s)
@@ -194,6 +203,7 @@ class Analyzer:
                                    body=body and "body" in self.modalities, scene="scene" in self.modalities,
                                    static=static_perception)
         self.ring = StepRing(self.T, {m: d for m, d in cfg.embed_dims.items()})
+        self.baseline = person_baseline(backend, baseline)
         self._last_thumb: np.ndarray | None = None
         self._last_face: Any = None
         self._last_face_emb: np.ndarray | None = None
@@ -203,9 +213,11 @@ class Analyzer:
         self.unchanged_skips = 0
         self.rate_hint = 15.0
 
-    def swap_backend(self, backend: Any) -> None:
-        """A reloaded model: cached embeddings came from the old encoders, so drop them."""
+    def swap_backend(self, backend: Any, baseline: VoiceBaseline | None = None) -> None:
+        """A reloaded model: cached embeddings came from the old encoders, so drop them.
+        `baseline` as in the constructor, for the new model."""
         self.backend = backend
+        self.baseline = person_baseline(backend, baseline)
         self.ring = StepRing(self.T, {m: d for m, d in backend.cfg.embed_dims.items()})
         self._last_face_emb = None
         # A personalized model may add, drop or rename `user` classes.
@@ -232,7 +244,18 @@ class Analyzer:
     def _voice_step(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None]:
         """Step k's voice features and embedding (None when not speech) from its audio window."""
         step = self.perceiver.voice_step(window)
-        return step, (self.backend.encode("voice", step.feature[None])[0] if step.present else None)
+        return step, self._voice_embedding(step)
+
+    def _voice_embedding(self, step: VoiceStep) -> np.ndarray | None:
+        """A voice step's embedding, None when not speech. With a person baseline the step
+        adds to it first (unlabelled, speech only), then is heard through it, in step order."""
+        if not step.present:
+            return None
+        feature = step.feature
+        if self.baseline is not None:
+            self.baseline.update(feature, step.speech_prob)
+            feature = self.baseline.normalise(feature)
+        return self.backend.encode("voice", feature[None])[0]
 
     def _voice_steps(self, audio: AudioView | None, k_now: int) -> None:
         if audio is None or not self.perceiver.enabled["voice"]:
@@ -365,6 +388,15 @@ class Analyzer:
         with _Timed(clock, "voice"):
             self._voice_steps(audio, k)
 
+
+
+def person_baseline(backend: Any, baseline: VoiceBaseline | None) -> VoiceBaseline | None:
+    """The baseline a model's voice steps go through: `baseline`, or a fresh one, when the
+    model carries a voice prior; None (raw log-mels) when it does not."""
+    prior = getattr(backend.cfg, "voice_prior", None)
+    if prior is None:
+        return None
+    return baseline if baseline is not None else VoiceBaseline(Prior.from_dict(prior))
 
 
 # ---------------------------------------------------------------- offline runs

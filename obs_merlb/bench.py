@@ -5,7 +5,9 @@
 whole sequence part and the whole model) in eager torch and in onnxruntime
 with one thread and with its default threads; then TT fusion against the
 seed's materialized outer product at the seed's sizes (three modalities of
-[1, 128], 129^3 = 2.1 M values), as a ratio from the same run.
+[1, 128], 129^3 = 2.1 M values), as a ratio from the same run; and the
+person voice baseline's update + normalise per voice step (numpy, one
+thread: what a model with a voice prior adds to each step).
 
 `merlb bench live --video FILE` runs the live path (obs_merlb.live_bench).
 """
@@ -83,6 +85,30 @@ def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: flo
         if time.perf_counter() > end and len(times[next(iter(fns))]) >= 5:
             break
     return {k: 1000.0 * statistics.median(v) for k, v in times.items()}
+
+
+def bench_baseline(prior: dict[str, list[float]] | None, repeat: int) -> float:
+    """Median ms of one live voice step's baseline work: `update` then `normalise` (analyzer.py).
+
+    With the model's prior when it has one, else the population's shape
+    made up (the cost does not depend on the values); the baseline has
+    already heard speech, so `normalise` does its whole transform.
+    """
+    import numpy as np
+    from obs_merlb.perception.baseline import Prior, VoiceBaseline
+    from obs_merlb.perception.voice import N_FRAMES, N_MELS
+
+    p = Prior.from_dict(prior) if prior is not None else Prior(np.zeros(N_MELS), np.ones(N_MELS))
+    rng = np.random.default_rng(0)
+    logmel = (rng.standard_normal((1, N_MELS, N_FRAMES)) * 2.0 - 8.0).astype(np.float32)
+    baseline = VoiceBaseline(p)
+    baseline.update(logmel, 1.0)
+
+    def step() -> None:
+        baseline.update(logmel, 1.0)
+        baseline.normalise(logmel)
+
+    return time_ms(step, max(repeat, 200))
 
 
 def bench_tt(repeat: int, batch: int = 1) -> dict[str, float]:
@@ -222,6 +248,9 @@ def _print_tables(report: dict[str, Any]) -> None:
                f"{report['tt_max_abs_diff']:.2e} / {report['tt_max_abs_diff_float64']:.2e}",
                f"outputs up to {report['tt_output_scale']:.2f}")
     console.print(tt)
+    console.print(f"person voice baseline, update + normalise: {report['baseline_ms_per_step']:.3f} ms per voice "
+                  "step (numpy, one thread" + ("" if report["voice_prior"] else "; this model has no voice prior, "
+                                               "so it does not run live") + ")")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -250,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
         report.update(bench_tt(args.repeat))
         # Per sample, batching only widens the gap (the outer product grows with the batch).
         report["tt_speedup_batch8"] = bench_tt(5, batch=8)["tt_speedup"]
+        report["voice_prior"] = model.cfg.voice_prior is not None
+        report["baseline_ms_per_step"] = bench_baseline(model.cfg.voice_prior, args.repeat)
     finally:
         torch.set_num_threads(torch_threads)
     comps = report["components"]

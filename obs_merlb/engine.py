@@ -13,6 +13,10 @@ latency stays bounded. Beside the analysis thread run a control thread
 control) and a stdin thread (the OBS script's commands). `merlb live`
 (obs_merlb/live.py) wires this to its sources and servers;
 `Engine.run_file` runs the same analyzer offline (`merlb analyze`).
+A model with a voice prior adapts to the person it hears: the engine keeps
+the profile's voice baseline (obs_merlb/baseline_store.py), hands it to
+each analyzer it makes, saves it every 30 s of speech and at a clean stop,
+and resets it on `reset_baseline`.
 """
 from __future__ import annotations
 
@@ -34,11 +38,13 @@ import psutil
 
 from obs_merlb import __version__
 from obs_merlb.analyzer import Analyzer, AudioView, FileRun, TickResult, iter_file_ticks
+from obs_merlb.baseline_store import BaselineStore, prior_digest
 from obs_merlb.capture.file import probe
 from obs_merlb.files import write_atomic
 from obs_merlb.highlights import HighlightActor, PeakDetector
 from obs_merlb.inference import load_backend
-from obs_merlb.settings import MIN_RATE_HZ, check_setting
+from obs_merlb.perception.baseline import Prior
+from obs_merlb.settings import DEFAULT_PROFILE, MIN_RATE_HZ, check_setting
 from obs_merlb.model.config import CONFIG_FILE
 from obs_merlb.obs_client import ObsRequestFailed, ObsUnavailable
 from obs_merlb.state import (StateConfig, StateTracker, error_event, extra_heads, health_event,
@@ -76,7 +82,11 @@ class Engine:
                  state_config: StateConfig | None = None, body: bool = True,
                  contributions: bool = True, highlights: bool = True,
                  obs: Any = None, status_file: str | Path | None = None,
-                 session: Any = None, stall_s: float = 3.0) -> None:
+                 session: Any = None, stall_s: float = 3.0, profile: str = DEFAULT_PROFILE,
+                 reset_baseline: bool = False, baseline_dir: str | Path | None = None) -> None:
+        """`profile`, `reset_baseline`, `baseline_dir`: whose voice baseline a model with a
+        voice prior continues (settings.check_profile names), whether to forget it first,
+        and where it is kept (default: beside the config file)."""
         cap_threads(1)
         self.model_dir = Path(model_dir)
         self.device = device
@@ -121,6 +131,10 @@ class Engine:
         self._ready_analyzer: Analyzer | None = None
         self._last_frame_mono = 0.0
         self.text_overlay: Any = None   # a NativeTextOverlay (--overlay text); it is also a sink
+        self.profile = profile
+        self.baseline_dir = Path(baseline_dir) if baseline_dir is not None else None
+        self._reset_baseline_at_start = reset_baseline
+        self.baseline_store: BaselineStore | None = None   # opened at start_threads, when the model has a prior
 
     # -- events
     def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
@@ -176,6 +190,8 @@ class Engine:
             elif cmd == "resume":
                 self.paused = False
                 self.publish(self.hello())
+            elif cmd == "reset_baseline":
+                self.reset_baseline()
             elif cmd == "reload_model":
                 path = msg.get("path") or str(self.model_dir)
                 threading.Thread(target=self._reload, args=(str(path),), name="merlb-reload", daemon=True).start()
@@ -200,13 +216,69 @@ class Engine:
         except Exception as e:
             self.error(f"reload_model failed, keeping the current model: {e}", "reload_model")
             return
+        self._save_baseline()
+        store = self._baseline_for(backend)
         with self._lock:
             self.backend = backend
             self.model_dir = Path(path)
+            self.baseline_store = store
             if self._analyzer is not None:
-                self._analyzer.swap_backend(backend)
+                self._analyzer.swap_backend(backend, None if store is None else store.baseline)
         log.info("model reloaded from %s (%s)", path, backend.name)
         self.publish(self.hello())
+
+    # -- the person's voice baseline
+    def _baseline_for(self, backend: Any, reset: bool = False) -> BaselineStore | None:
+        """The profile's stored baseline for `backend`'s voice prior (the current one when the
+        prior is the same); None for a model that takes raw voices. Reports what it had to do."""
+        prior = getattr(backend.cfg, "voice_prior", None)
+        if prior is None:
+            return None
+        prior = Prior.from_dict(prior)
+        current = self.baseline_store
+        if current is not None and not reset and current.digest == prior_digest(prior):
+            return current
+        store, problems, notes = BaselineStore.open(prior, self.profile, float(backend.cfg.step_s),
+                                                    root=self.baseline_dir, reset=reset)
+        for note in notes:
+            log.warning("%s", note)
+        for problem in problems:
+            log.error("%s", problem)
+            self.error(problem, "baseline")
+        return store
+
+    def open_baseline(self) -> BaselineStore | None:
+        """Load (or, asked to, reset) the profile's voice baseline for the model; the live
+        run does this at start, with its sinks in place to hear what went wrong."""
+        reset = self._reset_baseline_at_start
+        self.baseline_store = self._baseline_for(self.backend, reset=reset)
+        if reset and self.baseline_store is None:
+            log.info("--reset-baseline: this model takes raw voices and keeps no voice baseline")
+        return self.baseline_store
+
+    def reset_baseline(self) -> None:
+        """Forget the person's voice (the `reset_baseline` command); ValueError for a model without a prior."""
+        store = self.baseline_store
+        if store is None:
+            raise ValueError("this model takes raw voices: it keeps no voice baseline to reset")
+        with self._lock:              # no voice step adds to it meanwhile
+            problem = store.reset()
+        log.info("voice baseline of profile %r reset: learning the voice afresh", self.profile)
+        if problem:
+            self.error(problem, "baseline")
+
+    def _save_baseline(self, final: bool = True) -> None:
+        """Save the baseline when changed (`final`) or after another 30 s of speech."""
+        store = self.baseline_store
+        if store is None or not (store.changed() if final else store.due()):
+            return
+        problem = store.save()
+        if problem:
+            log.error("%s", problem)
+            self.error(problem, "baseline")
+
+    def baseline_status(self) -> dict[str, Any] | None:
+        return None if self.baseline_store is None else self.baseline_store.status()
 
     def rotate_session(self, recording: str | None) -> None:
         if self.session is None:
@@ -313,7 +385,7 @@ class Engine:
         dropped = int(getattr(self._feed, "dropped", 0) or 0) if self._feed is not None else 0
         return health_event(fps=fps, target_fps=self.rate, latency_ms_p50=p50, latency_ms_p95=p95,
                             cpu_percent=cpu, backend=self.backend.name, dropped=dropped,
-                            last_error=self.last_error, obs=self.obs_stats)
+                            last_error=self.last_error, obs=self.obs_stats, baseline=self.baseline_status())
 
     def _control_loop(self) -> None:
         """~1 Hz: health event, status file, session flush, stall watch."""
@@ -324,6 +396,7 @@ class Engine:
                 self.publish(self.health())
                 if self.session is not None:
                     self.session.maybe_flush()
+                self._save_baseline(final=False)
                 self._write_status(running=True)
                 self._watch_stall()
                 feed_err = getattr(self._feed, "last_error", None)
@@ -414,7 +487,7 @@ class Engine:
                 "camera_ok": camera_ok, "face_present": st.get("face_present"), "label": st.get("label"),
                 "visible": st.get("visible"), "last_error": self.last_error,
                 "events_url": getattr(self.server, "ws_url", None), "url": getattr(self.server, "url", None),
-                "paused": self.paused,
+                "paused": self.paused, "baseline": self.baseline_status(),
                 "session": None if self.session is None or self.session.path is None else str(self.session.path)}
         try:
             # Rewritten every second: the next write repairs a lost one, so no fsync.
@@ -443,13 +516,15 @@ class Engine:
 
     def _new_analyzer(self) -> Analyzer:
         analyzer = Analyzer(self.backend, StateTracker(self.state_config), body=self.body,
-                            contributions=self.contributions)
+                            contributions=self.contributions,
+                            baseline=None if self.baseline_store is None else self.baseline_store.baseline)
         if self._analyzer is not None:
             analyzer.state = self._analyzer.state   # keep the smoothed state across a restart
             analyzer.state.set_extra_heads(self.backend.labels)
         return analyzer
 
     def start_threads(self, feed: Any, scene_feed: Any = None, stdin: Any = None) -> None:
+        self.open_baseline()
         # Perception (mediapipe graphs) takes a second or two to build: do it
         # before the source starts, so a paced file does not run ahead unseen.
         self._ready_analyzer = self._new_analyzer()
@@ -483,6 +558,7 @@ class Engine:
             self.text_overlay.stop(timeout=3.0, clear=True)
         if self._analyzer is not None:
             self._analyzer.close()
+        self._save_baseline()
         if self.session is not None:
             path = self.session.close(t=self.stream_time())
             if path is not None:
@@ -497,8 +573,10 @@ class Engine:
         """Analyse a file as fast as possible (analyze, benchmarks). Publishes events to the sinks."""
         info = probe(path)
         run = FileRun(backend=self.backend.name)
+        # A fresh voice baseline, unless the caller opened the profile's (open_baseline).
         analyzer = Analyzer(self.backend, StateTracker(self.state_config), body=self.body,
-                            contributions=self.contributions, clock=run.clock)
+                            contributions=self.contributions, clock=run.clock,
+                            baseline=None if self.baseline_store is None else self.baseline_store.baseline)
         self._analyzer = analyzer
         start = time.monotonic()
         last_t = 0.0

@@ -33,7 +33,7 @@ from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 from obs_merlb.overlay.server import OverlayServer, OverlayServerError
 from obs_merlb.registry import resolve_model_dir
 from obs_merlb.session import SessionLog
-from obs_merlb.settings import MAX_RATE_HZ, MIN_RATE_HZ, checked_live_config
+from obs_merlb.settings import DEFAULT_PROFILE, MAX_RATE_HZ, MIN_RATE_HZ, checked_live_config
 from obs_merlb.state import StateConfig, session_event
 from obs_merlb.triggers.runner import build_runner
 
@@ -92,6 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-body", action="store_true", help="skip body pose (saves CPU)")
     parser.add_argument("--loop", action="store_true", help="with --video: replay the file forever")
     parser.add_argument("--no-triggers", action="store_true", help="ignore the config's [[triggers]] rules")
+    parser.add_argument("--profile", default=None,
+                        help="whose voice baseline to learn and keep (a model with a voice prior adapts to "
+                             f"the person; default: config [engine] profile, else {DEFAULT_PROFILE!r})")
+    parser.add_argument("--reset-baseline", action="store_true",
+                        help="forget the profile's voice baseline and learn the voice afresh")
     for flag, key, default in ENGINE_SETTINGS:
         what = "analysis rate cap in Hz" if key == "rate" else "state setting"
         parser.add_argument(f"--{flag}", dest=key, type=float, default=None,
@@ -125,6 +130,8 @@ def apply_config_defaults(args: argparse.Namespace, config: dict[str, Any] | Non
                                 f"using {default:g}")
                 value = default
         setattr(args, key, value)
+    if getattr(args, "profile", None) is None:
+        args.profile = str(eng.get("profile") or DEFAULT_PROFILE)   # checked by checked_live_config
     srcs = config.get("sources") if isinstance(config.get("sources"), dict) else {}
     if args.video is None and args.camera is None:
         if not args.obs_source and srcs.get("camera"):
@@ -199,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     obs = ObsLink(args.obs_host, obs_port, password, on_error=report("obs")) if use_obs else None
     session = None if args.no_session else SessionLog(args.sessions_dir, on_error=report("session"))
     engine = Engine(model_dir, device=args.device, rate=args.rate, state_config=state_cfg,
-                    body=not args.no_body, obs=obs, status_file=args.status_file, session=session)
+                    body=not args.no_body, obs=obs, status_file=args.status_file, session=session,
+                    profile=args.profile, reset_baseline=args.reset_baseline)
     engine_ref.append(engine)
     if session is not None:
         engine.add_sink(session.write)

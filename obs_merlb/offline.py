@@ -182,6 +182,8 @@ class _VoiceAhead:
     def __init__(self, analyzer: Analyzer, first_step: int) -> None:
         self.perceiver = analyzer.perceiver
         self.backend = analyzer.backend
+        # A person baseline changes step by step with what the ticks heard: the tick encodes then.
+        self.encode = analyzer.baseline is None
         self.step_s = analyzer.step_s
         self._in: queue.Queue = queue.Queue(maxsize=4 * DECODE_AHEAD)
         self._cv = threading.Condition()
@@ -252,7 +254,7 @@ class _VoiceAhead:
                 break
             kept = [j for j, w in enumerate(windows) if w is not None]
             steps = self.perceiver.voice_steps(np.stack([windows[j] for j in kept])) if kept else []
-            speech = [n for n, s in enumerate(steps) if s.present]
+            speech = [n for n, s in enumerate(steps) if s.present and self.encode]
             embs: list[np.ndarray | None] = [None] * len(steps)
             if speech:
                 enc = self.backend.encode("voice", np.stack([steps[n].feature for n in speech]))
@@ -347,7 +349,7 @@ class BatchedAnalyzer(Analyzer):
         if self.voice_ahead is not None:
             hit = self.voice_ahead.get(k, window)
             if hit is not None:
-                return hit
+                return hit if self.baseline is None else (hit[0], self._voice_embedding(hit[0]))
         return super()._voice_step(k, window)
 
     def answer(self, batch: _Batch) -> list[OfflineTick]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,23 @@ RANGES: dict[str, Range] = {
 }
 
 
+# `[engine] profile` / `merlb live --profile`: whose voice baseline the worker
+# learns and keeps (obs_merlb/baseline_store.py). Not live: it names a file, so
+# no path separators, and it does not start with a dot.
+DEFAULT_PROFILE = "default"
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PROFILE_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
 class SettingError(ValueError):
     """A setting's value is not a number or outside its range."""
+
+
+def check_profile(value: Any) -> str:
+    """`value` when it is a valid profile name; else SettingError naming the rule."""
+    if not isinstance(value, str) or not PROFILE_NAME.fullmatch(value):
+        raise SettingError(f"profile must be {PROFILE_RULE}, not {value!r}")
+    return value
 
 
 def check_setting(key: str, value: Any) -> float:
@@ -101,4 +117,14 @@ def checked_live_config(args: argparse.Namespace, path: str | None = None) -> di
             where = f"{flag(key)} {given:g}" if given is not None else \
                 f"[engine] {key} = {engine[key]!r} in {path or config_path()}"
             raise SystemExit(f"merlb live: {where} is refused: {key} must be {RANGES[key]}") from None
+    given = getattr(args, "profile", None)
+    try:
+        if given is not None:
+            check_profile(given)
+        elif engine and "profile" in engine:
+            check_profile(engine["profile"])
+    except SettingError:
+        where = f"--profile {given!r}" if given is not None else \
+            f"[engine] profile = {engine['profile']!r} in {path or config_path()}"
+        raise SystemExit(f"merlb live: {where} is refused: a profile name is {PROFILE_RULE}") from None
     return config

@@ -39,7 +39,10 @@ state      seq, t (stream s), wall (unix s), face_present, speech, visible,
            dwelled exactly like the emotion label. Added within v=1:
            clients must ignore fields they do not know.
 health     fps, target_fps, latency_ms_p50, latency_ms_p95, cpu_percent,
-           backend, dropped, last_error, obs (latest GetStats subset or null)
+           backend, dropped, last_error, obs (latest GetStats subset or null),
+           baseline {profile, seconds (of speech heard), learning, progress
+           (0-1)}: only when the model adapts to the person's voice (a voice
+           prior), absent otherwise. Added within v=1.
 preview    jpeg (base64), size [w, h], box [x, y, w, h] | null, landmarks
 tag        t, name, source (hotkey | panel | api | stdin)
 highlight  t, kind (arousal_peak | emotion_change), score, label,
@@ -179,12 +182,16 @@ def hello_event(server: str, version: str, config: Mapping[str, Any]) -> dict[st
 
 def health_event(*, fps: float, target_fps: float, latency_ms_p50: float | None,
                  latency_ms_p95: float | None, cpu_percent: float, backend: str,
-                 dropped: int, last_error: str | None, obs: Mapping[str, Any] | None) -> dict[str, Any]:
-    return _ev("health", fps=round(float(fps), 2), target_fps=round(float(target_fps), 2),
-               latency_ms_p50=None if latency_ms_p50 is None else round(float(latency_ms_p50), 2),
-               latency_ms_p95=None if latency_ms_p95 is None else round(float(latency_ms_p95), 2),
-               cpu_percent=round(float(cpu_percent), 1), backend=backend, dropped=int(dropped),
-               last_error=last_error, obs=None if obs is None else dict(obs))
+                 dropped: int, last_error: str | None, obs: Mapping[str, Any] | None,
+                 baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    ev = _ev("health", fps=round(float(fps), 2), target_fps=round(float(target_fps), 2),
+             latency_ms_p50=None if latency_ms_p50 is None else round(float(latency_ms_p50), 2),
+             latency_ms_p95=None if latency_ms_p95 is None else round(float(latency_ms_p95), 2),
+             cpu_percent=round(float(cpu_percent), 1), backend=backend, dropped=int(dropped),
+             last_error=last_error, obs=None if obs is None else dict(obs))
+    if baseline is not None:
+        ev["baseline"] = dict(baseline)
+    return ev
 
 
 def tag_event(t: float, name: str, source: str) -> dict[str, Any]:

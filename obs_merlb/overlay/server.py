@@ -58,7 +58,8 @@ OPT_IN_TOPICS = frozenset({"preview"})
 # worker's stdin also takes `stop` and `session` from the OBS script; here they
 # would let any local program end the worker (exit 0, which the script does not
 # restart) or split the session log away from the recording.
-WS_COMMANDS = frozenset({"tag", "set", "pause", "resume", "subscribe", "unsubscribe", "reload_model", "ping"})
+WS_COMMANDS = frozenset({"tag", "set", "pause", "resume", "subscribe", "unsubscribe", "reload_model",
+                         "reset_baseline", "ping"})
 
 # Per-client backlog. A browser source that stalls (OBS hides the scene and
 # throttles it) must not make the worker's memory grow over a many-hour

@@ -1,6 +1,7 @@
 """The panel's Live tab: camera preview, emotion, model heads, modality share, valence/arousal, health.
 
-It only displays: the main window hands it each state, health and preview
+It only displays (and offers one action, forgetting the learned voice, which
+the main window sends): the main window hands it each state, health and preview
 event. Labels and bars update per event (cheap paints); the pyqtgraph plot
 redraws on a 4 Hz timer so a burst of events never queues redraws.
 """
@@ -11,9 +12,9 @@ import collections
 from typing import Any
 
 import pyqtgraph as pg
-from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtCore import Qt, QTimer, pyqtSignal
 from PyQt5.QtGui import QImage
-from PyQt5.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PyQt5.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from obs_merlb.labels import EMOTIONS, MODALITIES
 from obs_merlb.panel.store import ConfigStore
@@ -40,8 +41,19 @@ def _num(v: Any, digits: int) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "–"
 
 
+def baseline_text(baseline: dict[str, Any]) -> str:
+    """A `health` event's `baseline` as the streamer reads it."""
+    if baseline.get("learning"):
+        return f"learning your voice: {float(baseline.get('progress') or 0.0) * 100:.0f}%"
+    minutes = max(1, round(float(baseline.get("seconds") or 0.0) / 60.0))
+    return f"adapted to your voice ({minutes} min of speech)"
+
+
 class LiveTab(QWidget):
     """What the worker sees and says, event by event."""
+
+    # the streamer asked to forget the learned voice (the main window sends `reset_baseline`)
+    baseline_reset_requested = pyqtSignal()
 
     def __init__(self, store: ConfigStore, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -162,6 +174,18 @@ class LiveTab(QWidget):
         self.error_text.setTextInteractionFlags(Qt.TextSelectableByMouse)
         health_lay.addWidget(self.backend_text)
         health_lay.addWidget(self.error_text)
+        # Only a model that adapts to the person's voice has a baseline: hidden until one is reported.
+        self.baseline_label = muted("", wrap=False)
+        self.baseline_reset = QPushButton("Forget my voice")
+        self.baseline_reset.setToolTip("Reset the voice baseline this profile has learned; the worker learns "
+                                       "your voice afresh (the overlay keeps showing emotions meanwhile)")
+        self.baseline_reset.clicked.connect(self.baseline_reset_requested.emit)
+        row = QHBoxLayout()
+        row.addWidget(self.baseline_label, 1)
+        row.addWidget(self.baseline_reset)
+        health_lay.addLayout(row)
+        self.baseline_label.hide()
+        self.baseline_reset.hide()
         health_lay.addStretch(1)
         return health_card
 
@@ -252,6 +276,16 @@ class LiveTab(QWidget):
         err = ev.get("last_error")
         self.error_text.setText(f"last error: {err}" if err else "last error: none")
         self.error_text.setStyleSheet(f"color: {BAD};" if err else "")
+        self.show_baseline(ev.get("baseline"))
+
+    def show_baseline(self, baseline: Any) -> None:
+        """The voice baseline line and its reset button; hidden for a model without one."""
+        shown = isinstance(baseline, dict)
+        if shown:
+            self.baseline_label.setText(baseline_text(baseline))
+            self.baseline_label.setStyleSheet(f"color: {WARN};" if baseline.get("learning") else f"color: {OK};")
+        self.baseline_label.setVisible(shown)
+        self.baseline_reset.setVisible(shown)
 
     def show_error(self, where: str, message: str) -> None:
         self.error_text.setText(f"last error ({where}): {message}")

@@ -104,6 +104,7 @@ class MainWindow(QMainWindow):
 
         self.client.connection_changed.connect(self._on_connection)
         self.client.event_received.connect(self._on_event)
+        self.live.baseline_reset_requested.connect(self.reset_baseline)
         self._watch = QTimer(self)
         self._watch.setInterval(WATCHDOG_MS)
         self._watch.timeout.connect(self._watchdog)
@@ -189,6 +190,7 @@ class MainWindow(QMainWindow):
                                      f"worker: {detail}" if detail else "worker: disconnected")
             self.live.preview.clear("Worker not connected — retrying…")
         self.pause_btn.setEnabled(ok)
+        self.live.baseline_reset.setEnabled(ok)
         for b in self.tag_buttons.values():
             b.setEnabled(ok)
         self.controls.update_overlay_url()
@@ -304,6 +306,14 @@ class MainWindow(QMainWindow):
         self.pause_btn.setText("Resume analysis" if paused else "Pause analysis")
         if paused:
             self.conn_pill.set_state("warn", f"worker {urlsplit(self.client.url).netloc}: paused")
+
+    def reset_baseline(self) -> None:
+        """Ask the worker to forget the learned voice; the next health event confirms it."""
+        if self.client.send_command("reset_baseline"):
+            self.live.show_baseline({"learning": True, "progress": 0.0, "seconds": 0.0})
+            self.statusBar().showMessage("voice baseline reset: learning your voice afresh", 4000)
+        else:
+            self.statusBar().showMessage("not reset: worker not connected", 4000)
 
     def send_tag(self, name: str) -> None:
         if self.client.send_command("tag", name=name, source="panel"):

@@ -153,10 +153,11 @@ class VoiceBaseline:
     def reset(self) -> None:
         self.stats = BandStats()
 
-    def save(self, path: Path) -> None:
-        """Atomically: a crash mid-write leaves the previous file."""
+    def save(self, path: Path, meta: dict[str, Any] | None = None) -> None:
+        """Atomically: a crash mid-write leaves the previous file. `meta`: more top-level
+        fields (the live engine's profile and model prior), read back by `read`."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"format": FORMAT, "stats": self.stats.to_dict()}
+        doc = {"format": FORMAT, **(meta or {}), "stats": self.stats.to_dict()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
@@ -169,10 +170,15 @@ class VoiceBaseline:
     @staticmethod
     def read_stats(path: Path) -> BandStats:
         """The saved statistics; ValueError (with the reason) for a file that is not one."""
+        return VoiceBaseline.read(path)[0]
+
+    @staticmethod
+    def read(path: Path) -> tuple[BandStats, dict[str, Any]]:
+        """The saved statistics and the whole document (its `meta` fields); ValueError as `read_stats`."""
         try:
             doc = json.loads(path.read_text())
             if doc.get("format") != FORMAT:
                 raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
-            return BandStats.from_dict(doc["stats"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            return BandStats.from_dict(doc["stats"]), doc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(str(e) or type(e).__name__) from None
