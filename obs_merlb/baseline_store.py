@@ -9,8 +9,8 @@ speech heard and at a clean stop, and read at the next start.
 
 Live, each voice step adds its whole second of log-mel frames and steps
 are `step_s` apart, so a second of speech adds N_FRAMES / step_s frames
-(400 at 0.25 s): `VoiceBaseline.seconds` counts frames, the `seconds` this
-store reports (and saves by) are the speech actually heard.
+(400 at 0.25 s); the `seconds` this store reports (and saves by) are the
+speech actually heard.
 
 A baseline belongs to a model's prior: the file records the prior's digest,
 and one learned against another prior is not used (learning starts afresh,
