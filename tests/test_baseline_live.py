@@ -277,7 +277,8 @@ def test_saved_every_30_s_of_speech(prior: Prior, tmp_path: Path) -> None:
     assert not store.due()
     store.baseline.stats = _stats(120)
     assert store.due() and store.save() is None and not store.due()
-    assert store.status() == {"profile": "p", "seconds": 30.0, "learning": False, "progress": 1.0}
+    # Half of the minute of speech (LEARNED_FRAMES) the baseline learns from.
+    assert store.status() == {"profile": "p", "seconds": 30.0, "learning": True, "progress": 0.5}
 
 
 def test_profiles_are_kept_apart(prior: Prior, tmp_path: Path) -> None:
@@ -291,10 +292,10 @@ def test_profiles_are_kept_apart(prior: Prior, tmp_path: Path) -> None:
 
 def test_reset_by_command_and_by_flag(prior_model: Path, prior: Prior, tmp_path: Path) -> None:
     root = tmp_path / "baselines"
-    _saved(root, prior, 70)
+    _saved(root, prior, 250)                                  # 62.5 s of speech: learned
     eng = _engine(prior_model, root, profile="streamer")
-    assert eng.open_baseline().baseline.stats.n == 70 * N_FRAMES
-    assert eng.health()["baseline"] == {"profile": "streamer", "seconds": 17.5, "learning": False, "progress": 1.0}
+    assert eng.open_baseline().baseline.stats.n == 250 * N_FRAMES
+    assert eng.health()["baseline"] == {"profile": "streamer", "seconds": 62.5, "learning": False, "progress": 1.0}
     eng.command({"cmd": "reset_baseline"})
     assert not [e for e in eng.events if e["type"] == "error"]
     assert eng.baseline_status()["seconds"] == 0 and eng.baseline_status()["learning"]
@@ -373,11 +374,11 @@ def test_merlb_live_continues_resets_and_saves_the_profile(prior_model: Path, pr
     """End to end: a saved profile is continued, the WebSocket command resets it, a clean stop saves
     it, and `--reset-baseline` starts afresh."""
     root = tmp_path / "baselines"                          # beside MERLB_CONFIG
-    _saved(root, prior, 70, profile="streamer")
+    _saved(root, prior, 250, profile="streamer")
     w = _Worker(["--model", str(prior_model), "--profile", "streamer"], tmp_path)
     try:
         first = w.health(lambda b: True)
-        assert first["profile"] == "streamer" and not first["learning"] and first["seconds"] >= 17.5
+        assert first["profile"] == "streamer" and not first["learning"] and first["seconds"] >= 62.5
         w.command("reset_baseline")
         after = w.health(lambda b: b["learning"] and b["seconds"] < 5.0)
         assert after["progress"] < 0.5
@@ -387,7 +388,7 @@ def test_merlb_live_continues_resets_and_saves_the_profile(prior_model: Path, pr
     saved = VoiceBaseline.read_stats(root / "streamer.json")
     assert saved.n < 70 * N_FRAMES                        # the reset, and what was heard after it
 
-    _saved(root, prior, 70, profile="streamer")
+    _saved(root, prior, 250, profile="streamer")
     w = _Worker(["--model", str(prior_model), "--profile", "streamer", "--reset-baseline"], tmp_path)
     try:
         first = w.health(lambda b: True)
