@@ -160,7 +160,8 @@ def test_a_model_trained_with_baselines_carries_its_prior_and_evaluates_adapted(
     assert "adapt" not in plain and plain["emotion"]["n"] == adapted["emotion"]["n"] == 3
 
 
-def test_adapting_a_model_without_a_prior_is_refused_in_one_line(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as e:
-        main(["eval", str(FIX / "ravdess"), "--adapt", "person", "--cache", str(tmp_path)])
-    assert "without a person baseline" in str(e.value) and "\n" not in str(e.value)
+def test_adapting_a_model_without_a_prior_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["eval", str(FIX / "ravdess"), "--adapt", "person", "--cache", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "without a person baseline" in err and "\n" not in err

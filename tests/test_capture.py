@@ -487,6 +487,23 @@ def test_mic_without_portaudio_is_a_clear_error(monkeypatch) -> None:
         load_sounddevice()
 
 
+@pytest.mark.parametrize("devices, name, says", [
+    ([], None, "no default input device, and no input devices at all: plug a microphone in"),
+    ([SPEAKERS], "Yeti", "no input device matching 'Yeti', and no input devices at all"),
+    ([USB_MIC], "Yeti", "no input device matching 'Yeti' (inputs found: 'USB Audio Device: - (hw:1,0)'); "
+                        "choose one with --mic NAME"),
+])
+def test_mic_missing_says_what_to_do(devices: list[dict], name: str | None, says: str) -> None:
+    from obs_merlb.capture.mic import MicSource
+
+    mic = MicSource(name, backend=_FakeSD(devices), max_backoff_s=0.1)
+    try:
+        assert mic.status == "missing" and says in mic.last_error
+        assert "None" not in mic.last_error and "--mic none to run without voice" in mic.last_error
+    finally:
+        mic.close()
+
+
 def test_segment_cut_by_start_and_end() -> None:
     m = load_media(av_clip(), start=0.8, end=1.8)
     assert m.start == 0.8 and 0.8 <= m.times[0] < 0.85 and m.times[-1] < 1.8

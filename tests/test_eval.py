@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -52,10 +54,10 @@ def test_eval_clips_with_seed_csv_and_its_own_split(tiny_model, tmp_path: Path, 
     assert "emotion" in json.loads(capsys.readouterr().out)
 
 
-def test_missing_model_names_path_and_how_to_train(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as e:
-        main(["eval", str(FIX / "fer2013"), "--model", str(tmp_path / "nothing")])
-    assert str(tmp_path / "nothing") in str(e.value) and "merlb train" in str(e.value)
+def test_missing_model_names_path_and_how_to_train(tmp_path: Path, capsys) -> None:
+    assert main(["eval", str(FIX / "fer2013"), "--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"merlb eval: no model at {tmp_path / 'nothing'}") and "merlb train" in err
 
 
 def test_card_tables_render_the_eval_json(tmp_path: Path, capsys) -> None:
@@ -91,9 +93,9 @@ def test_eval_reports_each_set_and_both_fer_label_kinds(tiny_model, tmp_path: Pa
                  "--out", str(tmp_path / "people"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["emotion"]["n"] == 3 and set(result["sets"]) == {"urdu", "nemo"}
-    with pytest.raises(SystemExit, match="nobody called urdu:X9"):
-        main(["eval", str(data), "--model", str(model), "--cache", str(cache), "--people", "urdu:X9",
-              "--out", str(tmp_path / "nobody")])
+    assert main(["eval", str(data), "--model", str(model), "--cache", str(cache), "--people", "urdu:X9",
+                 "--out", str(tmp_path / "nobody")]) == 2
+    assert "merlb eval: --people: nobody called urdu:X9" in capsys.readouterr().err
     # FER2013 with FER+ votes beside its folders: the FER+ majority and the folder labels.
     fer = tmp_path / "fer"
     shutil.copytree(FIX / "fer2013", fer / "fer2013")
@@ -103,3 +105,76 @@ def test_eval_reports_each_set_and_both_fer_label_kinds(tiny_model, tmp_path: Pa
     kinds = json.loads(capsys.readouterr().out)["label_kinds"]
     assert kinds["original"]["emotion"]["n"] == 14          # every image, its folder's label
     assert kinds["ferplus_majority"]["emotion"]["n"] == 11  # voted images with a strict majority
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments after `merlb eval`, what the one line must say)."""
+    (tmp / "empty").mkdir()
+    (tmp / "cats" / "cat").mkdir(parents=True)                  # images, but no emotion folders
+    shutil.copy(next((FIX / "fer2013").rglob("*.jpg")), tmp / "cats" / "cat" / "a.jpg")
+    (tmp / "binary.csv").write_bytes(b"\xff\xfe\x00path,label\n")
+    shutil.copy(FIX / "ravdess" / "03-01-01-01-01-01-01.wav", tmp / "clip.wav")
+    (tmp / "times.csv").write_text("path,start,end,label\nclip.wav,soon,2,happy\n")
+    (tmp / "a_file").write_text("x")
+    data = str(FIX / "ravdess")
+    return {
+        "missing path": ([str(tmp / "nope")], f"{tmp / 'nope'}: no such file or folder"),
+        "empty folder": ([str(tmp / "empty")], f"{tmp / 'empty'}: no image, audio or video files"),
+        "no known layout": ([str(tmp / "cats")], f"{tmp / 'cats'}: no known layout"),
+        "not a CSV": ([str(tmp / "binary.csv")], "not a UTF-8 CSV file"),
+        "bad time in CSV": ([str(tmp / "times.csv")], "start/end of clip.wav must be seconds, got 'soon'"),
+        "--out is a file": ([data, "--out", str(tmp / "a_file")], f"--out {tmp / 'a_file'}: is a file"),
+        "--out under a file": ([data, "--out", str(tmp / "a_file" / "o")], "cannot write there (Not a directory)"),
+        "--cache is a file": ([data, "--cache", str(tmp / "a_file")], f"--cache {tmp / 'a_file'}: is a file"),
+        "--device": ([data, "--device", "gpu"], "--device 'gpu' is not a device"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing path", "empty folder", "no known layout", "not a CSV",
+                                  "bad time in CSV", "--out is a file", "--out under a file",
+                                  "--cache is a file", "--device"])
+def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path: Path, capsys, case: str) -> None:
+    model, _ = tiny_model
+    args, says = _bad_inputs(tmp_path)[case]
+    cache = tmp_path / "cache"
+    argv = ["eval", *args, "--model", str(model)]
+    argv += [] if "--cache" in args else ["--cache", str(cache)]
+    argv += [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("merlb eval: ") and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (cache / "shards").exists()          # refused before any preprocessing
+    assert not (tmp_path / "out").exists()          # and no empty results folder left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_read_only_out_is_refused_before_the_work(tiny_model, tmp_path: Path, capsys) -> None:
+    model, _ = tiny_model
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    assert main(["eval", str(FIX / "ravdess"), "--model", str(model), "--cache", str(tmp_path / "cache"),
+                 "--out", str(ro / "out")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "cache" / "shards").exists()
+
+
+def test_bad_numbers_are_refused_by_the_parser(capsys) -> None:
+    for flag, value in (("--limit", "-1"), ("--limit", "0"), ("--workers", "abc")):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", str(FIX / "ravdess"), flag, value])
+        assert e.value.code == 2 and f"{value!r} is not a whole number of 1 or more" in capsys.readouterr().err
+
+
+def test_a_skipped_file_is_named_once(tiny_model, tmp_path: Path, capsys, caplog,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = tiny_model
+    monkeypatch.setenv("COLUMNS", "400")                # rich would wrap the file name
+    data = tmp_path / "data"
+    shutil.copytree(FIX / "ravdess", data)
+    shutil.copy(FIX / "corrupt" / "empty.wav", data / "03-01-04-01-01-01-03.wav")
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", str(data), "--model", str(model), "--cache", str(tmp_path / "cache"),
+                     "--out", str(tmp_path / "out")]) == 0
+    shown = capsys.readouterr().err + caplog.text      # the terminal gets both
+    assert shown.count("03-01-04-01-01-01-03.wav") == 1, shown
+

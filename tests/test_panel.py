@@ -434,3 +434,52 @@ def test_sessions_are_listed_with_markers_and_reports_found(tmp_path: Path) -> N
     report.parent.mkdir()
     report.write_text("<html></html>")
     assert sessmod.find_report(path, detail.recording) == report
+
+
+# A colour no text antialiasing lands on exactly: its pixels on a label mean an <img> rendered.
+IMG_RGB = (12, 200, 34)
+
+
+def _img_pixels(widget: Any) -> int:
+    img = widget.grab().toImage()
+    return sum(1 for y in range(0, img.height(), 2) for x in range(0, img.width(), 2)
+               if img.pixelColor(x, y).getRgb()[:3] == IMG_RGB)
+
+
+def test_errors_with_markup_show_as_plain_text(qtbot: Any, home: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command error echoes what the client sent: markup in it must show as text, never render
+    (an <img> would load a local file, an <a> would hide where it points)."""
+    from PyQt5.QtGui import QColor, QImage
+
+    from obs_merlb.overlay.server import OverlayServer
+    from obs_merlb.panel.widgets import Pill
+
+    picture = QImage(60, 60, QImage.Format_RGB32)
+    picture.fill(QColor(*IMG_RGB))
+    assert picture.save(str(tmp_path / "r.png"))
+    monkeypatch.chdir(tmp_path)           # the server echoes 50 characters: a short, relative src
+    markup = '<img src="r.png"><a href="http://x.example">ok</a>'
+    port = free_port()
+    client = WorkerClient(f"ws://127.0.0.1:{port}/ws")
+    window = MainWindow(client, sessions_dir=home / "none")
+    qtbot.addWidget(window)
+    window.resize(1280, 820)
+    window.show()
+    srv = OverlayServer(port=port).start()
+    try:
+        client.start()
+        qtbot.waitUntil(lambda: client.connected and srv.client_count == 1, timeout=10_000)
+        assert client.send_command(markup)      # the real server rejects it, quoting the command
+        label = window.live.error_text
+        qtbot.waitUntil(lambda: "unknown command" in label.text(), timeout=5000)
+        assert markup in label.text()
+        assert _img_pixels(label) == 0
+    finally:
+        window.close()
+        srv.stop()
+    pill = Pill()
+    qtbot.addWidget(pill)
+    pill.set_state("bad", f"worker: {markup}")
+    pill.show()
+    assert _img_pixels(pill) == 0

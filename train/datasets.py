@@ -66,6 +66,13 @@ KR_RE = re.compile(r"^([a-z]{3})(\d{5})$")
 NEMO_RE = re.compile(r"^([A-Z]{2}\d)_(" + "|".join(L.NEMO) + r")_(\d+)$")
 
 
+class DatasetError(ValueError):
+    """A dataset path that cannot be read as any layout; the message is one line for the user.
+
+    A ValueError, so callers that caught the readers' ValueErrors before keep working.
+    """
+
+
 @dataclass(frozen=True)
 class Item:
     """One labelled sample. `labels` maps head -> class name or None."""
@@ -208,13 +215,18 @@ def read_named(root: str | Path, only: str | None = None) -> list[Item]:
 def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     # utf-8-sig drops the BOM Excel writes; headers are stripped because the
     # seed's CSV has " Arousal_Low" and friends with a leading space.
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            return [], []
-        rows = [dict(zip(header, (c.strip() for c in row))) for row in reader if any(c.strip() for c in row)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                return [], []
+            rows = [dict(zip(header, (c.strip() for c in row))) for row in reader if any(c.strip() for c in row)]
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a UTF-8 CSV file ({e})") from None
     return header, rows
 
 
@@ -288,10 +300,13 @@ def _csv_group(row: dict[str, str], rel: str, by_folder: bool) -> str:
     return re.split(r"[_\-\s]", stem, maxsplit=1)[0] or stem
 
 
-def _float_or_none(value: str | None) -> float | None:
+def _float_or_none(value: str | None, csv_path: Path, rel: str) -> float | None:
     if value is None or value.strip() == "":
         return None
-    return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        raise DatasetError(f"{csv_path}: start/end of {rel} must be seconds, got {value!r}") from None
 
 
 def read_seed_csv(csv_path: str | Path) -> list[Item]:
@@ -300,7 +315,7 @@ def read_seed_csv(csv_path: str | Path) -> list[Item]:
     header, rows = _read_csv_rows(csv_path)
     file_col = next((h for h in header if h.lower() in ("file", "filename", "path", "clip")), None)
     if file_col is None:
-        raise ValueError(f"{csv_path}: no File column in header {header}")
+        raise DatasetError(f"{csv_path}: no File column in header {header}")
     by_folder = len({str(Path(r[file_col]).parent) for r in rows}) > 1
     items = []
     for row in rows:
@@ -309,8 +324,8 @@ def read_seed_csv(csv_path: str | Path) -> list[Item]:
         if not path.exists():
             log.warning("%s: %s listed but not found; skipped", csv_path.name, rel)
             continue
-        items.append(Item(path=str(path), start=_float_or_none(row.get("start")),
-                          end=_float_or_none(row.get("end")), group=_csv_group(row, rel, by_folder),
+        start, end = (_float_or_none(row.get(k), csv_path, rel) for k in ("start", "end"))
+        items.append(Item(path=str(path), start=start, end=end, group=_csv_group(row, rel, by_folder),
                           labels=_one_hot_labels(header, row), dataset="seed_csv",
                           split=SPLIT_NAMES.get(row.get("split", "").lower())))
     return items
@@ -323,7 +338,7 @@ def read_csv(csv_path: str | Path) -> list[Item]:
     lower = {h.lower(): h for h in header}
     path_col = lower.get("path") or lower.get("file") or lower.get("filename")
     if path_col is None:
-        raise ValueError(f"{csv_path}: needs a `path` column, header is {header}")
+        raise DatasetError(f"{csv_path}: needs a `path` column, header is {header}")
     by_folder = len({str(Path(r[path_col]).parent) for r in rows}) > 1
     items = []
     for row in rows:
@@ -343,8 +358,8 @@ def read_csv(csv_path: str | Path) -> list[Item]:
             if head in lower and row[lower[head]]:
                 labels.update({k: v for k, v in _label_from_name(row[lower[head]]).items()
                                if v is not None and (k == head or labels.get(k) is None)})
-        items.append(Item(path=str(path), start=_float_or_none(row.get(lower.get("start", "start"))),
-                          end=_float_or_none(row.get(lower.get("end", "end"))),
+        start, end = (_float_or_none(row.get(lower.get(k, k)), csv_path, rel) for k in ("start", "end"))
+        items.append(Item(path=str(path), start=start, end=end,
                           group=_csv_group(row, rel, by_folder), labels=labels, dataset="csv",
                           split=SPLIT_NAMES.get(row.get(lower.get("split", "split"), "").lower())))
     return items
@@ -380,42 +395,50 @@ def _probe_files(root: Path, exts: set[str], n: int) -> Iterator[Path]:
 
 
 def detect_format(path: str | Path, probe: int = 2000) -> str:
-    """Recognise a dataset layout (one of FORMATS) by looking at the files themselves."""
+    """Recognise a dataset layout (one of FORMATS) by looking at the files themselves.
+
+    Raises DatasetError, naming the path, when it is missing, unreadable or in no known layout.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(path)
+        raise DatasetError(f"{path}: no such file or folder")
     if path.is_file():
         if path.suffix.lower() == ".csv":
             kind = _csv_kind(path)
             if kind:
                 return kind
-            raise ValueError(f"{path}: CSV header matches neither the seed's label CSV nor path,start,end,label")
+            raise DatasetError(f"{path}: CSV header matches neither the seed's label CSV nor path,start,end,label")
         item = parse_named(path)
         if item is not None:
             return item.dataset
-        raise ValueError(f"{path}: a single file must be a CSV or carry a speech set's file name "
-                         f"({', '.join(SPEECH_SETS)})")
-    for csv_path in sorted(path.glob("*.csv")):
-        kind = _csv_kind(csv_path)
-        if kind:
-            return kind
-    named: Counter[str] = Counter()
-    n_images = n_emotion_images = 0
-    for f in _probe_files(path, IMAGE_EXT | MEDIA_EXT, probe):
-        if f.suffix.lower() in IMAGE_EXT:
-            n_images += 1
-            n_emotion_images += L.EMOTION_ALIASES.get(f.parent.name.lower()) is not None
-        else:
-            item = parse_named(f)
-            if item is not None:
-                named[item.dataset] += 1
+        raise DatasetError(f"{path}: a single file must be a CSV or carry a speech set's file name "
+                           f"({', '.join(SPEECH_SETS)})")
+    try:
+        for csv_path in sorted(path.glob("*.csv")):
+            kind = _csv_kind(csv_path)
+            if kind:
+                return kind
+        named: Counter[str] = Counter()
+        n_files = n_emotion_images = 0
+        for f in _probe_files(path, IMAGE_EXT | MEDIA_EXT, probe):
+            n_files += 1
+            if f.suffix.lower() in IMAGE_EXT:
+                n_emotion_images += L.EMOTION_ALIASES.get(f.parent.name.lower()) is not None
+            else:
+                item = parse_named(f)
+                if item is not None:
+                    named[item.dataset] += 1
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the folder ({e.strerror or e})") from None
+    if not n_files:
+        raise DatasetError(f"{path}: no image, audio or video files in this folder (nor a label CSV)")
     if named and n_emotion_images:
         return "mixed"
     if named:
         return next(iter(named)) if len(named) == 1 else "named"
     if n_emotion_images:
         return "images"
-    raise ValueError(
+    raise DatasetError(
         f"{path}: no known layout (emotion-named image folders, file names of a speech set "
         f"({', '.join(SPEECH_SETS)}), or a CSV with File/Valence_* or path,label columns); pass --format")
 
@@ -426,7 +449,7 @@ def _find_csv(path: Path, kind: str) -> Path:
     for csv_path in sorted(path.glob("*.csv")):
         if _csv_kind(csv_path) == kind:
             return csv_path
-    raise FileNotFoundError(f"{path}: no {kind} CSV in this folder")
+    raise DatasetError(f"{path}: no {kind} CSV in this folder")
 
 
 def find_votes(root: Path, levels: int = 2) -> Path | None:
@@ -462,8 +485,8 @@ def read_votes(csv_path: str | Path) -> dict[str, list[float]]:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if tuple(header[1:]) != L.FERPLUS_COLUMNS:
-            raise ValueError(f"{csv_path}: not a FER+ votes CSV (expected columns file, "
-                             f"{', '.join(L.FERPLUS_COLUMNS)})")
+            raise DatasetError(f"{csv_path}: not a FER+ votes CSV (expected columns file, "
+                               f"{', '.join(L.FERPLUS_COLUMNS)})")
         votes: dict[str, list[float]] = {}
         for line_no, row in enumerate(reader, start=2):
             if not row:
@@ -471,9 +494,9 @@ def read_votes(csv_path: str | Path) -> dict[str, list[float]]:
             try:
                 counts = [float(v) for v in row[1:]]
             except ValueError:
-                raise ValueError(f"{csv_path}:{line_no}: vote counts must be numbers") from None
+                raise DatasetError(f"{csv_path}:{line_no}: vote counts must be numbers") from None
             if len(counts) != len(L.FERPLUS_COLUMNS) or min(counts) < 0:
-                raise ValueError(f"{csv_path}:{line_no}: expected {len(L.FERPLUS_COLUMNS)} non-negative counts")
+                raise DatasetError(f"{csv_path}:{line_no}: expected {len(L.FERPLUS_COLUMNS)} non-negative counts")
             votes[row[0].strip().replace("\\", "/")] = counts
     return votes
 
@@ -557,7 +580,7 @@ def load_items(path: str | Path, fmt: str | None = None, votes: str | Path | boo
         return read_seed_csv(_find_csv(path, "seed_csv"))
     if fmt == "csv":
         return read_csv(_find_csv(path, "csv"))
-    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    raise DatasetError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
 # --------------------------------------------------------------------------- splits

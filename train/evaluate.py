@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 from obs_merlb import labels as L
 from obs_merlb.labels import IGNORE
 
-from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, detect_format
 from .metrics import confusion_png, reliability_png, rich_table, score, table_row, write_table
 
 
@@ -40,7 +41,17 @@ def default_model_dir() -> Path:
 
 
 def _load(model_dir: Path, device: str):
+    import torch
+
     from obs_merlb.model.io import load_config, load_model
+
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise SystemExit(f"--device {device!r} is not a device: cpu, cuda or cuda:N") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: CUDA is not available here (CPU-only torch build, or no "
+                         "driver); use --device cpu")
 
     if not (model_dir / "config.json").exists():
         raise SystemExit(
@@ -49,6 +60,28 @@ def _load(model_dir: Path, device: str):
             f"`--model runs/tiny/model`, or see assets/MODEL_CARD.md for the shipped model's recipe.")
     _, meta = load_config(model_dir)
     return load_model(model_dir, device=device), meta
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Refuse a folder that cannot take files before any work: `eval` writes its results only at the end.
+
+    Folders made for the trial are removed again, so a run refused later leaves none behind.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise SystemExit(f"{flag} {folder}: is a file, not a folder")
+    made = [p for p in (folder, *folder.parents) if not p.exists()]     # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SystemExit(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def windows_of(records, steps: int):
@@ -160,18 +193,25 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     from .preprocess import FeatureSettings, default_cache, prepare
 
     model_dir = Path(model_dir)
+    # Every input is checked before the model loads and the data is preprocessed.
+    if data is not None:
+        fmt = fmt or detect_format(data)
     model, meta = _load(model_dir, device)
     adapt_prior = person_prior(model, model_dir) if adapt == "person" else None
     train_meta = meta.get("train")
-    if data is None:
-        if not train_meta:
-            raise SystemExit(f"{model_dir} records no training data; give a dataset PATH to evaluate on")
-        tcfg = TrainConfig.from_dict(train_meta)
-        tcfg.cache = cache or tcfg.cache
+    if data is None and not train_meta:
+        raise SystemExit(f"{model_dir} records no training data; give a dataset PATH to evaluate on")
+    tcfg = TrainConfig.from_dict(train_meta) if data is None else None
+    cache_dir = Path(cache or (tcfg.cache if tcfg else None) or default_cache())
+    check_writable(cache_dir, "--cache")
+    if out is not None:
+        check_writable(Path(out), "--out")
+    if tcfg is not None:
+        tcfg.cache = str(cache_dir)
         _, records = load_data(tcfg, quiet=quiet)
         data_name = "validation split"
     else:
-        prep = prepare(data, Path(cache) if cache else default_cache(), fmt=fmt,
+        prep = prepare(data, cache_dir, fmt=fmt,
                        settings=FeatureSettings(step_s=model.cfg.step_s), workers=workers,
                        limit=limit, quiet=quiet)
         records = load_records(prep)
@@ -181,7 +221,8 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
         records = records.subset([i for i, it in enumerate(records.items) if it.group in wanted])
         missing = wanted - {it.group for it in records.items}
         if missing:
-            raise SystemExit(f"--people: nobody called {', '.join(sorted(missing))} in {data}")
+            raise SystemExit(f"--people: nobody called {', '.join(sorted(missing))} in "
+                             f"{data or 'the validation split'}")
     if not len(records):
         raise SystemExit(f"no readable items in {data or 'the validation split'}")
     key_segments = (train_meta or {}).get("voice_key_segments")
@@ -204,17 +245,21 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
 
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         row = table_row(metrics, model=model_dir.name, data=data_name, fusion=model.cfg.fusion, task=model.cfg.task)
-        write_table([row], out, "table")
-        for h, m in metrics.items():
-            confusion_png(m, out / f"confusion_{h}.png", f"{model_dir.name} on {data_name}: {h}")
-            reliability_png(m, out / f"reliability_{h}.png", f"{model_dir.name} on {data_name}: {h}"
-                            f" ({'calibrated' if calibration else 'uncalibrated'})")
-        (out / "metrics.json").write_text(json.dumps(
-            {"model": str(model_dir), "data": data or "validation split", "adapt": adapt, "items": describe(records.items),
-             "heads": metrics, "sets": by_set, "label_kinds": kinds, "skipped_heads": [h for h in heads if h not in metrics],
-             "calibration": calibration.to_dict() if calibration else None}, indent=1))
+        try:   # checked writable before the work; a disk filled since still gets one line
+            out.mkdir(parents=True, exist_ok=True)
+            write_table([row], out, "table")
+            for h, m in metrics.items():
+                confusion_png(m, out / f"confusion_{h}.png", f"{model_dir.name} on {data_name}: {h}")
+                reliability_png(m, out / f"reliability_{h}.png", f"{model_dir.name} on {data_name}: {h}"
+                                f" ({'calibrated' if calibration else 'uncalibrated'})")
+            (out / "metrics.json").write_text(json.dumps(
+                {"model": str(model_dir), "data": data or "validation split", "adapt": adapt, "items": describe(records.items),
+                 "heads": metrics, "sets": by_set, "label_kinds": kinds,
+                 "skipped_heads": [h for h in heads if h not in metrics],
+                 "calibration": calibration.to_dict() if calibration else None}, indent=1))
+        except OSError as e:
+            raise SystemExit(f"--out {out}: cannot write the results ({e.strerror or e})") from None
         if not quiet:
             from rich.console import Console
             con = Console(stderr=True)
@@ -256,6 +301,16 @@ def speech_per_person(records, step_s: float) -> dict[str, float]:
     return {g: round(s, 1) for g, s in sorted(seconds.items()) if s > 0}
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", metavar="PATH",
                         help="dataset folder or CSV (default: the model's own validation split)")
@@ -265,8 +320,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for CSV/MD/JSON and confusion PNGs "
                                                      "(default runs/eval/MODEL-DATA)")
     parser.add_argument("--cache", default=None, help="feature cache folder")
-    parser.add_argument("--workers", "-j", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=None, help="first N items only")
+    parser.add_argument("--workers", "-j", type=_positive_int, default=1)
+    parser.add_argument("--limit", type=_positive_int, default=None, help="first N items only")
     parser.add_argument("--people", default=None, metavar="G1,G2",
                         help="only these people (groups as the readers name them, e.g. ravdess:17,ased:01-27)")
     parser.add_argument("--adapt", choices=("none", "person"), default="none",
@@ -282,10 +337,24 @@ def run(args: argparse.Namespace) -> int:
     # Under runs/ (ignored by git), never inside the model folder: that may be the shipped assets/.
     out = Path(args.out) if args.out else (
         Path("runs") / "eval" / f"{model_dir.name}-{Path(args.path).name if args.path else 'validation'}")
-    result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
-                      workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated,
-                      people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None,
-                      adapt=args.adapt)
+    try:
+        result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
+                          workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated,
+                          people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None,
+                          adapt=args.adapt)
+    except DatasetError as e:
+        return _refuse(str(e))
+    except SystemExit as e:
+        # evaluate() and the loaders it calls refuse bad input with a message; anything else is not ours.
+        if not isinstance(e.code, str):
+            raise
+        return _refuse(e.code)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     return 0
+
+
+def _refuse(message: str) -> int:
+    """Bad input: one line on stderr and exit 2, as the other `merlb` commands do."""
+    print(f"merlb eval: {message}", file=sys.stderr)
+    return 2

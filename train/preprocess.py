@@ -575,8 +575,10 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
                 if err is not None:
                     n_failed_new += 1
                     msg = f"skipped {by_key[key].path}: {err}"
-                    log.warning(msg)
-                    if not quiet:
+                    # One channel, not both: the console keeps the line above a live progress bar.
+                    if quiet:
+                        log.warning(msg)
+                    else:
                         console.print(f"[yellow]warning[/] {msg}")
             done += len(chunk)
             dt = max(time.perf_counter() - t0, 1e-6)

@@ -61,6 +61,17 @@ def find_device(backend, name: str | int | None) -> tuple[int | None, dict] | No
     return next(((i, d) for i, d in devs if want in str(d.get("name", "")).casefold()), None)
 
 
+def missing_device_message(backend, name: str | int | None) -> str:
+    """Why no microphone opened, the inputs there are, and what the streamer can do about it."""
+    missing = "no default input device" if name is None or name == "" else f"no input device matching {name!r}"
+    names = ", ".join(repr(d.get("name")) for _, d in input_devices(backend))
+    if not names:
+        return (f"{missing}, and no input devices at all: plug a microphone in (it is picked up when it "
+                "appears), or --mic none to run without voice; retrying")
+    return (f"{missing} (inputs found: {names}); choose one with --mic NAME (part of one of those names) or in "
+            "the panel's Sources / the OBS script's Microphone list, or --mic none to run without voice; retrying")
+
+
 class StreamResampler:
     """Continuous native-rate -> 16 kHz mono resampling that keeps filter state
     across blocks (resampling each block alone clicks at every boundary)."""
@@ -146,9 +157,7 @@ class MicSource:
     def _try_open(self) -> bool:
         found = find_device(self.backend, self.device)
         if found is None:
-            names = ", ".join(repr(d.get("name")) for _, d in input_devices(self.backend)) or "none"
-            self._set_error("missing", f"no input device matching {self.device!r} "
-                                       f"(inputs found: {names}); retrying")
+            self._set_error("missing", missing_device_message(self.backend, self.device))
             return False
         idx, info = found
         rate = int(info.get("default_samplerate") or 48000)

@@ -7,6 +7,7 @@ the look stays the same on every platform style.
 """
 from __future__ import annotations
 
+import html
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from PyQt5.QtCore import QPointF, QRectF, QSize, Qt
@@ -53,8 +54,13 @@ def card(title: str, body: QWidget | None = None) -> tuple[QFrame, QVBoxLayout]:
 
 
 def muted(text: str = "", wrap: bool = True) -> QLabel:
-    """A secondary line of text: hints, notes, messages."""
+    """A secondary line of text: hints, notes, messages.
+
+    Plain text: messages carry what the worker and its clients sent (a rejected
+    command is quoted), and Qt would otherwise render markup in them, loading images.
+    """
     lab = QLabel(text)
+    lab.setTextFormat(Qt.PlainText)
     lab.setObjectName("muted")
     lab.setWordWrap(wrap)
     return lab
@@ -243,7 +249,9 @@ class Pill(QLabel):
     def set_state(self, state: str, text: str) -> None:
         color = {"ok": OK, "warn": WARN, "bad": BAD}.get(state, MUTED)
         self.setProperty("state", state)
-        self.setText(f'<span style="color:{color}">&#9679;</span>&nbsp;{text}')
+        # Rich text for the coloured dot only: the text may quote the worker (an error), so it is escaped.
+        self.setTextFormat(Qt.RichText)
+        self.setText(f'<span style="color:{color}">&#9679;</span>&nbsp;{html.escape(text)}')
         self.setStyleSheet(f"QLabel {{ background: {SURFACE2}; border-radius: 11px; padding: 3px 10px;"
                            f" color: {TEXT}; }}")
 
