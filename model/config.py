@@ -128,10 +128,32 @@ class MERLBConfig:
         return cls(**kwargs)
 
 
+class ModelFolderError(ValueError):
+    """A saved model folder that cannot be used; the message is one line naming the file at fault."""
+
+
 def load_config(directory: str | Path) -> tuple[MERLBConfig, dict[str, Any]]:
-    """(config, training metadata) of a saved model folder; needs no torch."""
-    doc = json.loads((Path(directory) / CONFIG_FILE).read_text())
-    return MERLBConfig.from_dict(doc["config"]), doc.get("meta", {})
+    """(config, training metadata) of a saved model folder; needs no torch.
+
+    A missing, unreadable or damaged config.json raises ModelFolderError.
+    """
+    path = Path(directory) / CONFIG_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path} is missing: {directory} is not a saved model folder") from None
+    except OSError as e:
+        raise ModelFolderError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError alike
+        raise ModelFolderError(f"{path} is damaged: not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ModelFolderError(f'{path} is damaged: it has no "config" object')
+    try:
+        cfg = MERLBConfig.from_dict(doc["config"])
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ModelFolderError(f"{path} is damaged: its model config is not valid ({e})") from None
+    meta = doc.get("meta")
+    return cfg, meta if isinstance(meta, dict) else {}
 
 
 def encoder_file(modality: str) -> str:

@@ -31,7 +31,7 @@ from obs_merlb.obs_client import (DEFAULT_HOST, DEFAULT_PORT, ObsLink, ObsReques
 from obs_merlb.overlay.native import IMAGE_SOURCE, OVERLAY_HEADS, TEXT_SOURCE, NativeTextOverlay
 from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 from obs_merlb.overlay.server import OverlayServer, OverlayServerError
-from obs_merlb.registry import resolve_model_dir
+from obs_merlb.model_check import load_checked
 from obs_merlb.session import SessionLog
 from obs_merlb.settings import MAX_RATE_HZ, MIN_RATE_HZ, checked_live_config
 from obs_merlb.state import StateConfig, session_event
@@ -179,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
     if not (args.video or args.camera is not None or args.obs_source):
         raise SystemExit("merlb live: no camera: pass --video FILE, --camera N or --obs-source NAME, "
                          "or choose a camera source in the panel (saved as [sources] camera)")
-    model_dir = resolve_model_dir(args.model)
     state_cfg = StateConfig(smoothing=args.smoothing, threshold=args.threshold,
                             min_dwell_s=args.min_dwell_s, hide_after_s=args.hide_after_s)
     pending_errors: list[tuple[str, str]] = []
@@ -198,9 +197,12 @@ def run(args: argparse.Namespace) -> int:
     password = obs_password()
     obs = ObsLink(args.obs_host, obs_port, password, on_error=report("obs")) if use_obs else None
     session = None if args.no_session else SessionLog(args.sessions_dir, on_error=report("session"))
-    engine = Engine(model_dir, device=args.device, rate=args.rate, state_config=state_cfg,
-                    body=not args.no_body, obs=obs, status_file=args.status_file, session=session)
+    engine, model_problems = load_checked(
+        lambda model_dir: Engine(model_dir, device=args.device, rate=args.rate, state_config=state_cfg,
+                                 body=not args.no_body, obs=obs, status_file=args.status_file, session=session),
+        args.model, "live")
     engine_ref.append(engine)
+    pending_errors += [(m, "model") for m in model_problems]
     if session is not None:
         engine.add_sink(session.write)
     try:
