@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-file", help="write a status JSON here about once a second (for the OBS script)")
     parser.add_argument("--sessions-dir", help="where session logs go (default: the user data dir)")
     parser.add_argument("--no-session", action="store_true", help="do not write a session log")
+    parser.add_argument("--recording", help="the OBS recording in progress (the OBS script passes it to a "
+                                            "restarted worker): its session log is continued")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (saves CPU)")
     parser.add_argument("--loop", action="store_true", help="with --video: replay the file forever")
     parser.add_argument("--no-triggers", action="store_true", help="ignore the config's [[triggers]] rules")
@@ -216,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
     server.on_command(lambda msg: engine.command(msg, source="panel"))
     engine.publish(engine.hello())
     if session is not None:
-        path = session.open(t=0.0)
-        engine.publish(session_event("open", None if path is None else str(path), None, 0.0))
+        path = session.open(recording=args.recording, t=0.0, resume=bool(args.recording))
+        engine.publish(session_event("open", None if path is None else str(path), args.recording, 0.0))
     for message, where in pending_errors + [(m, "config") for m in config_problems]:
         engine.error(message, where)
     try:
