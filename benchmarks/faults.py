@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FREEZE_S = 5.0          # the issue's target: no longer gap between overlay events
-TMPFS_SIZE = "16m"
+TMPFS_MB = 16
 SNAPSHOT_S = 2.0        # how often the session logs are read (lines on disk so far)
 PROGRESS_S = 15.0
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\w+) ")
@@ -255,7 +255,7 @@ def mount_tmpfs(folder: Path) -> str | None:
     """Mount a small tmpfs; returns why not, or None."""
     if os.geteuid() != 0:
         return "not root: a full disk needs a tmpfs mount"
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(folder)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(folder)],
                        capture_output=True, text=True)
     return None if r.returncode == 0 else f"mount tmpfs failed: {r.stderr.strip()[:200]}"
 
@@ -393,14 +393,25 @@ def main(argv: list[str] | None = None) -> int:
     minutes = args.minutes if args.minutes is not None else (1.0 if args.short else 4.0)
     hold = args.hold if args.hold is not None else (4.0 if args.short else 20.0)
 
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="merlb-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # Stopped from outside (a CI timeout): still stop the worker and OBS, unmount, clean up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return soak(args, work, minutes, hold)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def soak(args: argparse.Namespace, work: Path, minutes: float, hold: float) -> int:
+    """The run itself, in `work`; the worker, OBS and the tmpfs are gone when it returns or raises."""
     import psutil
 
     from obs_merlb.model.config import ONNX_SEQUENCE
     from obs_merlb.registry import shipped_path
     from obs_merlb.train.personalize.windows import read_session_log
 
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="merlb-faults-"))
-    work.mkdir(parents=True, exist_ok=True)
     disk, data = work / "disk", work / "data"
     for d in (disk, data):
         d.mkdir(exist_ok=True)
@@ -435,128 +446,131 @@ def main(argv: list[str] | None = None) -> int:
     recording = str(work / "recordings" / "soak.mkv")
     t0 = time.monotonic()
     end = t0 + minutes * 60.0
-    worker.start()
-    worker.send({"cmd": "session", "event": "open", "kind": "recording", "recording": recording,
-                 "wall": time.time()})
-    events = Events(f"ws://127.0.0.1:{port}/ws")
-    while not events.state_times and time.monotonic() < t0 + 120:
-        time.sleep(0.2)
-    if not events.state_times:
-        worker.stop()
-        raise SystemExit(f"faults: the worker sent no event in 120 s; see {data / 'worker.out'}")
-    warm = time.monotonic()
-    log(f"worker running after {warm - t0:.1f} s; overlay on port {port}")
-    status_age = [0.0]
-    stop_monitor = threading.Event()
-
-    def monitor() -> None:
-        last_progress = last_snapshot = time.monotonic()
-        while not stop_monitor.wait(0.5):
-            now = time.monotonic()
-            try:
-                doc = json.loads(status.read_text())
-                down_recently = any(now - d < 30 for d in worker.down)
-                if doc.get("running") and not down_recently:
-                    status_age[0] = max(status_age[0], time.time() - float(doc["wall"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            if now - last_snapshot >= SNAPSHOT_S:
-                last_snapshot = now
-                lines.snapshot()
-            if now - last_progress >= PROGRESS_S:
-                last_progress = now
-                longest, _, _ = gaps(events.state_times, worker.down, t0, now)
-                log(f"{now - t0:.0f}/{end - t0:.0f} s, {events.count} events, longest gap {longest:.1f} s, "
-                    f"{worker.starts - 1} restarts")
-
-    threading.Thread(target=monitor, name="faults-monitor", daemon=True).start()
-
-    def disk_full() -> None:
-        filler = fill(disk)
-        time.sleep(hold)
-        filler.unlink()
-
-    def sessions_deleted() -> None:
-        lines.delete()
-
-    def obs_killed() -> None:
-        nonlocal obs
-        kill_obs(obs)
-        time.sleep(hold)
-        started = start_obs(work / "obs", home)   # the same home: the port and password the worker knows
-        obs = None if isinstance(started, str) else started[1]
-        if obs is None:
-            log(f"OBS did not come back: {started}")
-
-    def corrupt_model() -> None:
-        seq = active / ONNX_SEQUENCE
-        seq.write_bytes(seq.read_bytes()[: seq.stat().st_size // 2])
-        worker.send({"cmd": "tag", "name": "before-crash", "source": "hotkey"})
-        if not events.wait_tag("before-crash"):
-            log("the tag never reached the overlay")
-        worker.crash_and_restart()
-        while events.first_state_after(worker.down[-1]) is None and time.monotonic() < end + 60:
+    try:
+        worker.start()
+        worker.send({"cmd": "session", "event": "open", "kind": "recording", "recording": recording,
+                     "wall": time.time()})
+        events = Events(f"ws://127.0.0.1:{port}/ws")
+        while not events.state_times and time.monotonic() < t0 + 120:
             time.sleep(0.2)
-        worker.send({"cmd": "tag", "name": "after-restart", "source": "hotkey"})
+        if not events.state_times:
+            worker.stop()
+            raise SystemExit(f"faults: the worker sent no event in 120 s; see {data / 'worker.out'}")
+        warm = time.monotonic()
+        log(f"worker running after {warm - t0:.1f} s; overlay on port {port}")
+        status_age = [0.0]
+        stop_monitor = threading.Event()
 
-    burst: dict[str, Any] = {}
+        def monitor() -> None:
+            last_progress = last_snapshot = time.monotonic()
+            while not stop_monitor.wait(0.5):
+                now = time.monotonic()
+                try:
+                    doc = json.loads(status.read_text())
+                    down_recently = any(now - d < 30 for d in worker.down)
+                    if doc.get("running") and not down_recently:
+                        status_age[0] = max(status_age[0], time.time() - float(doc["wall"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+                if now - last_snapshot >= SNAPSHOT_S:
+                    last_snapshot = now
+                    lines.snapshot()
+                if now - last_progress >= PROGRESS_S:
+                    last_progress = now
+                    longest, _, _ = gaps(events.state_times, worker.down, t0, now)
+                    log(f"{now - t0:.0f}/{end - t0:.0f} s, {events.count} events, longest gap {longest:.1f} s, "
+                        f"{worker.starts - 1} restarts")
 
-    def requests_burst() -> None:
-        burst.update(bad_requests(port, rounds=20 if args.short else 80))
+        threading.Thread(target=monitor, name="faults-monitor", daemon=True).start()
 
-    faults = [
-        Fault("bad_requests", "refused HTTP requests, malformed WebSocket commands, 50 idle connections",
-              r"overlay: refused", requests_burst),
-        Fault("disk_full", f"a {TMPFS_SIZE}B tmpfs under the sessions folder, filled for {hold:g} s",
-              r"No space left on device", disk_full, disk_skip),
-        Fault("sessions_deleted", "rm -r of the sessions folder while it is written",
-              r"was deleted; starting it again", sessions_deleted),
-        Fault("obs_killed", f"SIGKILL to real OBS under Xvfb, started again {hold:g} s later",
-              r"obs_merlb\.obs_client: ", obs_killed, obs_skip),
-        Fault("corrupt_model", "the active personalized model's sequence.onnx cut in half, a tag, SIGKILL "
-                               "to the worker and a restart into the same recording", r"cannot be used",
-              corrupt_model),
-    ]
-    todo = [f for f in faults if f.skipped is None]
-    span = max(1.0, end - 20.0 - hold - (warm + 5.0))
-    for i, f in enumerate(todo):
-        f.at = warm + 5.0 + span * i / max(1, len(todo) - 1) if len(todo) > 1 else warm + 5.0
-    for f in todo:
-        while time.monotonic() < f.at:
-            time.sleep(0.1)
-        lines.snapshot()
-        log(f"fault {f.name}: {f.how}")
-        f.start, f.start_wall = time.monotonic(), time.time()
-        assert f.run is not None
-        f.run()
-        f.end, f.end_wall = time.monotonic(), time.time()
-    while time.monotonic() < end:
-        time.sleep(0.2)
-    rc = worker.stop()
-    stop_monitor.set()
-    events.stop.set()
-    t_end = time.monotonic()
-    final = lines.check()
-    lost = lines.lost
-    if args.keep:
-        shutil.copytree(sessions, data / "sessions", dirs_exist_ok=True)   # the tmpfs goes below
-    tags_paired: list[str] = []
-    markers: dict[str, dict[str, int]] = {}
-    worker_lost = 0
-    for name in sorted({n for n, _ in final}):
-        evs = [json.loads(line) for n, line in final if n == name and line.startswith("{")]
-        for ev in evs:
-            if ev.get("type") == "session":
-                m = markers.setdefault(name, {})
-                m[ev.get("event")] = m.get(ev.get("event"), 0) + 1
-                worker_lost += int(ev.get("lost") or 0)
-    rec_log = sessions / "soak.merlb.jsonl"
-    if rec_log.is_file():
-        tags_paired = [n for _, n in read_session_log(rec_log)[0]]
-    if obs is not None:
-        obs.stop()
-    if disk_skip is None:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        def disk_full() -> None:
+            filler = fill(disk)
+            time.sleep(hold)
+            filler.unlink()
+
+        def sessions_deleted() -> None:
+            lines.delete()
+
+        def obs_killed() -> None:
+            nonlocal obs
+            kill_obs(obs)
+            time.sleep(hold)
+            started = start_obs(work / "obs", home)   # the same home: the port and password the worker knows
+            obs = None if isinstance(started, str) else started[1]
+            if obs is None:
+                log(f"OBS did not come back: {started}")
+
+        def corrupt_model() -> None:
+            seq = active / ONNX_SEQUENCE
+            seq.write_bytes(seq.read_bytes()[: seq.stat().st_size // 2])
+            worker.send({"cmd": "tag", "name": "before-crash", "source": "hotkey"})
+            if not events.wait_tag("before-crash"):
+                log("the tag never reached the overlay")
+            worker.crash_and_restart()
+            while events.first_state_after(worker.down[-1]) is None and time.monotonic() < end + 60:
+                time.sleep(0.2)
+            worker.send({"cmd": "tag", "name": "after-restart", "source": "hotkey"})
+
+        burst: dict[str, Any] = {}
+
+        def requests_burst() -> None:
+            burst.update(bad_requests(port, rounds=20 if args.short else 80))
+
+        faults = [
+            Fault("bad_requests", "refused HTTP requests, malformed WebSocket commands, 50 idle connections",
+                  r"overlay: refused", requests_burst),
+            Fault("disk_full", f"a {TMPFS_MB} MB tmpfs under the sessions folder, filled for {hold:g} s",
+                  r"No space left on device", disk_full, disk_skip),
+            Fault("sessions_deleted", "rm -r of the sessions folder while it is written",
+                  r"was deleted; starting it again", sessions_deleted),
+            Fault("obs_killed", f"SIGKILL to real OBS under Xvfb, started again {hold:g} s later",
+                  r"obs_merlb\.obs_client: ", obs_killed, obs_skip),
+            Fault("corrupt_model", "the active personalized model's sequence.onnx cut in half, a tag, SIGKILL "
+                                   "to the worker and a restart into the same recording", r"cannot be used",
+                  corrupt_model),
+        ]
+        todo = [f for f in faults if f.skipped is None]
+        span = max(1.0, end - 20.0 - hold - (warm + 5.0))
+        for i, f in enumerate(todo):
+            f.at = warm + 5.0 + span * i / max(1, len(todo) - 1) if len(todo) > 1 else warm + 5.0
+        for f in todo:
+            while time.monotonic() < f.at:
+                time.sleep(0.1)
+            lines.snapshot()
+            log(f"fault {f.name}: {f.how}")
+            f.start, f.start_wall = time.monotonic(), time.time()
+            assert f.run is not None
+            f.run()
+            f.end, f.end_wall = time.monotonic(), time.time()
+        while time.monotonic() < end:
+            time.sleep(0.2)
+        rc = worker.stop()
+        stop_monitor.set()
+        events.stop.set()
+        t_end = time.monotonic()
+        final = lines.check()
+        lost = lines.lost
+        if args.keep:
+            shutil.copytree(sessions, data / "sessions", dirs_exist_ok=True)   # the tmpfs goes below
+        tags_paired: list[str] = []
+        markers: dict[str, dict[str, int]] = {}
+        worker_lost = 0
+        for name in sorted({n for n, _ in final}):
+            evs = [json.loads(line) for n, line in final if n == name and line.startswith("{")]
+            for ev in evs:
+                if ev.get("type") == "session":
+                    m = markers.setdefault(name, {})
+                    m[ev.get("event")] = m.get(ev.get("event"), 0) + 1
+                    worker_lost += int(ev.get("lost") or 0)
+        rec_log = sessions / "soak.merlb.jsonl"
+        if rec_log.is_file():
+            tags_paired = [n for _, n in read_session_log(rec_log)[0]]
+    finally:
+        worker.stop()   # at once after a failure; a second call after the run's own stop does nothing
+        if obs is not None:
+            obs.stop()
+        if disk_skip is None:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
     wlog = log_lines(worker_log)
     for i, f in enumerate(faults):
@@ -612,8 +626,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{f['name']:<17} " + (f"skipped: {f['skipped']}" if f["skipped"] else
                                         f"named {f['named']}x, longest gap {f['longest_gap_s']} s"))
         log(f"targets: {doc['targets']}")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
     return 0 if all(doc["targets"].values()) else 1
 
 
