@@ -7,6 +7,7 @@ a model trained with custom behaviour names keeps them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,10 +87,21 @@ class MERLBConfig:
             raise ValueError("steps must be >= 1")
         if self.face_top_layers < 1 or self.face_mid_layers < 1:
             raise ValueError("face_mid_layers and face_top_layers must be >= 1")
+        if self.voice_prior is not None:
+            self._check_voice_prior()
         for name in ("face_width", "voice_width"):
             width = getattr(self, name)
             if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0.25 <= width <= 4.0:
                 raise ValueError(f"{name} must be between 0.25 and 4, got {width!r}")
+
+    def _check_voice_prior(self) -> None:
+        prior = self.voice_prior
+        ok = isinstance(prior, dict) and all(
+            isinstance(prior.get(k), list) and len(prior[k]) == self.n_mels
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in prior[k])
+            for k in ("mean", "std"))
+        if not ok or min(prior["std"]) <= 0:
+            raise ValueError(f"voice_prior needs {self.n_mels} finite means and {self.n_mels} positive spreads")
 
     @property
     def active_heads(self) -> dict[str, list[str]]:
@@ -133,10 +145,32 @@ class MERLBConfig:
         return cls(**kwargs)
 
 
+class ModelFolderError(ValueError):
+    """A saved model folder that cannot be used; the message is one line naming the file at fault."""
+
+
 def load_config(directory: str | Path) -> tuple[MERLBConfig, dict[str, Any]]:
-    """(config, training metadata) of a saved model folder; needs no torch."""
-    doc = json.loads((Path(directory) / CONFIG_FILE).read_text())
-    return MERLBConfig.from_dict(doc["config"]), doc.get("meta", {})
+    """(config, training metadata) of a saved model folder; needs no torch.
+
+    A missing, unreadable or damaged config.json raises ModelFolderError.
+    """
+    path = Path(directory) / CONFIG_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path} is missing: {directory} is not a saved model folder") from None
+    except OSError as e:
+        raise ModelFolderError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError alike
+        raise ModelFolderError(f"{path} is damaged: not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ModelFolderError(f'{path} is damaged: it has no "config" object')
+    try:
+        cfg = MERLBConfig.from_dict(doc["config"])
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ModelFolderError(f"{path} is damaged: its model config is not valid ({e})") from None
+    meta = doc.get("meta")
+    return cfg, meta if isinstance(meta, dict) else {}
 
 
 def encoder_file(modality: str) -> str:

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_FILE, WEIGHTS, load_config, onnx_files
+from .config import CONFIG_FILE, WEIGHTS, ModelFolderError, load_config, onnx_files
 from .merlb import MERLB
+from .verify import check_weights
 
 FORMAT = 1
 
@@ -38,8 +40,19 @@ def save_model(model: MERLB, directory: str | Path, meta: dict[str, Any] | None 
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> MERLB:
-    """The saved model, in eval mode, on `device`. Weights load with safetensors (no pickle)."""
+    """The saved model, in eval mode, on `device`. Weights load with safetensors (no pickle).
+
+    A damaged folder (config.json, the weights, or weights that belong to
+    another config) raises ModelFolderError naming the file.
+    """
     cfg, _ = load_config(directory)
+    check_weights(directory)
     model = MERLB(cfg)
-    model.load_state_dict(load_file(str(Path(directory) / WEIGHTS), device="cpu"), strict=True)
+    path = Path(directory) / WEIGHTS
+    try:
+        model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    except (SafetensorError, RuntimeError) as e:
+        why = " ".join(str(e).split())[:240] or type(e).__name__   # one line, however long torch's is
+        raise ModelFolderError(f"{path} does not hold the model {Path(directory) / CONFIG_FILE} describes "
+                               f"({why})") from None
     return model.to(device).eval()

@@ -15,6 +15,8 @@ import logging.handlers
 import os
 import sys
 
+from obs_merlb.model.config import ModelFolderError
+
 # `--log-file`: a web page or a stuck loop must not fill the disk through the worker's log.
 LOG_FILE_BYTES = 5 * 2**20
 LOG_FILE_BACKUPS = 2
@@ -87,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[argv.index(known.command) + 1:]
     args = parser.parse_args(rest)
     setup_logging(args.verbose or known.verbose, args.log_file or known.log_file)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except ModelFolderError as e:   # any command reading a damaged model folder: one line, not a traceback
+        print(f"merlb {known.command}: {e}", file=sys.stderr)
+        return 2
 
 
 def setup_logging(verbose: bool, log_file: str | None) -> None:

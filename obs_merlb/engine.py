@@ -198,7 +198,12 @@ class Engine:
             elif cmd == "session":
                 event = msg.get("event")
                 recording = msg.get("recording") or msg.get("path")
-                self.rotate_session(recording if event == "open" else None)
+                current = None if self.session is None else self.session.recording
+                # Already this recording's log (a restarted worker got it at start, or the stream
+                # started during the recording), or the stream stopped while the recording goes on.
+                if not (recording and recording == current and
+                        (event == "open" or msg.get("kind") == "streaming")):
+                    self.rotate_session(recording if event == "open" else None)
             elif cmd in ("stop", "quit", "shutdown"):
                 self.stop_event.set()
             elif cmd in ("subscribe", "unsubscribe", "ping"):

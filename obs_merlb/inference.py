@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -34,10 +35,13 @@ import platformdirs
 from obs_merlb.calibration import load_calibration, modality_sets
 from obs_merlb.config import APP_NAME
 from obs_merlb.labels import MODALITIES
-from obs_merlb.model.config import (CONFIG_FILE, ONNX_SEQUENCE, ONNX_WHOLE, WEIGHTS, MERLBConfig, encoder_file,
-                                    load_config, onnx_files)
+from obs_merlb.model.config import (CONFIG_FILE, ONNX_SEQUENCE, ONNX_WHOLE, WEIGHTS, MERLBConfig, ModelFolderError,
+                                    encoder_file, load_config, onnx_files)
+from obs_merlb.model.verify import check_weights
 
 log = logging.getLogger(__name__)
+
+_ORT_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : |Load model from .*? failed: ?")
 
 
 def _cache_root() -> Path:
@@ -51,6 +55,7 @@ def ensure_onnx(model_dir: str | Path, cache_dir: str | Path | None = None) -> P
     cfg, _ = load_config(model_dir)
     if all((model_dir / f).is_file() for f in onnx_files(cfg.modalities)):
         return model_dir
+    check_weights(model_dir)   # the export below reads them: say which file is wrong first
     h = hashlib.sha256()
     for name in (WEIGHTS, CONFIG_FILE):
         h.update((model_dir / name).read_bytes())
@@ -87,12 +92,25 @@ class _Ort:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
-        def session(name: str) -> Any:
-            return ort.InferenceSession(str(onnx_dir / name), opts, providers=["CPUExecutionProvider"])
+        def session(name: str, inputs: list[str]) -> Any:
+            # Loading every file at start is the check of the ONNX files (model/verify.py says why).
+            path = onnx_dir / name
+            try:
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes for every kind of damage
+                # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from P failed:Protobuf parsing failed."
+                why = _ORT_NOISE.sub("", " ".join(str(e).split()))[:240]
+                raise ModelFolderError(f"{path} is damaged or incomplete: onnxruntime cannot load it ({why})") from None
+            found = [i.name for i in sess.get_inputs()]
+            if sorted(found) != sorted(inputs):
+                raise ModelFolderError(f"{path} was exported for another model: its inputs are {found}, "
+                                       f"{onnx_dir / CONFIG_FILE} needs {inputs}")
+            return sess
 
-        self.whole = session(ONNX_WHOLE)
-        self.seq = session(ONNX_SEQUENCE)
-        self.encoders = {m: session(encoder_file(m)) for m in cfg.modalities}
+        mods = list(cfg.modalities)
+        self.whole = session(ONNX_WHOLE, mods + ["mask"])
+        self.seq = session(ONNX_SEQUENCE, [m + "_e" for m in mods] + ["mask"])
+        self.encoders = {m: session(encoder_file(m), ["x"]) for m in mods}
         self.heads = [o.name for o in self.whole.get_outputs()]
         self.name = "onnxruntime-cpu"
 
@@ -148,7 +166,11 @@ class Backend:
         self.model_dir = Path(model_dir)
         self.cfg, self.meta = load_config(self.model_dir)
         self.labels: dict[str, list[str]] = self.cfg.active_heads
-        self.calibration = load_calibration(self.model_dir)
+        try:
+            self.calibration = load_calibration(self.model_dir)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ModelFolderError(f"{self.model_dir / CONFIG_FILE} is damaged: its calibration is not "
+                                   f"valid ({e})") from None
         self.threads = threads
         self.stall_s = stall_s
         self.cache_dir = cache_dir

@@ -31,7 +31,7 @@ from obs_merlb.obs_client import (DEFAULT_HOST, DEFAULT_PORT, ObsLink, ObsReques
 from obs_merlb.overlay.native import IMAGE_SOURCE, OVERLAY_HEADS, TEXT_SOURCE, NativeTextOverlay
 from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
 from obs_merlb.overlay.server import OverlayServer, OverlayServerError
-from obs_merlb.registry import resolve_model_dir
+from obs_merlb.model_check import load_checked
 from obs_merlb.session import SessionLog
 from obs_merlb.settings import DEFAULT_PROFILE, MAX_RATE_HZ, MIN_RATE_HZ, checked_live_config
 from obs_merlb.state import StateConfig, session_event
@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-file", help="write a status JSON here about once a second (for the OBS script)")
     parser.add_argument("--sessions-dir", help="where session logs go (default: the user data dir)")
     parser.add_argument("--no-session", action="store_true", help="do not write a session log")
+    parser.add_argument("--recording", help="the OBS recording in progress (the OBS script passes it to a "
+                                            "restarted worker): its session log is continued")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (saves CPU)")
     parser.add_argument("--loop", action="store_true", help="with --video: replay the file forever")
     parser.add_argument("--no-triggers", action="store_true", help="ignore the config's [[triggers]] rules")
@@ -186,7 +188,6 @@ def run(args: argparse.Namespace) -> int:
     if not (args.video or args.camera is not None or args.obs_source):
         raise SystemExit("merlb live: no camera: pass --video FILE, --camera N or --obs-source NAME, "
                          "or choose a camera source in the panel (saved as [sources] camera)")
-    model_dir = resolve_model_dir(args.model)
     state_cfg = StateConfig(smoothing=args.smoothing, threshold=args.threshold,
                             min_dwell_s=args.min_dwell_s, hide_after_s=args.hide_after_s)
     pending_errors: list[tuple[str, str]] = []
@@ -205,10 +206,13 @@ def run(args: argparse.Namespace) -> int:
     password = obs_password()
     obs = ObsLink(args.obs_host, obs_port, password, on_error=report("obs")) if use_obs else None
     session = None if args.no_session else SessionLog(args.sessions_dir, on_error=report("session"))
-    engine = Engine(model_dir, device=args.device, rate=args.rate, state_config=state_cfg,
-                    body=not args.no_body, obs=obs, status_file=args.status_file, session=session,
-                    profile=args.profile, reset_baseline=args.reset_baseline)
+    engine, model_problems = load_checked(
+        lambda model_dir: Engine(model_dir, device=args.device, rate=args.rate, state_config=state_cfg,
+                                 body=not args.no_body, obs=obs, status_file=args.status_file, session=session,
+                                 profile=args.profile, reset_baseline=args.reset_baseline),
+        args.model, "live")
     engine_ref.append(engine)
+    pending_errors += [(m, "model") for m in model_problems]
     if session is not None:
         engine.add_sink(session.write)
     try:
@@ -222,8 +226,8 @@ def run(args: argparse.Namespace) -> int:
     server.on_command(lambda msg: engine.command(msg, source="panel"))
     engine.publish(engine.hello())
     if session is not None:
-        path = session.open(t=0.0)
-        engine.publish(session_event("open", None if path is None else str(path), None, 0.0))
+        path = session.open(recording=args.recording, t=0.0, resume=bool(args.recording))
+        engine.publish(session_event("open", None if path is None else str(path), args.recording, 0.0))
     for message, where in pending_errors + [(m, "config") for m in config_problems]:
         engine.error(message, where)
     try:

@@ -227,6 +227,7 @@ class ObsLink:
         self.connections = 0
         self.last_error: str | None = None
         self._last_failure: ObsError | None = None
+        self._outage_kind: type | None = None   # the kind of problem this outage was logged as
         self._version: tuple[tuple[int, ...], str] | None = None
 
     @classmethod
@@ -271,7 +272,7 @@ class ObsLink:
                     # Socket-level trouble: drop the client; the next call reconnects.
                     self._drop_locked()
                     self._last_failure = err
-                    self._report(str(err), self.backoff.failed())
+                    self._report(err, self.backoff.failed())
                 raise err from None
 
     def request(self, name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -306,7 +307,7 @@ class ObsLink:
         except Exception as e:  # refused, timeout, auth, protocol: all mean "not now"
             err = connect_error(e, self.url, self._password)
             self._last_failure = err
-            self._report(str(err), self.backoff.failed())
+            self._report(err, self.backoff.failed())
             raise err from None
         self._client = client
         self.connections += 1
@@ -315,6 +316,7 @@ class ObsLink:
             log.info("connected to OBS at %s", self.url)
         self.last_error = None
         self._last_failure = None
+        self._outage_kind = None
         return client
 
     def _drop_locked(self) -> None:
@@ -326,10 +328,14 @@ class ObsLink:
             except Exception:  # the socket is already gone; nothing to release
                 pass
 
-    def _report(self, problem: str, wait: float) -> None:
-        """`on_error` hears every failed try; the log holds each distinct problem once."""
+    def _report(self, error: ObsError, wait: float) -> None:
+        """`on_error` hears every failed try; the log names an outage once, and again only when
+        its kind changes (OBS gone, then back with another password). OBS closing reads as a
+        lost connection, then as refused connections: one outage, one line."""
+        problem = str(error)
         message = f"{problem}; retrying in {wait:.0f} s"
-        log.log(logging.DEBUG if problem == self.last_error else logging.WARNING, "%s", message)
+        log.log(logging.DEBUG if type(error) is self._outage_kind else logging.WARNING, "%s", message)
+        self._outage_kind = type(error)
         self.last_error = problem
         notify(self.on_error, message)
 

@@ -41,6 +41,8 @@ Worker stdin protocol (one JSON object per line, UTF-8)
 "recording": "/path/to/file.mkv" or null, "wall": ...}``
     OBS started or stopped recording/streaming; ``recording`` is the output
     file (session files are named after it).
+    A worker (re)started while OBS records gets ``--recording PATH`` too, so
+    it continues that recording's session log instead of starting another.
 ``{"cmd": "set", "key": "rate", "value": 8.0}``
     a live setting changed (no restart needed).
 ``{"cmd": "stop"}``
@@ -362,6 +364,7 @@ class Supervisor:
         self._running_conn = ""
         self._conn_checked = 0.0
         self._pending: list[dict[str, Any]] = []
+        self.recording: str | None = None   # the OBS recording in progress, for a (re)started worker
         self._wake = threading.Event()
         self._quit = threading.Event()
         self._stopping: list[tuple[subprocess.Popen[bytes], float, bool]] = []
@@ -391,6 +394,8 @@ class Supervisor:
     def send(self, obj: dict[str, Any]) -> None:
         """Post a command for the worker; held (bounded) while it is restarting."""
         with self.lock:
+            if obj.get("cmd") == "session" and obj.get("kind") == "recording":
+                self.recording = obj.get("recording") if obj.get("event") == "open" else None
             if self.stdin is not None and self.proc is not None and self.proc.poll() is None:
                 self.stdin.send(obj)
             elif self.wanted:
@@ -557,6 +562,10 @@ class Supervisor:
         for k in ("PYTHONHOME", "PYTHONPATH"):
             env.pop(k, None)
         argv = cfg.argv(port, host)
+        with self.lock:
+            recording = self.recording
+        if recording:
+            argv += ["--recording", recording]
         if os.path.exists("/.flatpak-info"):
             # OBS as a Flatpak: the worker's Python lives on the host. The
             # password cannot cross flatpak-spawn without showing in argv, so

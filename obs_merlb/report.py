@@ -46,7 +46,7 @@ from obs_merlb.jobprogress import MediaProgress, clock
 from obs_merlb.labels import EMOTIONS
 from obs_merlb.offline import BatchedAnalyzer, iter_ticks
 from obs_merlb.palette import EMOTION_COLORS, UNCERTAIN_COLOR
-from obs_merlb.registry import resolve_model_dir
+from obs_merlb.model_check import load_checked
 from obs_merlb.state import StateConfig, StateTracker, highlight_event
 from obs_merlb.timeline import JSONL_NAME, PlotSeries, TimelineWriter, iter_rows, row_from_event
 
@@ -205,12 +205,14 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
         raise SystemExit(f"merlb analyze: {file} has no video track")
     out = Path(out_dir) if out_dir else default_out_dir(file)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = resolve_model_dir(model)
+    cap_threads(1)
+    backend, model_problems = load_checked(lambda d: load_backend(d, device=device, threads=1), model, "analyze")
+    for problem in model_problems:
+        print(f"merlb analyze: {problem}", file=sys.stderr)
+    model_dir = backend.model_dir
     job = _job(file, model_dir, rate, body)
     ckpt_path = out / CHECKPOINT
     ckpt = None if restart else resume.load(ckpt_path, job)
-    cap_threads(1)
-    backend = load_backend(model_dir, device=device, threads=1)
     tracker, detector = StateTracker(StateConfig()), PeakDetector()
     highlights: list[dict[str, Any]] = []
     notes: list[str] = []

@@ -8,7 +8,19 @@ recording with its log by name; otherwise `session-YYYYmmdd-HHMMSS.merlb.jsonl`.
 Lines are kept in memory and handed to the OS at least once a second (on
 the next write or on `maybe_flush()`, which the engine calls from its ~1 Hz
 health tick), so a crash of the worker loses at most the last second;
-closing the file also fsyncs it.
+closing the file also fsyncs it. A tag goes to the OS at once: it is the
+streamer's label for training (`merlb personalize`), and the hotkey is often
+pressed just before something goes wrong.
+
+One recording, one log, one `open` line. The log writes its own `open` and
+`close` lines; the `session` events the engine publishes for its clients
+are not written again. A worker restarted while OBS records (the OBS script
+passes the recording as `merlb live --recording`) opens with `resume=True`:
+it appends to that recording's log with a `resume` line carrying
+`recording_wall`, the wall time of the log's `open` line, because the new
+worker's stream clock starts again at zero (train/personalize/windows.py
+places the tags after a `resume` line by their wall time). A torn last line
+left by the crash is ended first, so the `resume` line stays readable.
 
 A full disk or an unwritable folder must never stop the engine, nor lose
 what was already accepted:
@@ -108,10 +120,15 @@ class SessionLog:
         self._head_done = 0
         self._lost = _Lost()
         self._messages: list[str] = []   # failures to report once the lock is released
+        self._marker = b""   # this file's open (or resume) line, again at the top of a file made anew
 
     # -- lifecycle
-    def open(self, recording: str | None = None, t: float | None = None) -> Path | None:
-        """Start a new session file (closing any open one). Returns its path or None on failure."""
+    def open(self, recording: str | None = None, t: float | None = None, resume: bool = False) -> Path | None:
+        """Start a new session file (closing any open one). Returns its path or None on failure.
+
+        `resume`: `recording` was already being recorded (the worker restarted);
+        its log, when there is one, is continued after a `resume` line.
+        """
         with self._lock:
             self._finish_locked()
             self.recording = recording
@@ -119,9 +136,14 @@ class SessionLog:
             name = session_filename(recording)
             self.path = self._unique(self.dir / name) if recording is None else self.dir / name
             self._failed_at = None
+            marker = {"v": 1, "type": "session", "event": "open", "path": str(self.path),
+                      "recording": recording, "t": t, "wall": time.time()}
+            first = _first_open(self.path) if resume and recording is not None else None
+            if first is not None and first.get("recording") == recording:
+                marker.update(event="resume", recording_wall=first.get("wall"))
             # Kept even when the file cannot be opened yet: it is written first once it can.
-            self._accept_locked({"v": 1, "type": "session", "event": "open", "path": str(self.path),
-                                 "recording": recording, "t": t, "wall": time.time()}, bounded=False)
+            self._accept_locked(marker, bounded=False)
+            self._marker = self._backlog[-1][0] if self._backlog else b""
             self._drain_locked()
             opened = self.path if self._fd is not None else None
         self._report()
@@ -153,11 +175,31 @@ class SessionLog:
         assert self.path is not None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._marker and not self.path.exists():
+                self._restart_file_locked()
+            # A line cut by a crash is ended before ours, unless ours is the cut one being finished.
+            torn = self._head_done == 0 and _torn_tail(self.path)
             # Append: a recording that is resumed (same name) keeps one log.
-            self._fd = os.open(self.path, _O_FLAGS, 0o644)
+            fd = os.open(self.path, _O_FLAGS, 0o644)
         except OSError as e:
             self._fd = None
             self._fail_locked(f"cannot open session log {self.path}: {e.strerror or e}")
+            return
+        if torn:
+            try:
+                os.write(fd, b"\n")
+            except OSError as e:
+                os.close(fd)
+                self._fail_locked(f"cannot write session log {self.path}: {e.strerror or e}")
+                return
+        self._fd = fd
+
+    def _restart_file_locked(self) -> None:
+        """The file is gone (its folder was deleted): the new one starts with the marker and whole lines."""
+        self._head_done = 0
+        if not (self._backlog and self._backlog[0][0] is self._marker):
+            self._backlog.appendleft((self._marker, None))
+            self._backlog_bytes += len(self._marker)
 
     def _finish_locked(self) -> None:
         """Last write, fsync and close; whatever still could not be written is reported lost."""
@@ -203,15 +245,16 @@ class SessionLog:
     # -- writing
     def write(self, event: dict[str, Any]) -> None:
         """Accept one event; it reaches the file within flush_interval_s while the file is writable."""
-        # Previews are large and only useful live; they never go to disk.
-        if event.get("type") == "preview":
+        # Previews are large and only useful live; they never go to disk. Session
+        # events are the clients' copy of the open/close lines this log wrote itself.
+        if event.get("type") in ("preview", "session"):
             return
         with self._lock:
             if not self._want_open:
                 self.lines_dropped += 1   # no session open (before the first, between two)
                 return
             self._accept_locked(event)
-            if self._backlog_bytes >= _FLUSH_BYTES or \
+            if event.get("type") == "tag" or self._backlog_bytes >= _FLUSH_BYTES or \
                     time.monotonic() - self._last_flush >= self.flush_interval_s:
                 self._drain_locked()
         self._report()
@@ -319,6 +362,28 @@ class SessionLog:
     def pending_lines(self) -> int:
         """Lines accepted but not yet on disk."""
         return len(self._backlog)
+
+
+def _first_open(path: Path) -> dict[str, Any] | None:
+    """The `open` line a log starts with, or None (no file, empty, or something else first)."""
+    try:
+        with open(path, "rb") as fh:
+            ev = json.loads(fh.readline(1 << 16))
+    except (OSError, ValueError):
+        return None
+    return ev if isinstance(ev, dict) and ev.get("type") == "session" and ev.get("event") == "open" else None
+
+
+def _torn_tail(path: Path) -> bool:
+    """The file ends inside a line (a crash mid-write)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, 2) == 0:
+                return False
+            fh.seek(-1, 2)
+            return fh.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def read_session(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

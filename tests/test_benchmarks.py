@@ -37,3 +37,17 @@ def test_bench_live_json_has_the_issue_fields() -> None:
     out = json.loads(proc.stdout)
     for key in ("p95_latency_ms", "cpu_ms_per_frame", "realtime_factor", "seed_path_ratio"):
         assert isinstance(out[key], (int, float)) and out[key] > 0, key
+
+
+def test_faults_short_run_loses_nothing_and_names_each_fault() -> None:
+    # About a minute: the worker's start and its restart after the corrupt model take most of it.
+    proc = _run(["benchmarks/faults.py", "--short", "--json"])
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]   # 1 = a target missed; the freeze one is timing
+    out = json.loads(proc.stdout)
+    assert out["targets"]["nothing_lost"] and out["targets"]["each_fault_named_once"], out
+    assert out["restarts"] >= 1 and out["unplanned_exits"] == 0 and out["events_delivered"] > 100
+    log = out["session_log"]
+    assert log["lines_checked"] > 100 and log["markers"]["soak.merlb.jsonl"] == {"open": 1, "resume": 1, "close": 1}
+    assert log["tags_paired_with_the_recording"] == ["before-crash", "after-restart"]
+    faults = {f["name"]: f for f in out["faults"]}
+    assert faults["obs_killed"]["skipped"] and all(f["named"] for f in out["faults"] if not f["skipped"])

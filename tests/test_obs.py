@@ -479,6 +479,33 @@ def test_engine_hotkey_tag_in_session_log(engine: Session) -> None:
              diag=engine.diag)
 
 
+def test_engine_restarted_during_a_recording_keeps_its_log(engine: Session) -> None:
+    """A worker killed mid-recording comes back into the same log (it started a new one, and
+    the tags after it were not paired with the recording); one open line per file."""
+    c = engine.obs.client
+    st = wait_for(lambda: engine.status().get("state") == "running" and engine.status(),
+                  timeout=60, what="running", diag=engine.diag)
+    c.start_record()
+    time.sleep(2)
+    c.trigger_hotkey_by_name("merlb.tag.hype")
+    time.sleep(1)
+    os.kill(st["pid"], signal.SIGKILL)
+    wait_for(lambda: (s := engine.status()).get("state") == "running" and s.get("pid") != st["pid"],
+             timeout=60, what="restarted", diag=engine.diag)
+    c.trigger_hotkey_by_name("merlb.tag.calm")
+    time.sleep(2)
+    out = c.stop_record().output_path
+    log = engine.home.home / ".local" / "share" / "obs-merlb" / "sessions" / f"{Path(out).stem}.merlb.jsonl"
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+
+    wait_for(lambda: [e.get("event") for e in lines() if e["type"] == "session"][-1:] == ["close"],
+             timeout=20, what=f"the close line in {log}", diag=engine.diag)
+    assert [e["name"] for e in lines() if e["type"] == "tag"] == ["hype", "calm"]
+    assert [e["event"] for e in lines() if e["type"] == "session"] == ["open", "resume", "close"]
+
+
 def test_engine_killed_restarts_and_camera_missing_is_clear(engine: Session) -> None:
     st = wait_for(lambda: engine.status().get("state") == "running" and engine.status(),
                   timeout=60, what="running", diag=engine.diag)

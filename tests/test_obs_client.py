@@ -152,7 +152,8 @@ def test_request_refusals_and_missing_sources(caplog: pytest.LogCaptureFixture) 
         link.close()
 
 
-def test_reconnects_after_obs_restarts() -> None:
+def test_reconnects_after_obs_restarts(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=obs_client.__name__)
     obs = ObsStandIn(PW, {"GetStats": {"cpuUsage": 2.0}}).start()
     errors: list[str] = []
     link = ObsLink(port=obs.port, password=PW, timeout_s=2.0, initial_backoff_s=0.2,
@@ -165,6 +166,13 @@ def test_reconnects_after_obs_restarts() -> None:
         assert not link.connected and errors
         with pytest.raises(ObsUnreachable, match="next retry"):
             link.request("GetStats")                    # inside the backoff: no new try
+        time.sleep(0.25)
+        with pytest.raises(ObsUnreachable, match="cannot reach"):
+            link.request("GetStats")                    # a new try, refused: the same outage
+        # OBS closing is named once (it was: the lost connection, then the refused one).
+        warned = [r.getMessage() for r in caplog.records
+                  if r.name == obs_client.__name__ and r.levelno >= logging.WARNING]
+        assert len(warned) == 1 and "lost the connection" in warned[0], warned
         obs = ObsStandIn(PW, {"GetStats": {"cpuUsage": 3.0}}, port=obs.port).start()
         deadline = time.monotonic() + 10
         while True:

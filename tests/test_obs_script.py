@@ -46,6 +46,19 @@ def read_json(p: Path) -> dict[str, Any] | None:
         return None
 
 
+def next_start(data: Path, pid: int, what: str = "restart", timeout: float = 10.0) -> dict[str, Any]:
+    """The stand-in worker's argv record once a worker other than `pid` has started."""
+    return wait_for(lambda: (j := read_json(data / "fake-argv.json")) and j["pid"] != pid and j,
+                    timeout=timeout, what=what)
+
+
+def started(setup: dict[str, Any]) -> dict[str, Any]:
+    """Configure and start the supervisor of `setup`; the stand-in worker's argv record."""
+    setup["sup"].configure(setup["cfg"])
+    setup["sup"].start()
+    return wait_for(lambda: read_json(setup["data"] / "fake-argv.json"), what="worker start")
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> dict[str, Any]:
     obs_cfg = tmp_path / "obs"
@@ -77,9 +90,7 @@ def test_text_overlay_head_is_passed_and_restarts_the_worker(tmp_path: Path) -> 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
 def test_worker_lifecycle(setup: dict[str, Any]) -> None:
     sup, cfg, data = setup["sup"], setup["cfg"], setup["data"]
-    sup.configure(cfg)
-    sup.start()
-    argv = wait_for(lambda: read_json(data / "fake-argv.json"), what="worker start")
+    argv = started(setup)
     a = argv["argv"]
     assert a[:3] == ["-m", "obs_merlb", "live"]
     assert a[a.index("--obs-source") + 1] == "Camera"
@@ -104,8 +115,7 @@ def test_worker_lifecycle(setup: dict[str, Any]) -> None:
 
     # killed: restarted (first backoff 1 s)
     os.kill(argv["pid"], signal.SIGKILL)
-    new = wait_for(lambda: (j := read_json(data / "fake-argv.json")) and j["pid"] != argv["pid"]
-                   and j, timeout=10, what="restart")
+    new = next_start(data, argv["pid"])
     assert sup.restarts == 1
     wait_for(lambda: sup.state == "running", what="running again")
 
@@ -172,6 +182,25 @@ def test_worker_hung_before_its_first_status_is_restarted(setup: dict[str, Any],
     assert sup.failures >= 1          # the backoff keeps growing for a worker that never reports
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
+def test_worker_restarted_during_a_recording_is_told_which(setup: dict[str, Any]) -> None:
+    """A restarted worker started a new session log, so later tags were not paired with the recording."""
+    sup, data = setup["sup"], setup["data"]
+    first = started(setup)
+    assert "--recording" not in first["argv"]
+    rec = "/videos/2025-01-02 20-00-00.mkv"
+    sup.send({"cmd": "session", "event": "open", "kind": "recording", "recording": rec})
+    sup.send({"cmd": "session", "event": "open", "kind": "streaming", "recording": rec})
+    os.kill(first["pid"], signal.SIGKILL)
+    second = next_start(data, first["pid"])
+    assert second["argv"][second["argv"].index("--recording") + 1] == rec
+    wait_for(lambda: sup.state == "running", what="running again")
+    sup.send({"cmd": "session", "event": "close", "kind": "recording", "recording": rec})
+    os.kill(second["pid"], signal.SIGKILL)
+    third = next_start(data, second["pid"], "second restart")
+    assert "--recording" not in third["argv"]   # the recording ended: a new log
+
+
 def test_websocket_connection_sources(tmp_path: Path) -> None:
     obs_cfg = tmp_path / "obs"
     (obs_cfg / "plugin_config" / "obs-websocket").mkdir(parents=True)
@@ -225,8 +254,7 @@ def test_fixed_password_restarts_the_worker(setup: dict[str, Any], tmp_path: Pat
     assert first.get("merlb_config") == str(merlb_cfg)
     gini = Path(cfg.obs_config_dir) / "global.ini"
     gini.write_text(gini.read_text().replace("s3cret-pw", "n3w-pw"))
-    new = wait_for(lambda: (j := read_json(data / "fake-argv.json")) and j["pid"] != first["pid"]
-                   and j, timeout=15, what="restart after the password changed")
+    new = next_start(data, first["pid"], "restart after the password changed", timeout=15)
     assert new["password_in_env"]
     assert any("obs-websocket settings changed" in line for line in setup["logs"])
     assert not any("n3w-pw" in line or "s3cret-pw" in line for line in setup["logs"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from obs_merlb.session import SessionLog, read_session, session_filename
-from obs_merlb.state import error_event, tag_event
+from live_worker import live_env, run_until_running, start_live
+from obs_merlb.state import error_event, session_event, tag_event
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo.mp4"
 
@@ -251,34 +251,11 @@ def test_real_disk_full_keeps_going_and_loses_nothing_accepted(tiny_disk: Path) 
 def test_live_with_unwritable_sessions_folder_runs_and_says_so(tmp_path: Path) -> None:
     # The reported hang: before any status was written, the worker blocked forever.
     status = tmp_path / "status.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MERLB_CONFIG": str(tmp_path / "config.toml"),
-           "MERLB_MODELS": str(tmp_path / "models")}
     blocker = tmp_path / "nope"
     blocker.write_text("a file where the sessions folder should be")
-    proc = subprocess.Popen([sys.executable, "-m", "obs_merlb", "live", "--video", str(DEMO), "--loop",
-                             "--sessions-dir", str(blocker), "--status-file", str(status),
-                             "--control", "none", "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        doc: dict = {}
-        end = time.monotonic() + 90
-        while time.monotonic() < end and proc.poll() is None:
-            try:
-                doc = json.loads(status.read_text())
-            except (OSError, ValueError):
-                doc = {}
-            if doc.get("state") == "running" and doc.get("fps"):
-                break
-            time.sleep(0.5)
-        assert doc.get("state") == "running" and doc.get("fps"), f"no running status: {doc}"
-        assert "session log" in (doc.get("last_error") or "")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read()
+    proc = start_live(tmp_path, status, "--sessions-dir", str(blocker))
+    doc, err = run_until_running(proc, status)
+    assert "session log" in (doc.get("last_error") or "")
     assert err.count("cannot open session log") == 1, err
     assert "Traceback" not in err, err
 
@@ -306,3 +283,121 @@ def test_sessions_folder_deleted_mid_session_is_made_again(tmp_path: Path) -> No
         pub.publish({"v": 1, "type": "state", "seq": i})
     log.close()
     assert _seqs(path) == [1, 2, 3] and not pub.errors()
+    # The file made anew starts as the deleted one did: personalize reads the recording's start there.
+    assert [e.get("event") for e in read_session(path) if e["type"] == "session"] == ["open", "close"]
+
+
+# ------------------------------------------------------------ one recording, one log (issue 23 item 4)
+
+
+def test_one_open_line_per_file_with_the_engine_wiring(tmp_path: Path) -> None:
+    # live.py publishes a `session` event for its clients after opening the log; it was logged again.
+    pub = _Publisher()
+    log = pub.session_log(tmp_path)
+    path = log.open(recording="/videos/rec.mkv", t=0.0)
+    pub.publish(session_event("open", str(path), "/videos/rec.mkv", 0.0))
+    pub.publish({"v": 1, "type": "state", "seq": 0})
+    log.close(t=1.0)
+    pub.publish(session_event("close", str(path), "/videos/rec.mkv", 1.0))
+    markers = [e["event"] for e in read_session(path) if e["type"] == "session"]
+    assert markers == ["open", "close"]
+
+
+def test_a_tag_is_on_disk_at_once(tmp_path: Path) -> None:
+    # A crash right after the hotkey lost the tag with the last second of unflushed lines.
+    log = SessionLog(tmp_path, flush_interval_s=60.0)
+    path = log.open(t=0.0)
+    log.write({"v": 1, "type": "state", "seq": 0})
+    log.write(tag_event(0.5, "hype", "hotkey"))
+    # Read as a crash would leave it: no close, no maybe_flush.
+    assert [e["type"] for e in read_session(path)] == ["session", "state", "tag"]
+    log.close()
+
+
+def test_a_restarted_worker_continues_the_recordings_log(tmp_path: Path) -> None:
+    from obs_merlb.train.personalize.windows import read_session_log
+
+    rec = str(tmp_path / "2025-01-02 20-00-00.mkv")
+    first = SessionLog(tmp_path)
+    path = first.open(recording=rec, t=3.0)          # the recording started 3 s into this worker's stream
+    first.write(tag_event(5.0, "hype", "hotkey"))    # 2 s into the recording
+    start_wall = read_session(path)[0]["wall"]
+    first._close_fd_locked()                         # the worker dies: no close line...
+    with open(path, "a") as fh:
+        fh.write('{"v":1,"type":"sta')               # ...and a line cut in the middle
+    second = SessionLog(tmp_path)
+    assert second.open(recording=rec, t=0.0, resume=True) == path
+    tag = tag_event(0.2, "funny", "hotkey")          # the new worker's clock started again at 0
+    tag["wall"] = start_wall + 40.0                  # 40 s into the recording
+    second.write(tag)
+    second.close(t=1.0)
+    events = read_session(path)
+    markers = [e["event"] for e in events if e["type"] == "session"]
+    assert markers == ["open", "resume", "close"]
+    assert events[2]["recording_wall"] == start_wall
+    tags, recording, _ = read_session_log(path)
+    assert recording == rec
+    assert [(round(t, 3), n) for t, n in tags] == [(2.0, "hype"), (40.0, "funny")]
+
+
+def test_resume_without_an_earlier_log_opens_one(tmp_path: Path) -> None:
+    log = SessionLog(tmp_path)
+    path = log.open(recording=str(tmp_path / "r.mkv"), t=0.0, resume=True)
+    log.close()
+    assert [e["event"] for e in read_session(path)] == ["open", "close"]
+
+
+def test_worker_restart_during_a_recording_keeps_one_log(tmp_path: Path) -> None:
+    """`merlb live --recording` (what the OBS script passes a restarted worker) appends to that log,
+    and the script's `session open` for the same recording that follows it changes nothing."""
+    rec = str(tmp_path / "stream.mkv")
+    sessions = tmp_path / "sessions"
+    env = live_env(tmp_path)
+    log_path = sessions / "stream.merlb.jsonl"
+
+    def worker(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "obs_merlb", "live", "--video", str(DEMO), "--loop",
+                                 "--sessions-dir", str(sessions), "--control", "stdin", "--port", "0", *extra],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                text=True, env=env, cwd=tmp_path)
+
+    def send(proc: subprocess.Popen, msg: dict) -> None:
+        proc.stdin.write(json.dumps(msg) + "\n")
+        proc.stdin.flush()
+
+    def wait_for_line(pred, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if log_path.is_file() and any(pred(e) for e in read_session(log_path)):
+                return
+            time.sleep(0.1)
+        raise AssertionError("the line never reached the session log")
+
+    procs = [worker()]
+    try:
+        send(procs[0], {"cmd": "session", "event": "open", "kind": "recording", "recording": rec})
+        wait_for_line(lambda e: e["type"] == "state")
+        send(procs[0], {"cmd": "tag", "name": "before-crash"})
+        wait_for_line(lambda e: e.get("name") == "before-crash", timeout=0.8)   # flushed at once
+        procs[0].kill()
+        procs[0].wait()
+        procs.append(worker("--recording", rec))
+        send(procs[1], {"cmd": "session", "event": "open", "kind": "recording", "recording": rec})
+        send(procs[1], {"cmd": "session", "event": "open", "kind": "streaming", "recording": rec})
+        send(procs[1], {"cmd": "tag", "name": "after-restart"})
+        send(procs[1], {"cmd": "session", "event": "close", "kind": "streaming", "recording": rec})
+        send(procs[1], {"cmd": "tag", "name": "after-stream"})
+        wait_for_line(lambda e: e.get("name") == "after-stream")
+        send(procs[1], {"cmd": "stop"})
+        assert procs[1].wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # The first worker's log from before the recording started, and the recording's: none of the restart's own.
+    names = sorted(p.name for p in sessions.iterdir())
+    assert len(names) == 2 and names[0].startswith("session-") and names[1] == "stream.merlb.jsonl", names
+    events = read_session(log_path)
+    assert [e["event"] for e in events if e["type"] == "session"] == ["open", "resume", "close"]
+    assert [e["name"] for e in events if e["type"] == "tag"] == ["before-crash", "after-restart", "after-stream"]

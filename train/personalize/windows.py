@@ -110,9 +110,14 @@ def read_session_log(path: Path) -> tuple[list[tuple[float, str]], str | None, f
 
     Tag times are stream seconds; the session's `open` event carries the stream
     time at which the recording started, so subtracting it gives the time in
-    the recording file.
+    the recording file. After a `resume` line (a worker restarted during the
+    recording, whose stream clock started again at zero) a tag's time is its
+    wall time minus the recording's start, which the line carries as
+    `recording_wall` (obs_merlb/session.py).
     """
     offset: float | None = None
+    resumed = False                   # after a `resume` line tags are placed by wall time...
+    start_wall: float | None = None   # ...from the recording's start (unknown: they cannot be placed)
     recording: str | None = None
     wall = 0.0
     tags: list[tuple[float, str]] = []
@@ -124,10 +129,16 @@ def read_session_log(path: Path) -> tuple[list[tuple[float, str]], str | None, f
         if ev.get("type") == "session" and ev.get("event") == "open" and offset is None:
             offset = float(ev["t"]) if isinstance(ev.get("t"), (int, float)) else 0.0
             recording = ev.get("recording") or recording
+        elif ev.get("type") == "session" and ev.get("event") == "resume":
+            rw = ev.get("recording_wall")
+            resumed, start_wall = True, float(rw) if isinstance(rw, (int, float)) else None
+            recording = recording or ev.get("recording")
         elif ev.get("type") == "tag" and isinstance(ev.get("t"), (int, float)) and ev.get("name"):
-            tags.append((float(ev["t"]), str(ev["name"])))
-    off = offset or 0.0
-    return [(t - off, n) for t, n in tags if t - off >= 0], recording, wall
+            if not resumed:
+                tags.append((float(ev["t"]) - (offset or 0.0), str(ev["name"])))
+            elif start_wall is not None and isinstance(ev.get("wall"), (int, float)):
+                tags.append((float(ev["wall"]) - start_wall, str(ev["name"])))
+    return [(t, n) for t, n in tags if t >= 0], recording, wall
 
 
 def _expand_recordings(paths: Iterable[str]) -> list[Path]:
