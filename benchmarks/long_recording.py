@@ -90,8 +90,10 @@ def _tree_rss(proc: Any) -> int:
 
 
 def _analyze_progress(out: Path) -> float | None:
-    """Media time the analysis has written (the last row of timeline.jsonl)."""
-    path = out / "timeline.jsonl"
+    """Media time the analysis has written (the last row of its partial timeline.jsonl)."""
+    from obs_merlb.timeline import JSONL_NAME, PARTIAL_PREFIX
+
+    path = out / (PARTIAL_PREFIX + JSONL_NAME)
     try:
         with open(path, "rb") as fh:
             fh.seek(max(0, path.stat().st_size - 4096))
