@@ -34,7 +34,7 @@ import numpy as np
 
 from obs_merlb.analyzer import Analyzer, AudioView, StepRing, TickResult, thumb
 from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
-from obs_merlb.capture.file import iter_media
+from obs_merlb.capture.file import MediaError, iter_media
 from obs_merlb.perception.steps import VoiceStep
 from obs_merlb.perception.voice import NEEDED
 
@@ -219,6 +219,8 @@ class _VoiceAhead:
                 if self._stop.is_set():
                     return
             self._compute()
+        except MediaError as e:     # no audio track, or none that decodes: the ticks find no audio either
+            log.debug("no voice steps ahead: %s", e)
         except Exception:  # noqa: BLE001 - the ticks then compute their voice steps themselves
             log.exception("voice steps ahead failed; computing them per tick")
         finally:

@@ -337,7 +337,9 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     if stopped:
         return None
     wall = wall_before + time.monotonic() - wall0
-    analysed = max(last_t, min(info.duration or last_t, last_t + 1.0 / rate))
+    # The last analysed frame stands for a tick, or for as long as the file shows it (1 fps slides).
+    shown = max(1.0 / rate, 1.0 / info.fps if info.fps else 0.0)
+    analysed = max(last_t, min(info.duration or last_t, last_t + shown))
     meta = {"file": str(file.resolve()), "file_name": file.name, "duration_s": analysed,
             "wall_s": wall, "realtime_factor": analysed / wall if wall > 0 else float("inf"), "rate_hz": rate,
             "frames_analysed": writer.rows, "backend": backend.name, "model": str(model_dir),

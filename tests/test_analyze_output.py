@@ -144,11 +144,13 @@ def test_a_damaged_file_says_on_the_terminal_how_much_was_analysed(tmp_path: Pat
     assert (tmp_path / "out" / "report.html").is_file()
 
 
-def test_a_low_fps_file_is_not_called_truncated(tmp_path: Path) -> None:
-    """A complete 4 s file at 1 fps: its last frame starts at 3 s and is shown until 4 s."""
+def test_a_low_fps_file_is_not_called_truncated(tmp_path: Path, capsys, caplog) -> None:
+    """A complete 4 s file at 1 fps: its last frame starts at 3 s and is shown until 4 s.
+    It has no audio track, which is no error either."""
     import av
 
     from obs_merlb.capture.file import iter_media
+    from obs_merlb.report import run
 
     path = tmp_path / "slides.mp4"
     with av.open(str(path), "w") as out:
@@ -166,6 +168,10 @@ def test_a_low_fps_file_is_not_called_truncated(tmp_path: Path) -> None:
         frames = list(iter_media(path))
     assert len(frames) == 4
     assert not [str(w.message) for w in caught if "truncated" in str(w.message)]
+    _need_model()
+    assert run(_args(path, tmp_path / "out")) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
 
 
 def test_every_media_error_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
