@@ -245,6 +245,10 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     job = _job(file, model_dir, rate, body)
     ckpt_path = out / CHECKPOINT
     ckpt = None if restart else resume.load(ckpt_path, job)
+    if ckpt is not None and not _rows_kept(out, ckpt["offsets"]):
+        ckpt = None          # its rows were overwritten (another recording's run began here): start afresh
+    if ckpt is None:
+        resume.remove(ckpt_path)      # this run's rows replace whatever partial rows it pointed to
     cap_threads(1)
     backend = load_backend(model_dir, device=device, threads=1)
     tracker, detector = StateTracker(StateConfig()), PeakDetector()
@@ -360,6 +364,12 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
               f"could be analysed ({100.0 * analysed / info.duration:.0f}%); the report covers that part",
               file=sys.stderr)
     return out / HTML_NAME
+
+
+def _rows_kept(out: Path, offsets: list[int]) -> bool:
+    """Whether the partial rows a checkpoint counts are still on disk."""
+    return all(path.is_file() and path.stat().st_size >= size
+               for path, size in zip(TimelineWriter.partial_paths(out), offsets[:2]))
 
 
 def _close(writer: TimelineWriter) -> None:

@@ -60,7 +60,7 @@ class TimelineWriter:
     def __init__(self, folder: str | os.PathLike, resume: tuple[int, int, int] | None = None) -> None:
         folder = Path(folder)
         self.final_paths = (folder / CSV_NAME, folder / JSONL_NAME)
-        self.csv_path, self.jsonl_path = (folder / (PARTIAL_PREFIX + CSV_NAME), folder / (PARTIAL_PREFIX + JSONL_NAME))
+        self.csv_path, self.jsonl_path = self.partial_paths(folder)
         if resume is not None:
             for path, size in ((self.csv_path, resume[0]), (self.jsonl_path, resume[1])):
                 if not path.is_file() or path.stat().st_size < size:
@@ -76,6 +76,11 @@ class TimelineWriter:
         if resume is None:
             self._w.writeheader()
             self._take_csv()
+
+    @staticmethod
+    def partial_paths(folder: str | os.PathLike) -> tuple[Path, Path]:
+        """Where a run's rows grow (csv, jsonl) until `publish` names them."""
+        return Path(folder) / (PARTIAL_PREFIX + CSV_NAME), Path(folder) / (PARTIAL_PREFIX + JSONL_NAME)
 
     def _take_csv(self) -> None:
         self._csv.write(self._buf.getvalue().encode("utf-8"))

@@ -196,3 +196,20 @@ def test_every_media_error_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
         assert run(_args(bad, tmp_path / "out")) == 2, bad
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"merlb analyze: {bad}"), err
+
+
+def test_a_checkpoint_whose_rows_another_run_replaced_starts_afresh(tmp_path: Path) -> None:
+    """Recording A stopped after a checkpoint; recording B then began in the same folder (its rows
+    replace A's partial rows) and was stopped before a checkpoint of its own; A's rerun must not
+    continue from rows that are gone."""
+    from obs_merlb.report import analyze
+    from obs_merlb.timeline import TimelineWriter
+
+    _need_model()
+    out = tmp_path / "out"
+    assert analyze(DEMO, out, str(MODEL), progress=False, checkpoint_every_s=2.0, stop_after_s=6.0) is None
+    for path in TimelineWriter.partial_paths(out):
+        path.write_bytes(b"")                     # what B's start did to them
+    assert analyze(DEMO, out, str(MODEL), progress=False) == out / "report.html"
+    rows = (out / "timeline.jsonl").read_text().splitlines()
+    assert len(rows) > 170 and '"t": 0.0' in rows[0]
