@@ -42,12 +42,16 @@ log = logging.getLogger(__name__)
 
 DECODE_AHEAD = 48          # decoded items queued ahead of the analysis (frames are ~0.5 MB each)
 TICK_BATCH = 96            # ticks per batched sequence call
-VOICE_BATCH = 32           # voice steps per batched call
+# Voice steps per speech-detector call: silero-vad's 31 calls per step then run
+# once per 8 steps (2 min of media: 2.7 s CPU one by one, 1.2 s by 8, 1.0 s by
+# 32), and its arena stays small (by 32 it held ~45 MB more for the run).
+VOICE_BATCH = 8
 VOICE_LEAD = 4 * VOICE_BATCH   # voice results kept ahead of the ticks (~70 KB each, with their window)
-# Faces per encoder call: the face CNN is compute-bound (a batch saves nothing
-# per face), and onnxruntime's arena keeps the largest batch's activations:
-# 60 faces at once held ~200 MB more for the whole run.
-FACE_BATCH = 8
+# Faces or voice windows per encoder call: the CNNs are compute-bound (a batch
+# saves nothing per input), and onnxruntime's arena keeps the largest batch's
+# activations for the whole run: 60 faces at once held ~200 MB more, 32 voice
+# windows ~25 MB more.
+ENCODER_BATCH = 8
 VOICE_RING_S = 30.0        # audio the voice thread keeps: a batch's windows and its lead
 _END = object()
 
@@ -252,7 +256,8 @@ class _VoiceAhead:
             speech = [n for n, s in enumerate(steps) if s.present]
             embs: list[np.ndarray | None] = [None] * len(steps)
             if speech:
-                enc = self.backend.encode("voice", np.stack([steps[n].feature for n in speech]))
+                feats = np.stack([steps[n].feature for n in speech])
+                enc = _encode(self.backend, "voice", feats)
                 for m, n in enumerate(speech):
                     embs[n] = enc[m]
             with self._cv:
@@ -293,7 +298,7 @@ class BatchedAnalyzer(Analyzer):
     Two sides, each on one thread: perception (`tick_later`, `after_event`,
     `take_batch`) runs the face mesh and the ring exactly as a live tick
     does, keeping each tick's window with its new face crops unencoded;
-    answering (`answer`) encodes a batch's crops (FACE_BATCH at a time),
+    answering (`answer`) encodes a batch's crops (ENCODER_BATCH at a time),
     runs the sequence model over its windows in one call and feeds the
     state tracker in order.
     """
@@ -347,8 +352,7 @@ class BatchedAnalyzer(Analyzer):
 
     def answer(self, batch: _Batch) -> list[OfflineTick]:
         if batch.crops:
-            embs = np.concatenate([self.backend.encode("face", np.stack(batch.crops[a:a + FACE_BATCH])[:, None])
-                                   for a in range(0, len(batch.crops), FACE_BATCH)])
+            embs = _encode(self.backend, "face", np.stack(batch.crops)[:, None])
             self._faces.update({batch.first_id + j: e for j, e in enumerate(embs)})
         for p in batch.ticks:
             if "face" in p.embs:
@@ -434,6 +438,11 @@ class _Answerer:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=10.0)
+
+
+def _encode(backend: Any, modality: str, x: np.ndarray) -> np.ndarray:
+    """Embeddings of many inputs, ENCODER_BATCH per encoder call."""
+    return np.concatenate([backend.encode(modality, x[a:a + ENCODER_BATCH]) for a in range(0, len(x), ENCODER_BATCH)])
 
 
 def _same_window(a: _Pending, b: _Pending) -> bool:
