@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,8 +91,10 @@ def _tree_rss(proc: Any) -> int:
 
 
 def _analyze_progress(out: Path) -> float | None:
-    """Media time the analysis has written (the last row of timeline.jsonl)."""
-    path = out / "timeline.jsonl"
+    """Media time the analysis has written (the last row of its partial timeline.jsonl)."""
+    from obs_merlb.timeline import JSONL_NAME, PARTIAL_PREFIX
+
+    path = out / (PARTIAL_PREFIX + JSONL_NAME)
     try:
         with open(path, "rb") as fh:
             fh.seek(max(0, path.stat().st_size - 4096))
@@ -121,10 +124,15 @@ def measure(cmd: list[str], progress: Any, duration: float, env: dict[str, str])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, float, float | None]] = []   # wall, rss MB, media t
-    while proc.poll() is None:
-        samples.append((time.monotonic() - wall0, _tree_rss(ps) / 2**20, progress()))
-        time.sleep(SAMPLE_S)
-    out, err = proc.communicate()
+    try:
+        while proc.poll() is None:
+            samples.append((time.monotonic() - wall0, _tree_rss(ps) / 2**20, progress()))
+            time.sleep(SAMPLE_S)
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:      # the benchmark was stopped: its command must not run on alone
+            proc.kill()
+            proc.wait()
     wall = time.monotonic() - wall0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
@@ -139,6 +147,11 @@ def measure(cmd: list[str], progress: Any, duration: float, env: dict[str, str])
             "rss_mb": [round(r, 1) for _, r, _ in samples]}
 
 
+def _done(run: dict[str, Any]) -> None:
+    """Each run's figures on stderr as it ends: a run of hours keeps what it measured if stopped."""
+    print(json.dumps({k: v for k, v in run.items() if k != "rss_mb"}), file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0], help="recording lengths (default 5 10)")
@@ -151,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import psutil
 
+    # A stopped benchmark (kill, nohup's end) cleans up: its running command is killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="merlb-long-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -166,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, "-m", "obs_merlb", "analyze", str(rec), "--out", str(out), "--no-progress", *model]
                 runs.append({"command": "analyze", "minutes": minutes,
                              **measure(cmd, lambda o=out: _analyze_progress(o), duration, env)})
+                _done(runs[-1])
             if args.only in (None, "preprocess"):
                 cache = work / f"cache_{minutes:g}"
                 shutil.rmtree(cache, ignore_errors=True)
@@ -174,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, "-m", "obs_merlb", "preprocess", str(table), "--out", str(cache), "-j", "1"]
                 runs.append({"command": "preprocess", "minutes": minutes,
                              **measure(cmd, lambda c=cache: _preprocess_progress(c), duration, env)})
+                _done(runs[-1])
             if not args.keep:
                 rec.unlink()
     finally:

@@ -34,7 +34,7 @@ import numpy as np
 
 from obs_merlb.analyzer import Analyzer, AudioView, StepRing, TickResult, thumb
 from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
-from obs_merlb.capture.file import iter_media
+from obs_merlb.capture.file import MediaError, iter_media
 from obs_merlb.perception.steps import VoiceStep
 from obs_merlb.perception.voice import NEEDED
 
@@ -42,11 +42,16 @@ log = logging.getLogger(__name__)
 
 DECODE_AHEAD = 48          # decoded items queued ahead of the analysis (frames are ~0.5 MB each)
 TICK_BATCH = 96            # ticks per batched sequence call
-VOICE_BATCH = 32           # voice steps per batched call
-# Faces per encoder call: the face CNN is compute-bound (a batch saves nothing
-# per face), and onnxruntime's arena keeps the largest batch's activations:
-# 60 faces at once held ~200 MB more for the whole run.
-FACE_BATCH = 8
+# Voice steps per speech-detector call: silero-vad's 31 calls per step then run
+# once per 8 steps (2 min of media: 2.7 s CPU one by one, 1.2 s by 8, 1.0 s by
+# 32), and its arena stays small (by 32 it held ~45 MB more for the run).
+VOICE_BATCH = 8
+VOICE_LEAD = 4 * VOICE_BATCH   # voice results kept ahead of the ticks (~70 KB each, with their window)
+# Faces or voice windows per encoder call: the CNNs are compute-bound (a batch
+# saves nothing per input), and onnxruntime's arena keeps the largest batch's
+# activations for the whole run: 60 faces at once held ~200 MB more, 32 voice
+# windows ~25 MB more.
+ENCODER_BATCH = 8
 VOICE_RING_S = 30.0        # audio the voice thread keeps: a batch's windows and its lead
 _END = object()
 
@@ -112,11 +117,10 @@ class _Decoder:
     """Decodes in its own thread: sampled frames (converted) and audio, in file order."""
 
     def __init__(self, path: str, rate: float, *, max_width: int | None, start: float, next_t: float,
-                 voice: "_VoiceAhead | None", stop: threading.Event, thumbs: bool) -> None:
+                 stop: threading.Event, thumbs: bool) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=DECODE_AHEAD)
         self.notes: list[str] = []
         self._args = (path, rate, max_width, start, next_t)
-        self._voice = voice
         self._stop = stop
         self._thumbs = thumbs            # the 'unchanged frame' thumbnails, made here off the mesh's thread
         self._thread = threading.Thread(target=self._run, name="merlb-decode", daemon=True)
@@ -147,17 +151,12 @@ class _Decoder:
                     image = item.image
                     ok = self._put(("v", item.t, (image, before, thumb(image) if self._thumbs else None)))
                 else:
-                    if self._voice is not None:
-                        self._voice.feed(item.samples, item.t)
                     ok = self._put(("a", item.t, item.samples))
                 if not ok:
                     return
             self._put((_END, None, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
             self._put(("error", None, e))
-        finally:
-            if self._voice is not None:
-                self._voice.feed(None, None)
 
     def items(self) -> Iterator[tuple[str, float, Any]]:
         while True:
@@ -173,19 +172,24 @@ class _Decoder:
 
 
 class _VoiceAhead:
-    """Every step's voice result, computed in batches in its own thread from the audio as it decodes.
+    """Every step's voice result, computed in batches in its own thread, ahead of the ticks.
 
-    Its AudioRing gets the same chunks as the live one, in the same order, so
-    a step's window is cut the way `AudioView.window_ending` cuts it.
+    It decodes the file's audio itself (an audio-only pass: the same chunks,
+    times and samples as the analysis's decoder), so it can run up to
+    VOICE_LEAD steps ahead of the ticks and give the speech detector full
+    batches: a step's 32 detector calls then run once per VOICE_BATCH steps
+    instead of once per step. Its AudioRing gets the same chunks as the live
+    one, so a step's window is cut the way `AudioView.window_ending` cuts it.
     """
 
-    def __init__(self, analyzer: Analyzer, first_step: int) -> None:
+    def __init__(self, analyzer: Analyzer, first_step: int, path: str, stop: threading.Event) -> None:
         self.perceiver = analyzer.perceiver
         self.backend = analyzer.backend
         # A person baseline changes step by step with what the ticks heard: the tick encodes then.
         self.encode = analyzer.baseline is None
         self.step_s = analyzer.step_s
-        self._in: queue.Queue = queue.Queue(maxsize=4 * DECODE_AHEAD)
+        self._path = path
+        self._stop = stop
         self._cv = threading.Condition()
         self._results: dict[int, tuple[np.ndarray, VoiceStep, np.ndarray | None]] = {}
         self._next_k = first_step
@@ -194,14 +198,6 @@ class _VoiceAhead:
         self.hits = self.misses = 0
         self._thread = threading.Thread(target=self._run, name="merlb-voice", daemon=True)
         self._thread.start()
-
-    def feed(self, samples: np.ndarray | None, t: float | None) -> None:
-        while not self._done:        # a voice thread that died must not block the decoder
-            try:
-                self._in.put((samples, t), timeout=0.2)
-                return
-            except queue.Full:
-                continue
 
     def _window_end(self, k: int) -> int | None:
         """Ring index just after step k's window, once the audio has reached it."""
@@ -219,13 +215,18 @@ class _VoiceAhead:
 
     def _run(self) -> None:
         try:
-            while True:
-                samples, t = self._in.get()
-                if samples is None:
-                    break
-                self.ring.write(samples, t)
-                if self._in.qsize() == 0 or self._ready() >= VOICE_BATCH:
+            for item in iter_media(self._path, video=False, stop=self._stop, on_warning=lambda _: None):
+                self.ring.write(item.samples, item.t)
+                if self._ready() >= VOICE_BATCH:
                     self._compute()
+                    with self._cv:    # far enough ahead: wait for the ticks (bounded memory)
+                        while len(self._results) >= VOICE_LEAD and not self._stop.is_set():
+                            self._cv.wait(0.2)
+                if self._stop.is_set():
+                    return
+            self._compute()
+        except MediaError as e:     # no audio track, or none that decodes: the ticks find no audio either
+            log.debug("no voice steps ahead: %s", e)
         except Exception:  # noqa: BLE001 - the ticks then compute their voice steps themselves
             log.exception("voice steps ahead failed; computing them per tick")
         finally:
@@ -235,7 +236,7 @@ class _VoiceAhead:
 
     def _ready(self) -> int:
         n = 0
-        while self._window_end(self._next_k + n) is not None:
+        while n < VOICE_BATCH and self._window_end(self._next_k + n) is not None:
             n += 1
         return n
 
@@ -257,7 +258,8 @@ class _VoiceAhead:
             speech = [n for n, s in enumerate(steps) if s.present and self.encode]
             embs: list[np.ndarray | None] = [None] * len(steps)
             if speech:
-                enc = self.backend.encode("voice", np.stack([steps[n].feature for n in speech]))
+                feats = np.stack([steps[n].feature for n in speech])
+                enc = _encode(self.backend, "voice", feats)
                 for m, n in enumerate(speech):
                     embs[n] = enc[m]
             with self._cv:
@@ -272,6 +274,7 @@ class _VoiceAhead:
         with self._cv:
             for old in [j for j in self._results if j < k]:
                 del self._results[old]
+            self._cv.notify_all()
 
     def get(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None] | None:
         """Step k's result if it was computed from exactly this window; older steps are dropped."""
@@ -280,6 +283,7 @@ class _VoiceAhead:
                 self._cv.wait(0.5)
             self.forget_before(k)
             hit = self._results.pop(k, None)
+            self._cv.notify_all()
         if hit is not None and np.array_equal(hit[0], window):
             self.hits += 1
             return hit[1], hit[2]
@@ -287,10 +291,6 @@ class _VoiceAhead:
         return None
 
     def close(self) -> None:
-        try:
-            self._in.put_nowait((None, None))
-        except queue.Full:
-            pass
         self._thread.join(timeout=5.0)
 
 
@@ -300,7 +300,7 @@ class BatchedAnalyzer(Analyzer):
     Two sides, each on one thread: perception (`tick_later`, `after_event`,
     `take_batch`) runs the face mesh and the ring exactly as a live tick
     does, keeping each tick's window with its new face crops unencoded;
-    answering (`answer`) encodes a batch's crops (FACE_BATCH at a time),
+    answering (`answer`) encodes a batch's crops (ENCODER_BATCH at a time),
     runs the sequence model over its windows in one call and feeds the
     state tracker in order.
     """
@@ -354,8 +354,7 @@ class BatchedAnalyzer(Analyzer):
 
     def answer(self, batch: _Batch) -> list[OfflineTick]:
         if batch.crops:
-            embs = np.concatenate([self.backend.encode("face", np.stack(batch.crops[a:a + FACE_BATCH])[:, None])
-                                   for a in range(0, len(batch.crops), FACE_BATCH)])
+            embs = _encode(self.backend, "face", np.stack(batch.crops)[:, None])
             self._faces.update({batch.first_id + j: e for j, e in enumerate(embs)})
         for p in batch.ticks:
             if "face" in p.embs:
@@ -443,6 +442,11 @@ class _Answerer:
         self._thread.join(timeout=10.0)
 
 
+def _encode(backend: Any, modality: str, x: np.ndarray) -> np.ndarray:
+    """Embeddings of many inputs, ENCODER_BATCH per encoder call."""
+    return np.concatenate([backend.encode(modality, x[a:a + ENCODER_BATCH]) for a in range(0, len(x), ENCODER_BATCH)])
+
+
 def _same_window(a: _Pending, b: _Pending) -> bool:
     return np.array_equal(a.mask, b.mask) and all(np.array_equal(a.embs[m], b.embs[m]) for m in a.embs)
 
@@ -463,9 +467,9 @@ def iter_ticks(analyzer: BatchedAnalyzer, path: str, rate: float, *, max_width: 
     audio = AudioView(ring)
     voice = None
     if analyzer.perceiver.enabled["voice"]:
-        voice = _VoiceAhead(analyzer, int(math.floor(start / analyzer.step_s)) - analyzer.T)
+        voice = _VoiceAhead(analyzer, int(math.floor(start / analyzer.step_s)) - analyzer.T, path, halt)
         analyzer.voice_ahead = voice
-    decoder = _Decoder(path, rate, max_width=max_width, start=start, next_t=next_t, voice=voice, stop=halt,
+    decoder = _Decoder(path, rate, max_width=max_width, start=start, next_t=next_t, stop=halt,
                        thumbs=analyzer.reuse_unchanged and analyzer.perceiver.enabled["face"])
     answers = _Answerer(analyzer)
     try:

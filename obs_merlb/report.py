@@ -17,7 +17,17 @@ memory whatever the recording's length, and writes into DIR:
 and prints the report's path. A long run keeps a checkpoint in DIR: run
 the same command again after an interruption and it continues where it
 stopped (obs_merlb/resume.py). A recording cut off mid-file (OBS crashed) is
-analysed up to the cut, with a note.
+analysed up to the cut, with a warning on the terminal and in the report.
+
+DIR is checked before any work. The rows grow under hidden partial names
+and the four outputs take their names together at the end (a full disk
+fails before any of them is replaced), so DIR holds one run's complete
+outputs, never a mix of two runs or a timeline cut short.
+
+Exit codes: 0 done; 2 the command cannot start (a file that is not usable
+media, or has no video; an unusable DIR); 1 stopped while running (the disk
+filled up: run the command again to continue from the checkpoint); 130
+interrupted.
 """
 from __future__ import annotations
 
@@ -27,7 +37,9 @@ import html
 import io
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -48,17 +60,27 @@ from obs_merlb.offline import BatchedAnalyzer, iter_ticks
 from obs_merlb.palette import EMOTION_COLORS, UNCERTAIN_COLOR
 from obs_merlb.model_check import load_checked
 from obs_merlb.state import StateConfig, StateTracker, highlight_event
-from obs_merlb.timeline import JSONL_NAME, PlotSeries, TimelineWriter, iter_rows, row_from_event
+from obs_merlb.timeline import JSONL_NAME, PlotSeries, TimelineWriter, iter_rows, publish, row_from_event
 
 log = logging.getLogger(__name__)
 
 # Overlay-consistent colours per emotion, so a streamer reads the report like the overlay.
 COLOURS = {**EMOTION_COLORS, "uncertain": UNCERTAIN_COLOR}
 CHECKPOINT = ".analyze-checkpoint.json"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2       # 2: rows grow under partial names
 # A resumed run restarts this much media before its checkpoint and drops the
 # overlap: the ring's T steps (2 s) and their voice windows (1 s) refill.
 WARMUP_S = 4.0
+JSON_NAME = "timeline.json"
+HTML_NAME = "report.html"
+
+
+class OutputError(Exception):
+    """An output folder that cannot take the results: one line, and the exit code to give."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,8 +152,8 @@ def _fmt_t(t: float) -> str:
     return f"{h:d}:{m:02d}:{s:04.1f}" if h else f"{m:d}:{s:04.1f}"
 
 
-def write_html(path: Path, meta: dict[str, Any], counts: dict[str, int],
-               highlights: list[dict[str, Any]], plots: dict[str, str]) -> None:
+def render_html(meta: dict[str, Any], counts: dict[str, int],
+                highlights: list[dict[str, Any]], plots: dict[str, str]) -> str:
     total = max(1, sum(counts.values()))
     summary = "".join(f"<tr><td><span class='sw' style='background:{COLOURS.get(k, UNCERTAIN_COLOR)}'></span>"
                       f"{html.escape(k)}</td><td>{100.0 * v / total:.1f}%</td></tr>"
@@ -166,13 +188,27 @@ model {html.escape(meta['model'])}; {html.escape(meta['created'])}.</p>
 Labels are "uncertain" where the model's smoothed confidence was below {meta['threshold']:.2f}.</p>
 </body></html>
 """
-    path.write_text(doc, encoding="utf-8")
+    return doc
 
 
 def default_out_dir(file: Path) -> Path:
     """Reports go to the user data dir, beside the session logs: always writable,
     and never inside a read-only recordings share or the source checkout."""
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "reports" / file.stem
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that cannot take the results, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder; give a folder for the report", 2)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe_path = tempfile.mkstemp(prefix=".merlb-write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe_path)
+    except OSError as e:
+        raise OutputError(f"cannot write into {out} ({e.strerror or e}); give a writable folder with --out", 2) \
+            from e
 
 
 def _job(file: Path, model_dir: Path, rate: float, body: bool) -> dict[str, Any]:
@@ -202,9 +238,9 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     file = Path(file)
     info = probe(file)  # a clear error before any model loads
     if not info.has_video:
-        raise SystemExit(f"merlb analyze: {file} has no video track")
+        raise MediaError(file, "has no video track (merlb analyze reads faces and voice from a video)")
     out = Path(out_dir) if out_dir else default_out_dir(file)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     cap_threads(1)
     backend, model_problems = load_checked(lambda d: load_backend(d, device=device, threads=1), model, "analyze")
     for problem in model_problems:
@@ -213,6 +249,10 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     job = _job(file, model_dir, rate, body)
     ckpt_path = out / CHECKPOINT
     ckpt = None if restart else resume.load(ckpt_path, job)
+    if ckpt is not None and not _rows_kept(out, ckpt["offsets"]):
+        ckpt = None          # its rows were overwritten (another recording's run began here): start afresh
+    if ckpt is None:
+        resume.remove(ckpt_path)      # this run's rows replace whatever partial rows it pointed to
     tracker, detector = StateTracker(StateConfig()), PeakDetector()
     highlights: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -224,7 +264,10 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
         highlights, notes = ckpt["highlights"], ckpt["notes"]
         start, next_t = ckpt["warm_start"], ckpt["warm_next_t"]
         done_t, wall_before = ckpt["t"], ckpt["wall_s"]
-    writer = TimelineWriter(out, resume=tuple(ckpt["offsets"]) if ckpt else None)
+    try:
+        writer = TimelineWriter(out, resume=tuple(ckpt["offsets"]) if ckpt else None)
+    except (OSError, ValueError) as e:
+        raise OutputError(f"cannot write the timeline in {out} ({getattr(e, 'strerror', None) or e})", 2) from e
     analyzer = BatchedAnalyzer(backend, tracker, body=body)
     analyzer.quiet_until = done_t
     duration = info.duration or 0.0
@@ -233,6 +276,13 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     next_ckpt = last_t + checkpoint_every_s
     wall0 = time.monotonic()
     stopped = False
+
+    def written_up_to(e: OSError) -> OutputError:
+        saved = resume.load(ckpt_path, job)
+        again = (f"free some space and run the same command again: it continues from {clock(saved['t'])}"
+                 if saved else "free some space and run the same command again")
+        return OutputError(f"cannot write into {out} at {clock(last_t)} of the recording ({e.strerror or e}); "
+                           f"{again}", 1)
 
     def checkpoint(state: StateTracker) -> None:
         warm_t, warm_next = recent[0] if recent else (0.0, 0.0)
@@ -253,14 +303,20 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
                 if tick.result is None:          # warm-up before the checkpoint: already written
                     continue
                 ev = tick.result.event
-                writer.write(row_from_event(ev))
+                try:
+                    writer.write(row_from_event(ev))
+                except OSError as e:
+                    raise written_up_to(e) from e
                 for h in detector.update(ev["t"], ev["arousal_score"], ev["label"], ev["confidence"]):
                     highlights.append(highlight_event(h.t, h.kind, h.score, h.label, False, False))
                 last_t = tick.t
                 bar.update(last_t)
                 stopping = stop_after_s is not None and last_t >= stop_after_s
                 if tick.state is not None and (last_t >= next_ckpt or stopping):
-                    checkpoint(tick.state)
+                    try:
+                        checkpoint(tick.state)
+                    except OSError as e:
+                        raise written_up_to(e) from e
                     next_ckpt = last_t + checkpoint_every_s
                     if stopping:
                         stopped = True
@@ -269,32 +325,61 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
             if cut is not None and not stopped:
                 notes.append(cut)
             for note in notes:
-                bar.note(f"merlb analyze: note: {note}")
+                bar.note(f"merlb analyze: warning: {note}")
     except KeyboardInterrupt:
-        writer.close()
+        _close(writer)
         print(f"merlb analyze: interrupted; run the same command again to continue from {clock(last_t)}",
               file=sys.stderr)
         raise
+    except OutputError:
+        _close(writer)
+        raise
     finally:
         analyzer.close()
-    if stopped:
+    try:
         writer.close()
+    except OSError as e:
+        raise written_up_to(e) from e
+    if stopped:
         return None
-    writer.close()
     wall = wall_before + time.monotonic() - wall0
-    analysed = max(last_t, min(info.duration or last_t, last_t + 1.0 / rate))
+    # The last analysed frame stands for a tick, or for as long as the file shows it (1 fps slides).
+    shown = max(1.0 / rate, 1.0 / info.fps if info.fps else 0.0)
+    analysed = max(last_t, min(info.duration or last_t, last_t + shown))
     meta = {"file": str(file.resolve()), "file_name": file.name, "duration_s": analysed,
             "wall_s": wall, "realtime_factor": analysed / wall if wall > 0 else float("inf"), "rate_hz": rate,
             "frames_analysed": writer.rows, "backend": backend.name, "model": str(model_dir),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "threshold": tracker.config.threshold,
             "warnings": notes, "errors": notes, "rows": JSONL_NAME, "schema": 2}
-    (out / "timeline.json").write_text(json.dumps({"meta": meta, "highlights": highlights}), encoding="utf-8")
     series = PlotSeries(analysed)
-    for row in iter_rows(out / JSONL_NAME):
+    for row in iter_rows(writer.jsonl_path):
         series.add(row)
-    write_html(out / "report.html", meta, series.label_counts, highlights, make_plots(series, highlights, 1.0 / rate))
+    page = render_html(meta, series.label_counts, highlights, make_plots(series, highlights, 1.0 / rate))
+    try:
+        publish(list(zip((writer.csv_path, writer.jsonl_path), writer.final_paths)),
+                [(out / JSON_NAME, json.dumps({"meta": meta, "highlights": highlights})), (out / HTML_NAME, page)])
+    except OSError as e:
+        raise written_up_to(e) from e
     resume.remove(ckpt_path)
-    return out / "report.html"
+    if info.duration and analysed < 0.9 * info.duration - 0.2:
+        print(f"merlb analyze: warning: only {clock(analysed)} of the {clock(info.duration)} the file declares "
+              f"could be analysed ({100.0 * analysed / info.duration:.0f}%); the report covers that part",
+              file=sys.stderr)
+    return out / HTML_NAME
+
+
+def _rows_kept(out: Path, offsets: list[int]) -> bool:
+    """Whether the partial rows a checkpoint counts are still on disk."""
+    return all(path.is_file() and path.stat().st_size >= size
+               for path, size in zip(TimelineWriter.partial_paths(out), offsets[:2]))
+
+
+def _close(writer: TimelineWriter) -> None:
+    """Close after a failure: a full disk may refuse the last buffered bytes too."""
+    try:
+        writer.close()
+    except OSError:
+        pass
 
 
 def run(args: argparse.Namespace) -> int:
@@ -305,6 +390,9 @@ def run(args: argparse.Namespace) -> int:
     except MediaError as e:
         print(f"merlb analyze: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"merlb analyze: {e}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         return 130
     print(report)

@@ -3,8 +3,11 @@
 Two files grow row by row, one row per analysed frame: `timeline.csv` (for
 spreadsheets) and `timeline.jsonl` (JSON lines: one object per line, so a
 reader never loads the whole file and a crash leaves every complete line
-readable). Each write is flushed; `offsets()` gives both files' sizes at a
-row boundary, which a resumed run truncates back to.
+readable). While a run goes on they grow under hidden partial names
+(`PARTIAL_PREFIX`), and `publish` gives them their own names once the run
+is complete, so a folder never shows a timeline that stops short.
+`offsets()` gives both files' sizes at a row boundary, which a resumed run
+truncates back to.
 
 `PlotSeries` reduces the rows, in one pass, to what a screen shows: about
 1,000 time buckets, each keeping its minimum and maximum (a spike survives
@@ -16,8 +19,9 @@ import csv
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +32,7 @@ JSONL_NAME = "timeline.jsonl"
 COLUMNS = (["t", "label", "confidence", "visible", "face_present", "speech", "valence_score", "arousal_score"]
            + [f"p_{e}" for e in EMOTIONS] + [f"valence_{v}" for v in VALENCE]
            + [f"arousal_{a}" for a in AROUSAL] + [f"share_{m}" for m in MODALITIES])
+PARTIAL_PREFIX = ".partial-"   # a run's rows until it is complete
 PLOT_BUCKETS = 1000            # x 2 points (min and max) per line: about a screen's width
 
 
@@ -45,16 +50,17 @@ def row_from_event(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 class TimelineWriter:
-    """Appends rows to timeline.csv and timeline.jsonl in ``folder``.
+    """Appends rows to the partial timeline.csv and timeline.jsonl in ``folder``.
 
     ``resume`` = (csv bytes, jsonl bytes, rows) from `offsets()` continues
     files an interrupted run left, cut back to that row; otherwise both
-    files start empty.
+    files start empty. `final_paths` are the names `publish` gives them.
     """
 
     def __init__(self, folder: str | os.PathLike, resume: tuple[int, int, int] | None = None) -> None:
         folder = Path(folder)
-        self.csv_path, self.jsonl_path = folder / CSV_NAME, folder / JSONL_NAME
+        self.final_paths = (folder / CSV_NAME, folder / JSONL_NAME)
+        self.csv_path, self.jsonl_path = self.partial_paths(folder)
         if resume is not None:
             for path, size in ((self.csv_path, resume[0]), (self.jsonl_path, resume[1])):
                 if not path.is_file() or path.stat().st_size < size:
@@ -70,6 +76,11 @@ class TimelineWriter:
         if resume is None:
             self._w.writeheader()
             self._take_csv()
+
+    @staticmethod
+    def partial_paths(folder: str | os.PathLike) -> tuple[Path, Path]:
+        """Where a run's rows grow (csv, jsonl) until `publish` names them."""
+        return Path(folder) / (PARTIAL_PREFIX + CSV_NAME), Path(folder) / (PARTIAL_PREFIX + JSONL_NAME)
 
     def _take_csv(self) -> None:
         self._csv.write(self._buf.getvalue().encode("utf-8"))
@@ -94,6 +105,33 @@ class TimelineWriter:
     def close(self) -> None:
         self._csv.close()
         self._jsonl.close()
+
+
+def publish(moves: Sequence[tuple[Path, Path]], texts: Sequence[tuple[Path, str]]) -> None:
+    """A run's outputs take their names together: files in ``moves`` (source, name) and
+    ``texts`` (name, content), the texts written to hidden files first, so a full disk
+    fails before any output of an earlier run is replaced."""
+    written: list[tuple[Path, Path]] = []
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        for final, text in texts:
+            fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX + final.name + ".", dir=final.parent)
+            written.append((Path(tmp), final))
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o666 & ~mask)      # a report, not a secret: the usual mode
+                fh.write(text.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        for src, final in [*moves, *written]:
+            os.replace(src, final)
+    except BaseException:
+        for tmp, _ in written:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
 
 
 def iter_rows(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

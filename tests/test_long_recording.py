@@ -37,8 +37,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "timeline.jsonl").read_text().splitlines()]
+def _rows(out: Path, name: str = "timeline.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (out / name).read_text().splitlines()]
+
+
+def _partial_rows(out: Path) -> list[dict]:
+    """The rows an unfinished run has written (they take their own name when it completes)."""
+    from obs_merlb.timeline import JSONL_NAME, PARTIAL_PREFIX
+
+    assert not (out / JSONL_NAME).exists()
+    return _rows(out, PARTIAL_PREFIX + JSONL_NAME)
 
 
 def _highlights(out: Path) -> list[tuple]:
@@ -110,7 +118,7 @@ def test_interrupted_analysis_continues_where_it_stopped(minute: Path, reference
     out = tmp_path / "out"
     assert analyze(minute, out, str(MODEL), progress=False, checkpoint_every_s=5.0, stop_after_s=25.0) is None
     assert (out / CHECKPOINT).is_file() and not (out / "report.html").exists()
-    partial = _rows(out)
+    partial = _partial_rows(out)
     assert 20.0 <= partial[-1]["t"] < 40.0
     assert analyze(minute, out, str(MODEL), progress=False) == out / "report.html"
     assert not (out / CHECKPOINT).exists()
@@ -198,12 +206,12 @@ def test_recording_cut_off_mid_file_is_analysed_up_to_the_cut(tmp_path: Path) ->
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    note = [line for line in proc.stderr.splitlines() if line.startswith("merlb analyze: note:")]
+    note = [line for line in proc.stderr.splitlines() if line.startswith("merlb analyze: warning:")]
     assert len(note) == 1 and "cut off" in note[0]
     rows = _rows(out)
     assert 20.0 < rows[-1]["t"] <= 51.0     # four loops of 12.7 s were written; the tail never reached the disk
     meta = json.loads((out / "timeline.json").read_text())["meta"]
-    assert meta["warnings"] == [note[0].removeprefix("merlb analyze: note: ")]
+    assert meta["warnings"] == [note[0].removeprefix("merlb analyze: warning: ")]
     assert "cut off" in (out / "report.html").read_text()
 
 

@@ -169,6 +169,9 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         audio_t0: float | None = None
         audio_n = 0
         last_vt: float | None = None
+        # The last frame is shown for a frame period: at 1 fps a complete 3 s file's
+        # last frame starts at 2 s, which must not read as a file cut short.
+        v_period = float(1 / v.average_rate) if v is not None and v.average_rate else 0.0
         yielded = 0
         v_done, a_done = v is None, a is None
         wall0 = time.monotonic()
@@ -262,7 +265,7 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         # FFmpeg often reaches a cut-off stream's end without an error; the
         # header's duration is what tells a truncated file from a short one.
         declared = container.duration / 1e6 if container.duration else None
-        got = _reached(last_vt, audio_t0, audio_n)
+        got = _reached(None if last_vt is None else last_vt + v_period, audio_t0, audio_n)
         if declared and (end is None or end > got) and got < 0.9 * declared - 0.2:
             warn(f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
                  f"{declared:.2f} s; it looks truncated, keeping what decoded")

@@ -2,7 +2,9 @@
 
 Recordings go through the same cached preprocessing as `merlb train`; with
 frozen encoders their per-step embeddings are computed once and batches are
-cut from those instead of the raw steps.
+cut from those instead of the raw steps. A recording's large arrays are read
+by step range from disk (rowfiles.py), so hours of recordings cost memory
+for the windows in use, not for the hours.
 """
 from __future__ import annotations
 
@@ -18,18 +20,20 @@ from obs_merlb.calibration import Calibration, modality_sets
 from obs_merlb.labels import MODALITIES
 from obs_merlb.model.merlb import IGNORE
 
-from ..data import augment_face, augment_voice, load_records, to_float
+from ..data import augment_face, augment_voice, to_float
 from ..datasets import Item
-from ..preprocess import STEP_SHAPES, prepare
+from ..preprocess import PER_STEP, STEP_SHAPES, prepare
 from .progress import Progress
+from .rowfiles import recording_arrays
 from .windows import Session, Window
 
 
 @dataclass
 class RecordingSteps:
-    """All steps of one recording (storage dtypes) and, with frozen encoders, their embeddings."""
+    """All steps of one recording (storage dtypes; large ones as `RowFile`s, read by
+    step range) and, with frozen encoders, their embeddings."""
 
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, Any]
     embs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -53,7 +57,7 @@ def preprocess_sessions(sessions: Sequence[Session], cache: Path, settings: Any,
         prep = prepare(s.recording.parent, cache, fmt="csv", settings=settings, items=[item],
                        workers=workers, quiet=True)
         if prep.items:
-            out.append(RecordingSteps(load_records(prep).arrays[0]))
+            out.append(RecordingSteps(recording_arrays(prep.shards[0], prep.keys[0], cache, PER_STEP)))
         else:
             out.append(None)
             failed[str(s.recording)] = next(iter(prep.failed.values()), "unreadable")
