@@ -5,6 +5,11 @@ Each command lives in its own module exposing
 `run(args: argparse.Namespace) -> int`. The module is imported only when its
 command is chosen, so `merlb --help` answers at once instead of paying for
 torch and mediapipe imports.
+
+Bad input gets one line and exit code 2: a command returns `refuse(...)`, or
+raises SystemExit("what is wrong") from however deep, and `main` prints it as
+`merlb COMMAND: what is wrong`. Flag values are checked by their argparse
+type (`positive_int`, `positive_float`, `setting_type`).
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ import logging
 import logging.handlers
 import os
 import sys
+from typing import Callable
+
+from obs_merlb.settings import SettingError, check_setting
 
 # `--log-file`: a web page or a stuck loop must not fill the disk through the worker's log.
 LOG_FILE_BYTES = 5 * 2**20
@@ -87,7 +95,57 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[argv.index(known.command) + 1:]
     args = parser.parse_args(rest)
     setup_logging(args.verbose or known.verbose, args.log_file or known.log_file)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except SystemExit as e:
+        # The commands' checks, however deep, refuse bad input with SystemExit("what is wrong");
+        # here it gets the command's name and the exit code of bad input.
+        if not isinstance(e.code, str):
+            raise
+        return refuse(known.command, e.code)
+
+
+def refuse(command: str, message: str) -> int:
+    """Bad input: one line `merlb COMMAND: message` on stderr; returns 2, the exit code of bad input.
+
+    A message that already names a `merlb` command is printed as it is, not prefixed twice.
+    """
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(line if line.startswith(("merlb ", "merlb:")) else f"merlb {command}: {line}", file=sys.stderr)
+    return 2
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """argparse type for durations and sizes: a finite number above 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return v
+
+
+def setting_type(key: str) -> Callable[[str], float]:
+    """argparse type for a flag that sets the engine setting `key`, checked against its range in settings.py."""
+    def parse(text: str) -> float:
+        try:
+            return check_setting(key, text)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def setup_logging(verbose: bool, log_file: str | None) -> None:

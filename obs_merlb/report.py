@@ -38,6 +38,7 @@ import platformdirs
 
 from obs_merlb import resume
 from obs_merlb.capture.file import MediaError, probe, undeclared_length_note
+from obs_merlb.cli import positive_float, refuse, setting_type
 from obs_merlb.config import APP_NAME
 from obs_merlb.engine import cap_threads
 from obs_merlb.highlights import PeakDetector
@@ -66,12 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (default: <user data dir>/obs-merlb/reports/<file stem>)")
     parser.add_argument("--model", help="saved model folder (default: assets/model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda / cuda:N")
-    parser.add_argument("--rate", type=float, default=15.0, help="frames analysed per second of video (default 15)")
+    parser.add_argument("--rate", type=setting_type("rate"), default=15.0, help="frames analysed per second of video (default 15)")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.add_argument("--restart", action="store_true",
                         help="start from the beginning even if an interrupted run left a checkpoint")
-    parser.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--checkpoint-every", type=positive_float, default=60.0, metavar="SECONDS",
                         help="media seconds between checkpoints of a resumable run (default 60)")
 
 
@@ -301,8 +302,7 @@ def run(args: argparse.Namespace) -> int:
                          body=not args.no_body, progress=not args.no_progress, restart=args.restart,
                          checkpoint_every_s=args.checkpoint_every)
     except MediaError as e:
-        print(f"merlb analyze: {e}", file=sys.stderr)
-        return 2
+        return refuse("analyze", str(e))
     except KeyboardInterrupt:
         return 130
     print(report)

@@ -29,9 +29,10 @@ import numpy as np
 
 from obs_merlb.calibration import (MIN_SAMPLES, Calibration, ece, fit_temperature, modality_sets, nll,
                                    save_calibration, scale)
+from obs_merlb.cli import refuse
 from obs_merlb.labels import IGNORE
 
-from .datasets import HEADS
+from .datasets import HEADS, DatasetError
 
 
 def window_probs(model, records, key_segments: int | None = None,
@@ -209,8 +210,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    report = calibrate(args.model, args.faces, args.voices, args.pairs, args.cache, args.out,
-                       write=not args.dry_run, seed=args.seed, quiet=args.json)
+    try:
+        report = calibrate(args.model, args.faces, args.voices, args.pairs, args.cache, args.out,
+                           write=not args.dry_run, seed=args.seed, quiet=args.json)
+    except DatasetError as e:
+        return refuse("calibrate", str(e))
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     return 0

@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .datasets import FORMATS, HEADS
+from obs_merlb.cli import refuse
+
+from .datasets import FORMATS, HEADS, DatasetError
 
 FUSIONS = ("early", "late", "joint", "deep", "tt")
 FUSION_NAMES = {"early": "Early", "late": "Late", "joint": "Joint", "deep": "Deep", "tt": "Ours (TT)"}
@@ -125,5 +127,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise SystemExit(f"unknown fusion types {sorted(bad)}; choose from {FUSIONS}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip() in ("multi", "single")]
-    run_grid(cfg, args.out, fusions, tasks or ("multi", "single"))
+    try:
+        run_grid(cfg, args.out, fusions, tasks or ("multi", "single"))
+    except DatasetError as e:
+        return refuse("experiments", str(e))
     return 0

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from obs_merlb.cli import refuse
 from obs_merlb.labels import MODALITIES
 from obs_merlb.perception.baseline import BandStats, Prior
 
 from . import balance
 from .data import (Collate, PairedDataset, PersonBaselines, Records, StepDataset, blend_original, head_targets,
                    load_records, predict, voice_band_std, voice_stats)
-from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe, split_items
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, split_items
 from .device_batches import DeviceImageBatches
 from .metrics import mean_macro_f1, score
 from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
@@ -148,10 +149,19 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        """The run config in a TOML file; SystemExit with one line naming the file (and line) when unusable."""
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+            cfg = cls.from_dict(doc)
+        except OSError as e:
+            raise SystemExit(f"--config {path}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise SystemExit(f"--config {path}: not UTF-8 text") from None
+        except ValueError as e:
+            # A TOMLDecodeError (a ValueError) ends "(at line N, column M)"; from_dict's names unknown settings.
+            raise SystemExit(f"--config {path}: {e}") from None
         base = Path(path).parent
-        cfg = cls.from_dict(doc)
         # Relative data paths in a recipe are relative to the recipe, not to the shell.
         cfg.data = [_rel(base, p) for p in cfg.data]
         cfg.val_data = [_rel(base, p) for p in cfg.val_data]
@@ -465,6 +475,12 @@ def train(cfg: TrainConfig, quiet: bool = False,
     from obs_merlb.model.io import save_model
     from obs_merlb.model.merlb import multitask_loss
 
+    if cfg.epochs < 1:
+        raise SystemExit(f"epochs is how many passes over the training data, 1 or more; got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise SystemExit(f"batch_size is how many windows a step learns from, 1 or more; got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise SystemExit(f"lr is the learning rate, above 0; got {cfg.lr}")
     if not 0.0 <= cfg.pair_mismatch <= 1.0:
         raise SystemExit(f"pair_mismatch is a share of the pairs, 0 to 1; got {cfg.pair_mismatch}")
     if not 0.0 <= cfg.face_erase <= 1.0:
@@ -839,5 +855,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    train(config_from_args(args))
+    try:
+        train(config_from_args(args))
+    except DatasetError as e:
+        return refuse("train", str(e))
     return 0

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from obs_merlb import config as cfgmod
 from obs_merlb import registry
+from obs_merlb.cli import refuse
 from obs_merlb.registry import default_model_dir
 from obs_merlb.model.config import load_config
 from obs_merlb.panel.protocol import request_reload, worker_url
@@ -161,8 +162,7 @@ def run(args: argparse.Namespace) -> int:
             return cmd_list(args, progress)
         if action in ("rollback", "activate"):
             if action == "activate" and not rest:
-                progress.message("[red]activate needs a VERSION[/] (see `merlb personalize list`)")
-                return 2
+                raise SystemExit("activate needs a VERSION (see `merlb personalize list`)")
             return cmd_activate(args, progress, rest[0] if rest else None, rollback=action == "rollback")
         args.paths = rest
         if action == "review" or args.review:
@@ -175,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except SystemExit as e:
         if isinstance(e.code, str):
-            progress.message(f"[red]{e.code}[/]")
             progress.emit({"type": "error", "message": e.code})
-            return 2
+            return refuse("personalize", e.code)
         raise
