@@ -9,7 +9,7 @@ torch and mediapipe imports.
 Bad input gets one line and exit code 2: a command returns `refuse(...)`, or
 raises SystemExit("what is wrong") from however deep, and `main` prints it as
 `merlb COMMAND: what is wrong`. Flag values are checked by their argparse
-type (`positive_int`, `positive_float`, `setting_type`).
+type (`whole_number`, `number`, `setting_type`, `device_type`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import argparse
 import importlib.util  # binds importlib too; a plain install has not imported .util for us
 import logging
 import logging.handlers
+import math
 import os
+import re
 import sys
 from typing import Callable
 
@@ -26,6 +28,8 @@ from obs_merlb.settings import SettingError, check_setting
 # `--log-file`: a web page or a stuck loop must not fill the disk through the worker's log.
 LOG_FILE_BYTES = 5 * 2**20
 LOG_FILE_BACKUPS = 2
+
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -115,26 +119,41 @@ def refuse(command: str, message: str) -> int:
     return 2
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts: a whole number of 1 or more."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return n
+def whole_number(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """argparse type for a count or a port: a whole number from `low` (to `high`)."""
+    rule = f"a whole number of {low} or more" if high is None else f"a whole number from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return n
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type for durations and sizes: a finite number above 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
-    return v
+def number(low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite number from `low` (or above it, when `above`) to `high`."""
+    rule = f"a number {'above' if above else 'from'} {low:g}" + ("" if high is None else f" to {high:g}")
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (v > low if above else v >= low) or not v <= (math.inf if high is None else high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return v
+
+    return parse
+
+
+positive_int = whole_number(1)
+positive_float = number(0, above=True)
+port = whole_number(0, 65535)
 
 
 def setting_type(key: str) -> Callable[[str], float]:
@@ -144,6 +163,18 @@ def setting_type(key: str) -> Callable[[str], float]:
             return check_setting(key, text)
         except SettingError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def device_type(*, auto: bool = False) -> Callable[[str], str]:
+    """argparse type for --device: cpu, cuda or cuda:N (and `auto` where the command picks one)."""
+    names = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
+
+    def parse(text: str) -> str:
+        if not (DEVICE.fullmatch(text) or (auto and text == "auto")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a device: {names}")
+        return text
 
     return parse
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obs_merlb import config as merlb_config
-from obs_merlb.cli import refuse
+from obs_merlb.cli import refuse, whole_number
 from obs_merlb.obs_client import DEFAULT_HOST, DEFAULT_PORT
 from obs_merlb.overlay.native import TEXT_SOURCE as OVERLAY_TEXT
 from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
@@ -674,7 +674,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--script", default=str(script_source_path()),
                         help="path of obs_script.py OBS should load")
     parser.add_argument("--camera", help="camera source name to preselect")
-    parser.add_argument("--port", type=int, help=f"obs-websocket port when enabling it "
+    parser.add_argument("--port", type=whole_number(1, 65535), help=f"obs-websocket port when enabling it "
                         f"(default: OBS's, else {DEFAULT_PORT})")
     parser.add_argument("--add-overlay", choices=["browser", "text"],
                         help="also add the overlay to a scene: browser source or native text")

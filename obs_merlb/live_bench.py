@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from obs_merlb.cli import positive_float, positive_int, refuse, setting_type
+from obs_merlb.cli import device_type, positive_float, positive_int, refuse, setting_type
 
 
 def add_arguments(group: Any) -> None:
@@ -40,7 +40,7 @@ def add_arguments(group: Any) -> None:
     group.add_argument("--seconds", type=positive_float, default=12.0,
                        help="length of the paced latency run (default 12 s; the file loops if shorter)")
     group.add_argument("--seed-frames", type=positive_int, default=10, help="frames through the seed-style path (default 10)")
-    group.add_argument("--device", default="cpu", help="cpu or cuda / cuda:N")
+    group.add_argument("--device", type=device_type(), default="cpu", help="cpu or cuda / cuda:N")
     group.add_argument("--no-body", action="store_true", help="skip body pose")
 
 

@@ -38,8 +38,9 @@ import platformdirs
 
 from obs_merlb import resume
 from obs_merlb.capture.file import MediaError, probe, undeclared_length_note
-from obs_merlb.cli import positive_float, refuse, setting_type
+from obs_merlb.cli import device_type, positive_float, refuse, setting_type
 from obs_merlb.config import APP_NAME
+from obs_merlb.files import check_writable
 from obs_merlb.engine import cap_threads
 from obs_merlb.highlights import PeakDetector
 from obs_merlb.inference import load_backend
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a recording (any format FFmpeg reads)")
     parser.add_argument("--out", help="output folder (default: <user data dir>/obs-merlb/reports/<file stem>)")
     parser.add_argument("--model", help="saved model folder (default: assets/model)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda / cuda:N")
+    parser.add_argument("--device", type=device_type(), default="cpu", help="cpu or cuda / cuda:N")
     parser.add_argument("--rate", type=setting_type("rate"), default=15.0, help="frames analysed per second of video (default 15)")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -297,6 +298,8 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(Path(args.out), "--out")
     try:
         report = analyze(args.file, args.out, args.model, device=args.device, rate=args.rate,
                          body=not args.no_body, progress=not args.no_progress, restart=args.restart,

@@ -30,6 +30,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "broken.toml").write_text("epochs = 2\n[model\n")
     (tmp_path / "typo.toml").write_text("epochz = 2\n")
     (tmp_path / "labels.csv").write_text(f"path,start,end,label\n{DEMO},one,2,happy\n")
+    (tmp_path / "header_only.csv").write_text("path,start,end,label\n")
     return tmp_path
 
 
@@ -46,8 +47,24 @@ REFUSED = {
     "train-config-broken": (["train", "--config", "broken.toml"], "merlb train: --config broken.toml: ", "line 2"),
     "train-config-unknown": (["train", "--config", "typo.toml"],
                              "merlb train: --config typo.toml: unknown training settings: epochz"),
-    "train-epochs": (["train", "--data", str(FIX / "ravdess"), "--out", "run", "--epochs", "-1"],
-                     "merlb train: epochs ", "got -1"),
+    "train-epochs-set": (["train", "--data", str(FIX / "ravdess"), "--out", "run", "--set", "epochs=-1"],
+                         "merlb train: epochs ", "got -1"),
+    "train-out-file": (["train", "--data", str(FIX / "ravdess"), "--out", "a_file"],
+                       "merlb train: --out a_file: is a file, not a folder"),
+    "train-set-wrong-type": (["train", "--data", str(FIX / "ravdess"), "--out", "run", "--set", "epochs='x'"],
+                             "merlb train: epochs must be int, got 'x'"),
+    "train-config-device": (["train", "--data", str(FIX / "ravdess"), "--out", "run", "--set", "device='gpu'"],
+                            "merlb train: device: 'gpu' is not a device"),
+    "preprocess-no-items": (["preprocess", "header_only.csv"], "merlb preprocess: header_only.csv: no items"),
+    "calibrate-out-file": (["calibrate", "--model", str(MODEL), "--faces", "empty", "--out", "a_file"],
+                           "merlb calibrate: --out a_file: is a file, not a folder"),
+    "experiments-tasks": (["experiments", "empty", "--out", "exp", "--tasks", "single,bogus"],
+                          "merlb experiments: --tasks single,bogus: choose multi, single"),
+    "experiments-out-file": (["experiments", "empty", "--out", "a_file"], "merlb experiments: --out a_file: is a file"),
+    "analyze-out-file": (["analyze", str(DEMO), "--out", "a_file"], "merlb analyze: --out a_file: is a file"),
+    "export-out-file": (["export", str(MODEL), "--out", "a_file"], "merlb export: --out a_file: is a file"),
+    "personalize-unknown-version": (["personalize", "activate", "v999", "--no-notify"],
+                                    "merlb personalize: no model version 'v0999'"),
     "calibrate-faces-missing": (["calibrate", "--model", str(MODEL), "--faces", "missing", "--dry-run"],
                                 "merlb calibrate: missing: no such file or folder"),
     "calibrate-voices-empty": (["calibrate", "--model", str(MODEL), "--voices", "empty", "--dry-run"],
@@ -78,6 +95,16 @@ BAD_FLAGS = {
     "bench-repeat": (["bench", "--repeat", "-3"], "merlb bench: error: argument --repeat: ", "1 or more"),
     "bench-live-rate": (["bench", "live", "--video", str(DEMO), "--rate", "0"], "merlb bench: error: ", "1-30 Hz"),
     "preprocess-workers": (["preprocess", "empty", "--workers", "0"], "merlb preprocess: error: ", "1 or more"),
+    "train-epochs": (["train", "--epochs", "-1"], "merlb train: error: argument --epochs: ", "1 or more"),
+    "train-device": (["train", "--device", "bogus"], "merlb train: error: argument --device: ", "not a device"),
+    "analyze-device": (["analyze", str(DEMO), "--device", "gpu"], "merlb analyze: error: argument --device: "),
+    "live-obs-port": (["live", "--obs-port", "-5"], "merlb live: error: argument --obs-port: ", "0 to 65535"),
+    "panel-port": (["panel", "--port", "-1"], "merlb panel: error: argument --port: ", "0 to 65535"),
+    "install-obs-port": (["install-obs", "--port", "0"], "merlb install-obs: error: argument --port: ", "1 to 65535"),
+    "calibrate-pairs": (["calibrate", "--model", str(MODEL), "--pairs", "-1"], "merlb calibrate: error: "),
+    "personalize-val-fraction": (["personalize", "--val-fraction", "2"], "merlb personalize: error: ", "0 to 1"),
+    "personalize-steps": (["personalize", "--steps", "0"], "merlb personalize: error: ", "1 or more"),
+    "personalize-before": (["personalize", "--before", "-1"], "merlb personalize: error: ", "from 0"),
 }
 
 

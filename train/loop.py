@@ -20,6 +20,8 @@ import os
 import random
 import time
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from obs_merlb.cli import refuse
+from obs_merlb.cli import device_type, positive_float, positive_int, refuse
+from obs_merlb.files import check_writable
 from obs_merlb.labels import MODALITIES
 from obs_merlb.perception.baseline import BandStats, Prior
 
@@ -174,6 +177,29 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
         return cls(**doc)
+
+
+def type_problem(cfg: TrainConfig) -> str | None:
+    """The first setting whose value is not of its declared type (a TOML or --set typo), as one line."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _fits(value, hints[f.name]):
+            return f"{f.name} must be {getattr(hints[f.name], '__name__', hints[f.name])}, got {value!r}"
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    kind = typing.get_origin(hint) or hint
+    if kind is type(None):
+        return value is None
+    if kind is Any:
+        return True
+    if kind in (int, float):    # bool is an int to Python, not to a config; an int is a fine float
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _rel(base: Path, p: str) -> str:
@@ -475,6 +501,13 @@ def train(cfg: TrainConfig, quiet: bool = False,
     from obs_merlb.model.io import save_model
     from obs_merlb.model.merlb import multitask_loss
 
+    problem = type_problem(cfg)
+    if problem:
+        raise SystemExit(problem)
+    try:
+        device_type(auto=True)(cfg.device)
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"device: {e}") from None
     if cfg.epochs < 1:
         raise SystemExit(f"epochs is how many passes over the training data, 1 or more; got {cfg.epochs}")
     if cfg.batch_size < 1:
@@ -798,15 +831,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", choices=("tt", "early", "late", "joint", "deep"))
     parser.add_argument("--task", choices=("multi",) + HEADS)
     parser.add_argument("--modalities", help="comma-separated subset of " + ",".join(MODALITIES))
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--lr", type=positive_float)
     parser.add_argument("--schedule", choices=("cosine", "onecycle"))
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--max-items", type=int, help="seeded subset per dataset")
+    parser.add_argument("--max-items", type=positive_int, help="seeded subset per dataset")
     parser.add_argument("--oversample", type=int, help="seed oversampling limit")
     parser.add_argument("--pairing", action="store_true", default=None, help="add label-matched face+voice pairs")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", type=device_type(auto=True), help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--out", help="run folder")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint")
     parser.add_argument("--init", help="start from a saved model folder")
@@ -816,6 +849,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, TOML value syntax (e.g. --set model.lstm_hidden=32)")
+
+
+def parse_modalities(text: str) -> list[str]:
+    """`--modalities face,voice` as a list; SystemExit naming an unknown one."""
+    modalities = [m.strip() for m in text.split(",") if m.strip()]
+    bad = set(modalities) - set(MODALITIES)
+    if bad:
+        raise SystemExit(f"unknown modalities {sorted(bad)}; choose from {MODALITIES}")
+    return modalities
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -832,10 +874,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "init_parts", None):
         cfg.init_parts = list(args.init_parts)
     if args.modalities:
-        cfg.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-        bad = set(cfg.modalities) - set(MODALITIES)
-        if bad:
-            raise SystemExit(f"unknown modalities {sorted(bad)}; choose from {MODALITIES}")
+        cfg.modalities = parse_modalities(args.modalities)
     for kv in args.set:
         key, _, value = kv.partition("=")
         try:
@@ -855,8 +894,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    check_writable(Path(cfg.out), "--out")
     try:
-        train(config_from_args(args))
+        train(cfg)
     except DatasetError as e:
         return refuse("train", str(e))
     return 0

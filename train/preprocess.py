@@ -58,7 +58,7 @@ from obs_merlb.config import APP_NAME
 from obs_merlb.files import check_writable, write_atomic
 from obs_merlb.labels import FACE, MODALITIES
 
-from .datasets import FORMATS, DatasetError, Item, load_items
+from .datasets import FORMATS, DatasetError, Item, detect_format, load_items
 
 log = logging.getLogger(__name__)
 
@@ -514,8 +514,6 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
             items: Sequence[Item] | None = None, retry_failed: bool = False,
             limit: int | None = None, quiet: bool = False) -> Prepared:
     """Preprocess the dataset at `path` into `cache` (work already done is reused)."""
-    from .datasets import detect_format
-
     settings = settings or FeatureSettings()
     src = Path(path)
     fmt = fmt or detect_format(src)
@@ -700,8 +698,12 @@ def run(args: argparse.Namespace) -> int:
     check_writable(cache, "--out")
     for p in args.paths:
         try:
-            prep = prepare(p, cache, fmt=args.format, settings=settings, workers=args.workers,
-                           retry_failed=args.retry_failed, limit=args.limit)
+            fmt = args.format or detect_format(p)
+            items = load_items(p, fmt)
+            if not items:   # a forced --format, or a label CSV with no rows
+                raise DatasetError(f"{p}: no items in the {fmt} layout")
+            prep = prepare(p, cache, fmt=fmt, settings=settings, workers=args.workers,
+                           items=items, retry_failed=args.retry_failed, limit=args.limit)
         except DatasetError as e:
             return refuse("preprocess", str(e))
         _console().print(f"manifest: {prep.manifest}")
