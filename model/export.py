@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from obs_merlb.files import check_writable
+
 from .config import ONNX_SEQUENCE, ONNX_WHOLE, encoder_file
 from .io import load_model
 from .merlb import MERLB
@@ -110,6 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(Path(args.out), "--out")
     model = load_model(args.model_dir)
     files = export_onnx(model, args.out or args.model_dir)
     for name, path in files.items():

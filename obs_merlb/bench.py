@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from obs_merlb.cli import positive_int
 from obs_merlb.model.config import FUSIONS
 
 # The seed's TT layer: input [1,h]^3 with h = 128, output 384 values
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--model", help="saved model folder (default: a fresh model; latency does not depend on weights)")
     parser.add_argument("--fusion", default="tt", choices=list(FUSIONS), help="fusion type of a fresh model (default tt)")
-    parser.add_argument("--repeat", type=int, default=50, help="timed runs per measurement (median is reported)")
+    parser.add_argument("--repeat", type=positive_int, default=50, help="timed runs per measurement (median is reported)")
     live = parser.add_argument_group("live")
     live.add_argument("--video", help="video file to replay through the live path (bench live)")
     module = _live_module()

@@ -5,6 +5,11 @@ Each command lives in its own module exposing
 `run(args: argparse.Namespace) -> int`. The module is imported only when its
 command is chosen, so `merlb --help` answers at once instead of paying for
 torch and mediapipe imports.
+
+Bad input gets one line and exit code 2: a command returns `refuse(...)`, or
+raises SystemExit("what is wrong") from however deep, and `main` prints it as
+`merlb COMMAND: what is wrong`. Flag values are checked by their argparse
+type (`whole_number`, `number`, `setting_type`, `device_type`).
 """
 from __future__ import annotations
 
@@ -12,14 +17,20 @@ import argparse
 import importlib.util  # binds importlib too; a plain install has not imported .util for us
 import logging
 import logging.handlers
+import math
 import os
+import re
 import sys
+from typing import Callable
 
 from obs_merlb.model.config import ModelFolderError
+from obs_merlb.settings import SettingError, check_setting
 
 # `--log-file`: a web page or a stuck loop must not fill the disk through the worker's log.
 LOG_FILE_BYTES = 5 * 2**20
 LOG_FILE_BACKUPS = 2
+
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -92,8 +103,83 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except ModelFolderError as e:   # any command reading a damaged model folder: one line, not a traceback
-        print(f"merlb {known.command}: {e}", file=sys.stderr)
-        return 2
+        return refuse(known.command, str(e))
+    except SystemExit as e:
+        # The commands' checks, however deep, refuse bad input with SystemExit("what is wrong");
+        # here it gets the command's name and the exit code of bad input.
+        if not isinstance(e.code, str):
+            raise
+        return refuse(known.command, e.code)
+
+
+def refuse(command: str, message: str) -> int:
+    """Bad input: one line `merlb COMMAND: message` on stderr; returns 2, the exit code of bad input.
+
+    A message that already names a `merlb` command is printed as it is, not prefixed twice.
+    """
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(line if line.startswith(("merlb ", "merlb:")) else f"merlb {command}: {line}", file=sys.stderr)
+    return 2
+
+
+def whole_number(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """argparse type for a count or a port: a whole number from `low` (to `high`)."""
+    rule = f"a whole number of {low} or more" if high is None else f"a whole number from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return n
+
+    return parse
+
+
+def number(low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite number from `low` (or above it, when `above`) to `high`."""
+    rule = f"a number {'above' if above else 'from'} {low:g}" + ("" if high is None else f" to {high:g}")
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (v > low if above else v >= low) or not v <= (math.inf if high is None else high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return v
+
+    return parse
+
+
+positive_int = whole_number(1)
+positive_float = number(0, above=True)
+port = whole_number(0, 65535)
+
+
+def setting_type(key: str) -> Callable[[str], float]:
+    """argparse type for a flag that sets the engine setting `key`, checked against its range in settings.py."""
+    def parse(text: str) -> float:
+        try:
+            return check_setting(key, text)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def device_type(*, auto: bool = False) -> Callable[[str], str]:
+    """argparse type for --device: cpu, cuda or cuda:N (and `auto` where the command picks one)."""
+    names = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
+
+    def parse(text: str) -> str:
+        if not (DEVICE.fullmatch(text) or (auto and text == "auto")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a device: {names}")
+        return text
+
+    return parse
 
 
 def setup_logging(verbose: bool, log_file: str | None) -> None:

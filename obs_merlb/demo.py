@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from obs_merlb.cli import positive_int, refuse
 from obs_merlb.labels import FACE, MODALITIES, VOICE
 from obs_merlb.registry import shipped_path
 
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=DEMO_VIDEO, help="clip to run on (default: the shipped demo)")
     parser.add_argument("--model", type=Path, default=None,
                         help="saved model folder (default: the shipped model, else a freshly initialised one)")
-    parser.add_argument("--hop", type=int, default=2, help="steps between printed windows (0.25 s each)")
+    parser.add_argument("--hop", type=positive_int, default=2, help="steps between printed windows (0.25 s each)")
     parser.add_argument("--no-report", action="store_true", help="skip the `merlb analyze` HTML report")
 
 
@@ -93,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if not args.video.exists():
-        console.print(f"[red]no such video: {args.video}[/red]")
-        return 2
+        return refuse("demo", f"--video {args.video}: no such file")
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             steps = clip_steps(args.video, face=True, voice=True)
         except MediaError as e:
-            console.print(f"[red]{e}[/red]")
-            return 2
+            return refuse("demo", str(e))
         timings["decode + perceive (face mesh, log-mel, VAD)"] = time.perf_counter() - t0
         duration = len(steps) * steps.step_s
         console.print(f"clip: {args.video.name}, {duration:.2f} s = {len(steps)} steps of {steps.step_s} s; "

@@ -1,4 +1,4 @@
-"""Atomic file replacement, shared by the config, the registry, status files and caches."""
+"""Atomic file replacement (the config, the registry, status files and caches) and the check of an output folder."""
 from __future__ import annotations
 
 import os
@@ -31,3 +31,25 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, durable: bo
             pass
         raise
     return p
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Refuse a folder that cannot take files before any work (`eval` writes its results only at the end).
+
+    SystemExit with one line naming `flag`, the command-line option that gave the folder. Folders made for the trial are removed again, so a run refused later leaves none behind.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise SystemExit(f"{flag} {folder}: is a file, not a folder")
+    made = [p for p in (folder, *folder.parents) if not p.exists()]     # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SystemExit(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break

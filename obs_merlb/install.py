@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obs_merlb import config as merlb_config
+from obs_merlb.cli import refuse, whole_number
 from obs_merlb.obs_client import DEFAULT_HOST, DEFAULT_PORT
 from obs_merlb.overlay.native import TEXT_SOURCE as OVERLAY_TEXT
 from obs_merlb.overlay.server import DEFAULT_PORT as OVERLAY_PORT
@@ -673,7 +674,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--script", default=str(script_source_path()),
                         help="path of obs_script.py OBS should load")
     parser.add_argument("--camera", help="camera source name to preselect")
-    parser.add_argument("--port", type=int, help=f"obs-websocket port when enabling it "
+    parser.add_argument("--port", type=whole_number(1, 65535), help=f"obs-websocket port when enabling it "
                         f"(default: OBS's, else {DEFAULT_PORT})")
     parser.add_argument("--add-overlay", choices=["browser", "text"],
                         help="also add the overlay to a scene: browser source or native text")
@@ -709,6 +710,10 @@ def target_platform(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg_dir = find_obs_config(args.obs_config, platform=target_platform(args))
+    if cfg_dir.exists() and not cfg_dir.is_dir():
+        where = f"--obs-config {args.obs_config}" if args.obs_config else f"OBS's config folder {cfg_dir}"
+        return refuse("install-obs", f"{where}: is a file; give OBS's config folder "
+                                     "(where global.ini or user.ini is) or a portable OBS's folder")
     config_file = Path(args.config).expanduser() if args.config else merlb_config.config_path()
     kind = " (Flatpak)" if is_flatpak_config(cfg_dir) else (
         " (portable OBS)" if is_portable_config(cfg_dir) else "")
@@ -720,8 +725,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         merlb_config.read_config(config_file)   # every path below writes it: never over one it cannot read
     except merlb_config.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return refuse("install-obs", str(e))
     if args.set_password:
         import getpass
         pw = getpass.getpass("obs-websocket password (Tools > WebSocket Server Settings > "
@@ -740,13 +744,10 @@ def run(args: argparse.Namespace) -> int:
         print("note: OBS is running; a real run would refuse to edit its files until it is closed")
 
     if not args.uninstall and not Path(args.script).is_file():
-        print(f"error: the script is not at {args.script}", file=sys.stderr)
-        return 2
+        return refuse("install-obs", f"--script {args.script}: the script is not there")
     if not args.uninstall and not (Path(args.script).parent / SUPERVISOR_NAME).is_file():
-        print(f"error: {SUPERVISOR_NAME} is not beside {args.script}; OBS loads it from the "
-              "script's folder: pass --script inside an installed obs_merlb package",
-              file=sys.stderr)
-        return 2
+        return refuse("install-obs", f"{SUPERVISOR_NAME} is not beside {args.script}; OBS loads it from the "
+                                     "script's folder: pass --script inside an installed obs_merlb package")
     plan = plan_uninstall(cfg_dir, config_file) if args.uninstall else plan_install(
         args, cfg_dir, config_file)
     print("Dry run: nothing is written." if args.dry_run else "Changes:")

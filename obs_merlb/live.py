@@ -23,6 +23,7 @@ from obs_merlb.capture.camera import CameraSource
 from obs_merlb.capture.feeds import FileFeed, SourceFeed
 from obs_merlb.capture.file import MediaError
 from obs_merlb.capture.mic import MicError, MicSource
+from obs_merlb.cli import device_type, port
 from obs_merlb.capture.obs_screens import OBSScreenshotSource
 from obs_merlb.config import load_config
 from obs_merlb.engine import Engine, cap_threads
@@ -64,12 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the config file's [sources] game (not with --video/--camera)")
     parser.add_argument("--model", help="saved model folder (default: the active personalized model, "
                                         "else assets/model)")
-    parser.add_argument("--device", default="cpu", help="cpu (onnxruntime) or cuda / cuda:N (torch, falls back to CPU)")
+    parser.add_argument("--device", type=device_type(), default="cpu", help="cpu (onnxruntime) or cuda / cuda:N (torch, falls back to CPU)")
     parser.add_argument("--host", default="127.0.0.1", help="overlay server address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=OVERLAY_PORT,
                         help=f"overlay server port (default {OVERLAY_PORT}; 0 = any free port)")
     parser.add_argument("--obs-host", default=DEFAULT_HOST, help="obs-websocket host")
-    parser.add_argument("--obs-port", type=int, default=None,
+    parser.add_argument("--obs-port", type=port, default=None,
                         help=f"obs-websocket port (default {DEFAULT_PORT}; giving it enables OBS stats and highlights "
                              "with --video/--camera). Password: env MERLB_OBS_PASSWORD or the config file")
     parser.add_argument("--overlay", choices=["browser", "text", "none"], default="browser",

@@ -31,14 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from obs_merlb.cli import device_type, positive_float, positive_int, refuse, setting_type
+
 
 def add_arguments(group: Any) -> None:
     # bench.py's group already has --video, --json, --model and --repeat.
-    group.add_argument("--rate", type=float, default=15.0, help="analysis rate for the live run (Hz, default 15)")
-    group.add_argument("--seconds", type=float, default=12.0,
+    group.add_argument("--rate", type=setting_type("rate"), default=15.0, help="analysis rate for the live run (Hz, default 15)")
+    group.add_argument("--seconds", type=positive_float, default=12.0,
                        help="length of the paced latency run (default 12 s; the file loops if shorter)")
-    group.add_argument("--seed-frames", type=int, default=10, help="frames through the seed-style path (default 10)")
-    group.add_argument("--device", default="cpu", help="cpu or cuda / cuda:N")
+    group.add_argument("--seed-frames", type=positive_int, default=10, help="frames through the seed-style path (default 10)")
+    group.add_argument("--device", type=device_type(), default="cpu", help="cpu or cuda / cuda:N")
     group.add_argument("--no-body", action="store_true", help="skip body pose")
 
 
@@ -221,17 +223,20 @@ def paced_run(model_dir: Path, video: str, rate: float, seconds: float, device: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from obs_merlb.capture.file import MediaError
     from obs_merlb.engine import cap_threads
 
     if not args.video:
-        print("merlb bench live: --video FILE is required")
-        return 2
+        return refuse("bench live", "--video FILE is required")
     cap_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir, model_name = _model_dir(args.model, tmp)
-        fast = fast_run(model_dir, args.video, args.rate, args.device, not args.no_body)
-        paced = paced_run(model_dir, args.video, args.rate, args.seconds, args.device, not args.no_body)
-    seed = seed_path_ms(args.video, args.seed_frames)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir, model_name = _model_dir(args.model, tmp)
+            fast = fast_run(model_dir, args.video, args.rate, args.device, not args.no_body)
+            paced = paced_run(model_dir, args.video, args.rate, args.seconds, args.device, not args.no_body)
+        seed = seed_path_ms(args.video, args.seed_frames)
+    except MediaError as e:
+        return refuse("bench live", str(e))
     ours = fast["cpu_ms_per_frame"]
     report = {
         "p95_latency_ms": paced["latency_ms_p95"], "p50_latency_ms": paced["latency_ms_p50"],

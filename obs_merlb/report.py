@@ -37,9 +37,7 @@ import html
 import io
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -50,7 +48,9 @@ import platformdirs
 
 from obs_merlb import resume
 from obs_merlb.capture.file import MediaError, probe, undeclared_length_note
+from obs_merlb.cli import device_type, positive_float, refuse, setting_type
 from obs_merlb.config import APP_NAME
+from obs_merlb.files import check_writable
 from obs_merlb.engine import cap_threads
 from obs_merlb.highlights import PeakDetector
 from obs_merlb.inference import load_backend
@@ -87,13 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a recording (any format FFmpeg reads)")
     parser.add_argument("--out", help="output folder (default: <user data dir>/obs-merlb/reports/<file stem>)")
     parser.add_argument("--model", help="saved model folder (default: assets/model)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda / cuda:N")
-    parser.add_argument("--rate", type=float, default=15.0, help="frames analysed per second of video (default 15)")
+    parser.add_argument("--device", type=device_type(), default="cpu", help="cpu or cuda / cuda:N")
+    parser.add_argument("--rate", type=setting_type("rate"), default=15.0, help="frames analysed per second of video (default 15)")
     parser.add_argument("--no-body", action="store_true", help="skip body pose (faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.add_argument("--restart", action="store_true",
                         help="start from the beginning even if an interrupted run left a checkpoint")
-    parser.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--checkpoint-every", type=positive_float, default=60.0, metavar="SECONDS",
                         help="media seconds between checkpoints of a resumable run (default 60)")
 
 
@@ -197,20 +197,6 @@ def default_out_dir(file: Path) -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "reports" / file.stem
 
 
-def check_out(out: Path) -> None:
-    """Refuse an output folder that cannot take the results, before any work is done."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder; give a folder for the report", 2)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe_path = tempfile.mkstemp(prefix=".merlb-write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe_path)
-    except OSError as e:
-        raise OutputError(f"cannot write into {out} ({e.strerror or e}); give a writable folder with --out", 2) \
-            from e
-
-
 def _job(file: Path, model_dir: Path, rate: float, body: bool) -> dict[str, Any]:
     """What a checkpoint must match to be continued: the same recording, model and settings."""
     model_files = {p.name: resume.file_identity(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
@@ -240,7 +226,8 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     if not info.has_video:
         raise MediaError(file, "has no video track (merlb analyze reads faces and voice from a video)")
     out = Path(out_dir) if out_dir else default_out_dir(file)
-    check_out(out)
+    check_writable(out, "--out")       # before any model loads
+    out.mkdir(parents=True, exist_ok=True)
     cap_threads(1)
     backend, model_problems = load_checked(lambda d: load_backend(d, device=device, threads=1), model, "analyze")
     for problem in model_problems:
@@ -388,8 +375,7 @@ def run(args: argparse.Namespace) -> int:
                          body=not args.no_body, progress=not args.no_progress, restart=args.restart,
                          checkpoint_every_s=args.checkpoint_every)
     except MediaError as e:
-        print(f"merlb analyze: {e}", file=sys.stderr)
-        return 2
+        return refuse("analyze", str(e))
     except OutputError as e:
         print(f"merlb analyze: {e}", file=sys.stderr)
         return e.code

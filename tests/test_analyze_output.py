@@ -8,7 +8,6 @@ shown per frame (1 fps) is not called truncated; every media error exits 2.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -26,9 +25,8 @@ MODEL = ROOT / "assets" / "model"
 OUTPUTS = ("timeline.csv", "timeline.jsonl", "timeline.json", "report.html")
 
 
-def _args(file: Path, out: Path) -> argparse.Namespace:
-    return argparse.Namespace(file=str(file), out=str(out), model=str(MODEL), device="cpu", rate=15.0,
-                              no_body=False, no_progress=True, restart=False, checkpoint_every=60.0)
+def _args(file: Path, out: Path) -> list[str]:
+    return ["analyze", str(file), "--out", str(out), "--model", str(MODEL), "--no-progress"]
 
 
 def _analyze(file: Path, out: Path) -> subprocess.CompletedProcess:
@@ -75,19 +73,19 @@ def _need_model() -> None:
 
 
 def test_an_existing_file_as_out_is_refused_before_the_work(tmp_path: Path, monkeypatch, capsys) -> None:
-    from obs_merlb.report import run
+    from obs_merlb.cli import main
 
     _no_work(monkeypatch)
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
-    assert run(_args(DEMO, taken)) == 2
+    assert main(_args(DEMO, taken)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file, not a folder" in err[0] and str(taken) in err[0]
     assert taken.read_text() == "mine"
 
 
 def test_a_read_only_out_is_refused_before_the_work(tmp_path: Path, monkeypatch, capsys) -> None:
-    from obs_merlb.report import run
+    from obs_merlb.cli import main
 
     _no_work(monkeypatch)
     if os.geteuid() == 0:       # root writes through file modes: a read-only mount it is
@@ -97,9 +95,9 @@ def test_a_read_only_out_is_refused_before_the_work(tmp_path: Path, monkeypatch,
         (tmp_path / "ro").chmod(0o555)
         ctx = _nullcontext(tmp_path / "ro")
     with ctx as ro:
-        assert run(_args(DEMO, ro / "reports")) == 2
+        assert main(_args(DEMO, ro / "reports")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("merlb analyze: cannot write into") and "--out" in err[0]
+    assert len(err) == 1 and err[0].startswith("merlb analyze: --out") and "cannot write there" in err[0]
 
 
 @contextmanager
@@ -150,7 +148,7 @@ def test_a_low_fps_file_is_not_called_truncated(tmp_path: Path, capsys, caplog) 
     import av
 
     from obs_merlb.capture.file import iter_media
-    from obs_merlb.report import run
+    from obs_merlb.cli import main
 
     path = tmp_path / "slides.mp4"
     with av.open(str(path), "w") as out:
@@ -169,7 +167,7 @@ def test_a_low_fps_file_is_not_called_truncated(tmp_path: Path, capsys, caplog) 
     assert len(frames) == 4
     assert not [str(w.message) for w in caught if "truncated" in str(w.message)]
     _need_model()
-    assert run(_args(path, tmp_path / "out")) == 0
+    assert main(_args(path, tmp_path / "out")) == 0
     assert "warning" not in capsys.readouterr().err
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
 
@@ -178,7 +176,7 @@ def test_every_media_error_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
     """Not media, and media without video: the same exit code, one line each."""
     import av
 
-    from obs_merlb.report import run
+    from obs_merlb.cli import main
 
     _no_work(monkeypatch)
     text = tmp_path / "notes.mp4"
@@ -193,7 +191,7 @@ def test_every_media_error_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
         for packet in st.encode():
             out.mux(packet)
     for bad in (text, voice):
-        assert run(_args(bad, tmp_path / "out")) == 2, bad
+        assert main(_args(bad, tmp_path / "out")) == 2, bad
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"merlb analyze: {bad}"), err
 

@@ -29,9 +29,11 @@ import numpy as np
 
 from obs_merlb.calibration import (MIN_SAMPLES, Calibration, ece, fit_temperature, modality_sets, nll,
                                    save_calibration, scale)
+from obs_merlb.cli import refuse, whole_number
+from obs_merlb.files import check_writable
 from obs_merlb.labels import IGNORE
 
-from .datasets import HEADS
+from .datasets import HEADS, DatasetError
 
 
 def window_probs(model, records, key_segments: int | None = None,
@@ -198,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder whose config.json gets the temperatures")
     parser.add_argument("--faces", action="append", default=[], help="face data of held-out people (repeatable)")
     parser.add_argument("--voices", action="append", default=[], help="voice data of held-out people (repeatable)")
-    parser.add_argument("--pairs", type=int, default=1000, help="label-matched face+voice pairs (0: none)")
+    parser.add_argument("--pairs", type=whole_number(0), default=1000, help="label-matched face+voice pairs (0: none)")
     parser.add_argument("--cache", default=None, help="feature cache folder")
     parser.add_argument("--out", default=None, help="folder for calibration.json and reliability PNGs")
     parser.add_argument("--dry-run", action="store_true", help="report only; leave config.json as it is")
@@ -209,8 +211,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    report = calibrate(args.model, args.faces, args.voices, args.pairs, args.cache, args.out,
-                       write=not args.dry_run, seed=args.seed, quiet=args.json)
+    if args.out:
+        check_writable(Path(args.out), "--out")
+    try:
+        report = calibrate(args.model, args.faces, args.voices, args.pairs, args.cache, args.out,
+                           write=not args.dry_run, seed=args.seed, quiet=args.json)
+    except DatasetError as e:
+        return refuse("calibrate", str(e))
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     return 0

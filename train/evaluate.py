@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from obs_merlb import labels as L
+from obs_merlb.cli import positive_int, refuse
+from obs_merlb.files import check_writable
 from obs_merlb.labels import IGNORE
 
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, detect_format
@@ -60,28 +61,6 @@ def _load(model_dir: Path, device: str):
             f"`--model runs/tiny/model`, or see assets/MODEL_CARD.md for the shipped model's recipe.")
     _, meta = load_config(model_dir)
     return load_model(model_dir, device=device), meta
-
-
-def check_writable(folder: Path, flag: str) -> None:
-    """Refuse a folder that cannot take files before any work: `eval` writes its results only at the end.
-
-    Folders made for the trial are removed again, so a run refused later leaves none behind.
-    """
-    if folder.exists() and not folder.is_dir():
-        raise SystemExit(f"{flag} {folder}: is a file, not a folder")
-    made = [p for p in (folder, *folder.parents) if not p.exists()]     # deepest first
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise SystemExit(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
-    finally:
-        for p in made:
-            try:
-                p.rmdir()
-            except OSError:
-                break
 
 
 def windows_of(records, steps: int):
@@ -301,16 +280,6 @@ def speech_per_person(records, step_s: float) -> dict[str, float]:
     return {g: round(s, 1) for g, s in sorted(seconds.items()) if s > 0}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return n
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", metavar="PATH",
                         help="dataset folder or CSV (default: the model's own validation split)")
@@ -320,8 +289,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for CSV/MD/JSON and confusion PNGs "
                                                      "(default runs/eval/MODEL-DATA)")
     parser.add_argument("--cache", default=None, help="feature cache folder")
-    parser.add_argument("--workers", "-j", type=_positive_int, default=1)
-    parser.add_argument("--limit", type=_positive_int, default=None, help="first N items only")
+    parser.add_argument("--workers", "-j", type=positive_int, default=1)
+    parser.add_argument("--limit", type=positive_int, default=None, help="first N items only")
     parser.add_argument("--people", default=None, metavar="G1,G2",
                         help="only these people (groups as the readers name them, e.g. ravdess:17,ased:01-27)")
     parser.add_argument("--adapt", choices=("none", "person"), default="none",
@@ -343,18 +312,7 @@ def run(args: argparse.Namespace) -> int:
                           people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None,
                           adapt=args.adapt)
     except DatasetError as e:
-        return _refuse(str(e))
-    except SystemExit as e:
-        # evaluate() and the loaders it calls refuse bad input with a message; anything else is not ours.
-        if not isinstance(e.code, str):
-            raise
-        return _refuse(e.code)
+        return refuse("eval", str(e))
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     return 0
-
-
-def _refuse(message: str) -> int:
-    """Bad input: one line on stderr and exit 2, as the other `merlb` commands do."""
-    print(f"merlb eval: {message}", file=sys.stderr)
-    return 2

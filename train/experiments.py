@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .datasets import FORMATS, HEADS
+from obs_merlb.cli import positive_int, refuse
+from obs_merlb.files import check_writable
+
+from .datasets import FORMATS, HEADS, DatasetError
 
 FUSIONS = ("early", "late", "joint", "deep", "tt")
 FUSION_NAMES = {"early": "Early", "late": "Late", "joint": "Joint", "deep": "Deep", "tt": "Ours (TT)"}
@@ -98,15 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modalities", help="comma-separated modalities (default: the config's)")
     parser.add_argument("--format", choices=FORMATS)
     parser.add_argument("--cache", help="feature cache folder")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--max-items", type=int)
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--max-items", type=positive_int)
     parser.add_argument("--val-groups", help="comma-separated held-out groups (e.g. ravdess:17,ravdess:18)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path as _P
 
-    from .loop import TrainConfig
+    from .loop import TrainConfig, parse_modalities
 
     cfg = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     if args.tiny:
@@ -117,13 +120,20 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.modalities:
-        cfg.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+        cfg.modalities = parse_modalities(args.modalities)
     if args.val_groups:
         cfg.val_groups = [g.strip() for g in args.val_groups.split(",") if g.strip()]
     fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
     bad = set(fusions) - set(FUSIONS)
     if bad:
         raise SystemExit(f"unknown fusion types {sorted(bad)}; choose from {FUSIONS}")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip() in ("multi", "single")]
-    run_grid(cfg, args.out, fusions, tasks or ("multi", "single"))
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = set(tasks) - {"multi", "single"}
+    if bad or not tasks:
+        raise SystemExit(f"--tasks {args.tasks}: choose multi, single or multi,single")
+    check_writable(_P(args.out), "--out")
+    try:
+        run_grid(cfg, args.out, fusions, tasks)
+    except DatasetError as e:
+        return refuse("experiments", str(e))
     return 0

@@ -20,6 +20,8 @@ import os
 import random
 import time
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,15 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from obs_merlb.cli import device_type, positive_float, positive_int, refuse
+from obs_merlb.files import check_writable
 from obs_merlb.labels import MODALITIES
 from obs_merlb.perception.baseline import BandStats, Prior
 
 from . import balance
 from .data import (Collate, PairedDataset, PersonBaselines, Records, StepDataset, blend_original, head_targets,
                    load_records, predict, voice_band_std, voice_stats)
-from .datasets import FORMATS, HEAD_CLASSES, HEADS, describe, split_items
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, split_items
 from .device_batches import DeviceImageBatches
 from .metrics import mean_macro_f1, score
 from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
@@ -148,10 +152,19 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        """The run config in a TOML file; SystemExit with one line naming the file (and line) when unusable."""
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+            cfg = cls.from_dict(doc)
+        except OSError as e:
+            raise SystemExit(f"--config {path}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise SystemExit(f"--config {path}: not UTF-8 text") from None
+        except ValueError as e:
+            # A TOMLDecodeError (a ValueError) ends "(at line N, column M)"; from_dict's names unknown settings.
+            raise SystemExit(f"--config {path}: {e}") from None
         base = Path(path).parent
-        cfg = cls.from_dict(doc)
         # Relative data paths in a recipe are relative to the recipe, not to the shell.
         cfg.data = [_rel(base, p) for p in cfg.data]
         cfg.val_data = [_rel(base, p) for p in cfg.val_data]
@@ -164,6 +177,29 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
         return cls(**doc)
+
+
+def type_problem(cfg: TrainConfig) -> str | None:
+    """The first setting whose value is not of its declared type (a TOML or --set typo), as one line."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _fits(value, hints[f.name]):
+            return f"{f.name} must be {getattr(hints[f.name], '__name__', hints[f.name])}, got {value!r}"
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    kind = typing.get_origin(hint) or hint
+    if kind is type(None):
+        return value is None
+    if kind is Any:
+        return True
+    if kind in (int, float):    # bool is an int to Python, not to a config; an int is a fine float
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _rel(base: Path, p: str) -> str:
@@ -465,6 +501,19 @@ def train(cfg: TrainConfig, quiet: bool = False,
     from obs_merlb.model.io import save_model
     from obs_merlb.model.merlb import multitask_loss
 
+    problem = type_problem(cfg)
+    if problem:
+        raise SystemExit(problem)
+    try:
+        device_type(auto=True)(cfg.device)
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"device: {e}") from None
+    if cfg.epochs < 1:
+        raise SystemExit(f"epochs is how many passes over the training data, 1 or more; got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise SystemExit(f"batch_size is how many windows a step learns from, 1 or more; got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise SystemExit(f"lr is the learning rate, above 0; got {cfg.lr}")
     if not 0.0 <= cfg.pair_mismatch <= 1.0:
         raise SystemExit(f"pair_mismatch is a share of the pairs, 0 to 1; got {cfg.pair_mismatch}")
     if not 0.0 <= cfg.face_erase <= 1.0:
@@ -782,15 +831,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", choices=("tt", "early", "late", "joint", "deep"))
     parser.add_argument("--task", choices=("multi",) + HEADS)
     parser.add_argument("--modalities", help="comma-separated subset of " + ",".join(MODALITIES))
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--lr", type=positive_float)
     parser.add_argument("--schedule", choices=("cosine", "onecycle"))
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--max-items", type=int, help="seeded subset per dataset")
+    parser.add_argument("--max-items", type=positive_int, help="seeded subset per dataset")
     parser.add_argument("--oversample", type=int, help="seed oversampling limit")
     parser.add_argument("--pairing", action="store_true", default=None, help="add label-matched face+voice pairs")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", type=device_type(auto=True), help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--out", help="run folder")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint")
     parser.add_argument("--init", help="start from a saved model folder")
@@ -800,6 +849,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, TOML value syntax (e.g. --set model.lstm_hidden=32)")
+
+
+def parse_modalities(text: str) -> list[str]:
+    """`--modalities face,voice` as a list; SystemExit naming an unknown one."""
+    modalities = [m.strip() for m in text.split(",") if m.strip()]
+    bad = set(modalities) - set(MODALITIES)
+    if bad:
+        raise SystemExit(f"unknown modalities {sorted(bad)}; choose from {MODALITIES}")
+    return modalities
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -816,10 +874,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "init_parts", None):
         cfg.init_parts = list(args.init_parts)
     if args.modalities:
-        cfg.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-        bad = set(cfg.modalities) - set(MODALITIES)
-        if bad:
-            raise SystemExit(f"unknown modalities {sorted(bad)}; choose from {MODALITIES}")
+        cfg.modalities = parse_modalities(args.modalities)
     for kv in args.set:
         key, _, value = kv.partition("=")
         try:
@@ -839,5 +894,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    train(config_from_args(args))
+    cfg = config_from_args(args)
+    check_writable(Path(cfg.out), "--out")
+    try:
+        train(cfg)
+    except DatasetError as e:
+        return refuse("train", str(e))
     return 0

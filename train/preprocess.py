@@ -53,11 +53,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import platformdirs
 
+from obs_merlb.cli import positive_float, positive_int, refuse
 from obs_merlb.config import APP_NAME
-from obs_merlb.files import write_atomic
+from obs_merlb.files import check_writable, write_atomic
 from obs_merlb.labels import FACE, MODALITIES
 
-from .datasets import FORMATS, Item, load_items
+from .datasets import FORMATS, DatasetError, Item, detect_format, load_items
 
 log = logging.getLogger(__name__)
 
@@ -513,8 +514,6 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
             items: Sequence[Item] | None = None, retry_failed: bool = False,
             limit: int | None = None, quiet: bool = False) -> Prepared:
     """Preprocess the dataset at `path` into `cache` (work already done is reused)."""
-    from .datasets import detect_format
-
     settings = settings or FeatureSettings()
     src = Path(path)
     fmt = fmt or detect_format(src)
@@ -679,12 +678,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "--cache", dest="cache", default=None,
                         help=f"feature cache folder (default $MERLB_CACHE or {default_cache()})")
     parser.add_argument("--format", choices=FORMATS, default=None, help="override layout detection")
-    parser.add_argument("--workers", "-j", type=int, default=default_workers(),
+    parser.add_argument("--workers", "-j", type=positive_int, default=default_workers(),
                         help="parallel processes (default %(default)s)")
-    parser.add_argument("--step-s", type=float, default=FeatureSettings.step_s)
+    parser.add_argument("--step-s", type=positive_float, default=FeatureSettings.step_s)
     parser.add_argument("--body", action="store_true", help="also store pose landmarks")
     parser.add_argument("--scene", action="store_true", help="also store gameplay thumbnails")
-    parser.add_argument("--limit", type=int, default=None, help="first N items only (quick looks)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="first N items only (quick looks)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="try files that failed in an earlier run again")
 
@@ -696,9 +695,17 @@ def settings_from_args(args: argparse.Namespace) -> FeatureSettings:
 def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else default_cache()
     settings = settings_from_args(args)
+    check_writable(cache, "--out")
     for p in args.paths:
-        prep = prepare(p, cache, fmt=args.format, settings=settings, workers=args.workers,
-                       retry_failed=args.retry_failed, limit=args.limit)
+        try:
+            fmt = args.format or detect_format(p)
+            items = load_items(p, fmt)
+            if not items:   # a forced --format, or a label CSV with no rows
+                raise DatasetError(f"{p}: no items in the {fmt} layout")
+            prep = prepare(p, cache, fmt=fmt, settings=settings, workers=args.workers,
+                           items=items, retry_failed=args.retry_failed, limit=args.limit)
+        except DatasetError as e:
+            return refuse("preprocess", str(e))
         _console().print(f"manifest: {prep.manifest}")
     # Skipped files are warnings, not errors: the run finished on the rest.
     return 0

@@ -26,6 +26,7 @@ from typing import IO, Mapping
 import platformdirs
 
 from obs_merlb import config as cfgmod
+from obs_merlb.cli import port
 from obs_merlb.overlay.server import DEFAULT_PORT
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--mic", help="microphone device name")
     w.add_argument("--game-source", help="OBS gameplay source name")
     w.add_argument("--model", help="model folder (default: the active model)")
-    w.add_argument("--port", type=int, default=0, help="worker port (default: a free one)")
+    w.add_argument("--port", type=port, default=0, help="worker port (default: a free one)")
     w.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                    help="extra argument passed to `merlb live` (repeatable)")
     parser.add_argument("--sessions-dir", help="where session logs are (default: the user data folder)")

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from obs_merlb import config as cfgmod
 from obs_merlb import registry
+from obs_merlb.cli import device_type, number, positive_float, positive_int, refuse, whole_number
 from obs_merlb.registry import default_model_dir
 from obs_merlb.model.config import load_config
 from obs_merlb.panel.protocol import request_reload, worker_url
@@ -71,8 +72,7 @@ def cmd_activate(args: argparse.Namespace, progress: Progress, version: str | No
                                  "use --force to activate it anyway")
                 return 1
     except KeyError as e:
-        progress.message(f"[red]{e.args[0]}[/]")
-        return 1
+        raise SystemExit(e.args[0]) from None
     registry.set_active(name, "rollback" if rollback else ("forced" if args.force else "activated by hand"), root)
     target = registry.active_model_dir(root) or default_model_dir()
     msg = ""
@@ -111,13 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sessions-dir", help="where session logs are (default: the user data folder)")
     g.add_argument("--labels", metavar="CSV", help="path,start,end,label rows adding or correcting labels "
                                                     "(label 'ignore' deletes the tags it overlaps)")
-    g.add_argument("--before", type=float, default=2.0, help="seconds before a tag its window starts (2)")
-    g.add_argument("--after", type=float, default=1.0, help="seconds after a tag its window ends (1)")
-    g.add_argument("--min-examples", type=int, default=5, help="tags seen fewer times are too rare to learn (5)")
+    g.add_argument("--before", type=number(0), default=2.0, help="seconds before a tag its window starts (2)")
+    g.add_argument("--after", type=number(0), default=1.0, help="seconds after a tag its window ends (1)")
+    g.add_argument("--min-examples", type=positive_int, default=5, help="tags seen fewer times are too rare to learn (5)")
     g.add_argument("--pseudo-labels", action="store_true", help="add confident predictions on untagged stretches")
-    g.add_argument("--pseudo-threshold", type=float, default=0.85)
-    g.add_argument("--pseudo-weight", type=float, default=0.3)
-    g.add_argument("--val-fraction", type=float, default=0.25, help="held-out share (0.25)")
+    g.add_argument("--pseudo-threshold", type=number(0, 1), default=0.85)
+    g.add_argument("--pseudo-weight", type=number(0, 1), default=0.3)
+    g.add_argument("--val-fraction", type=number(0, 1, above=True), default=0.25, help="held-out share (0.25)")
     g.add_argument("--holdout", choices=("auto", "sessions", "tail"), default="auto",
                    help="whole latest sessions (auto with >= 3 sessions) or the tail of each session")
     g.add_argument("--body", dest="body", action="store_true", default=None, help="compute body pose (default: "
@@ -133,20 +133,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--train-encoders", action="store_true",
                    help="also fine-tune the per-modality encoders "
                         "(seconds per step on a CPU: use a GPU or fewer --steps)")
-    t.add_argument("--device", default="auto", help="auto (CUDA when there), cpu, cuda, cuda:N")
-    t.add_argument("--steps", type=int, default=300, help="optimizer steps (300)")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--device", type=device_type(auto=True), default="auto", help="auto (CUDA when there), cpu, cuda, cuda:N")
+    t.add_argument("--steps", type=positive_int, default=300, help="optimizer steps (300)")
+    t.add_argument("--lr", type=positive_float, default=2e-3)
+    t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--seed", type=int, default=0)
     a = parser.add_argument_group("gate and registry")
     a.add_argument("--margin", type=float, default=0.02, help="macro-F1 the candidate must gain (0.02)")
-    a.add_argument("--alpha", type=float, default=0.05, help="permutation-test level against chance (0.05)")
-    a.add_argument("--min-val", type=int, default=6, help="fewest held-out windows to decide on (6)")
+    a.add_argument("--alpha", type=number(0, 1, above=True), default=0.05, help="permutation-test level against chance (0.05)")
+    a.add_argument("--min-val", type=whole_number(0), default=6, help="fewest held-out windows to decide on (6)")
     a.add_argument("--force", action="store_true", help="activate even if the gate says no")
     a.add_argument("--no-activate", action="store_true", help="register the candidate only")
     a.add_argument("--worker-url", help="the worker's WebSocket (default from config.toml, ws://127.0.0.1:8765/ws)")
     a.add_argument("--no-notify", action="store_true", help="do not tell a running worker")
-    a.add_argument("--notify-timeout", type=float, default=20.0)
+    a.add_argument("--notify-timeout", type=positive_float, default=20.0)
     parser.add_argument("--json", action="store_true", help="list: one JSON object")
     parser.add_argument("--progress-json", action="store_true", help="JSON lines on stdout (the panel uses them)")
 
@@ -161,8 +161,7 @@ def run(args: argparse.Namespace) -> int:
             return cmd_list(args, progress)
         if action in ("rollback", "activate"):
             if action == "activate" and not rest:
-                progress.message("[red]activate needs a VERSION[/] (see `merlb personalize list`)")
-                return 2
+                raise SystemExit("activate needs a VERSION (see `merlb personalize list`)")
             return cmd_activate(args, progress, rest[0] if rest else None, rollback=action == "rollback")
         args.paths = rest
         if action == "review" or args.review:
@@ -175,7 +174,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except SystemExit as e:
         if isinstance(e.code, str):
-            progress.message(f"[red]{e.code}[/]")
             progress.emit({"type": "error", "message": e.code})
-            return 2
+            return refuse("personalize", e.code)
         raise

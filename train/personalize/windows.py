@@ -169,6 +169,9 @@ def find_sessions(recordings: Sequence[str], sessions_dir: Path,
         rec, sep, logp = pair.partition("=")
         if not sep:
             raise SystemExit(f"--pair wants REC=LOG, got {pair!r}")
+        missing = [p for p in (rec, logp) if not Path(p).expanduser().is_file()]
+        if missing:
+            raise SystemExit(f"merlb personalize: --pair {pair}: no such file: {', '.join(missing)}")
         found[Path(rec).expanduser().resolve()] = Path(logp).expanduser().resolve()
     for rec in _expand_recordings(recordings):
         rec = rec.resolve()
@@ -213,9 +216,13 @@ def apply_labels_csv(csv_path: Path, sessions: list[Session], windows: list[Wind
     """
     stats = {"added": 0, "replaced": 0, "deleted": 0}
     by_path = {s.recording.resolve(): i for i, s in enumerate(sessions)}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"merlb personalize: --labels {csv_path}: cannot read "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+    for line_no, row in enumerate(rows, start=2):
         row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k}
         if not row.get("path") or not row.get("start") or not row.get("end"):
             continue
@@ -227,7 +234,11 @@ def apply_labels_csv(csv_path: Path, sessions: list[Session], windows: list[Wind
                 continue
             sessions.append(Session(p, None, [], p.stat().st_mtime))
             by_path[p] = len(sessions) - 1
-        si, a, b = by_path[p], float(row["start"]), float(row["end"])
+        try:
+            si, a, b = by_path[p], float(row["start"]), float(row["end"])
+        except ValueError:
+            raise SystemExit(f"merlb personalize: {csv_path}:{line_no}: start and end are seconds, "
+                             f"got {row['start']!r} and {row['end']!r}") from None
         label = row.get("label", "").lower()
         keep = []
         for w in windows:
