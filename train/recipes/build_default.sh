@@ -34,6 +34,8 @@
 # default_face_ferplus.toml (FER+ votes) and default_voice_all.toml (all six speech sets)
 # start from the shipped model and were measured, not shipped (MODEL_CARD.md, session 13);
 # combine_parts.py joins such stages' disjoint parts into one model.
+# default_voice_baseline.toml (the voice heard against each speaker's baseline) and
+# default_face_gpu.toml (the face stage in one short GPU lease) likewise (session 14).
 # Stages 1 and 1b only serve as the voice stage's starting point; the stages
 # tried and replaced on the way (MODEL_CARD.md, "How the recipe got here")
 # are in git history.
