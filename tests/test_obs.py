@@ -147,9 +147,16 @@ def test_hotkey_press_reaches_worker(fake: Session) -> None:
     assert line["name"] == "hype" and line["source"] == "hotkey"
 
 
+def start_record(c: Any) -> None:
+    """StartRecord once the previous test's recording has finished writing: OBS answers 500 while
+    an output is still stopping (StopRecord returns before the file is closed)."""
+    wait_for(lambda: not c.get_record_status().output_active, timeout=30, what="the last recording to end")
+    c.start_record()
+
+
 def test_recording_opens_and_closes_session(fake: Session) -> None:
     c = fake.obs.client
-    c.start_record()
+    start_record(c)
     time.sleep(2.0)
     out = c.stop_record().output_path
     stdin_log = fake.data / "fake-stdin.jsonl"
@@ -460,7 +467,7 @@ def test_engine_properties_screenshot(engine: Session) -> None:
 
 def test_engine_hotkey_tag_in_session_log(engine: Session) -> None:
     c = engine.obs.client
-    c.start_record()
+    start_record(c)
     time.sleep(2)
     c.trigger_hotkey_by_name("merlb.tag.funny")
     time.sleep(2)
@@ -485,7 +492,7 @@ def test_engine_restarted_during_a_recording_keeps_its_log(engine: Session) -> N
     c = engine.obs.client
     st = wait_for(lambda: engine.status().get("state") == "running" and engine.status(),
                   timeout=60, what="running", diag=engine.diag)
-    c.start_record()
+    start_record(c)
     time.sleep(2)
     c.trigger_hotkey_by_name("merlb.tag.hype")
     time.sleep(1)
