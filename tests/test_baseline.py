@@ -206,3 +206,21 @@ def test_adapting_a_model_without_a_prior_is_refused_in_one_line(tmp_path: Path,
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "without a person baseline" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"data": [str(FIX / "fer2013")]}, "needs speech"),             # a prior of MIN_STD spreads, before
+    ({"modalities": ["face"]}, "no voice input"),
+    ({"baseline_none_p": 1.5}, "baseline_none_p"),
+])
+def test_a_person_baseline_training_cannot_use_is_refused_in_one_line(tmp_path: Path, settings: dict,
+                                                                      words: str) -> None:
+    cfg = TrainConfig.from_toml(ROOT / "train" / "recipes" / "tiny.toml")
+    cfg.out, cfg.cache, cfg.epochs, cfg.voice_baseline = str(tmp_path / "run"), str(tmp_path / "cache"), 1, True
+    cfg.pairing = False
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    with pytest.raises(SystemExit) as e:
+        train(cfg, quiet=True)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "model").exists()
