@@ -404,9 +404,9 @@ def test_merlb_live_continues_resets_and_saves_the_profile(prior_model: Path, pr
 def test_profile_names_are_checked_where_they_are_set(tmp_path: Path) -> None:
     from obs_merlb.live import add_arguments, apply_config_defaults
 
-    for good in ("default", "Alice_2", "stream.main-1"):
+    for good in ("default", "Alice_2", "stream.main-1", "console", "COM10", "nullify"):
         assert check_profile(good) == good
-    for bad in ("", "../x", "a/b", "a\\b", ".hidden", "x" * 65, 5, None):
+    for bad in ("", "../x", "a/b", "a\\b", ".hidden", "x" * 65, 5, None, "CON", "nul", "Com1", "lpt9.main"):
         with pytest.raises(SettingError):
             check_profile(bad)
     parser = argparse.ArgumentParser()
