@@ -16,6 +16,11 @@ A baseline belongs to a model's prior: the file records the prior's digest,
 and one learned against another prior is not used (learning starts afresh,
 and the file is replaced at the first save). A file that cannot be read is
 moved aside, never written over, and learning starts afresh.
+
+One worker at a time keeps a profile: the first holds `<profile>.lock`
+(obs_merlb/runlock.py) until it exits. A second worker on the same
+profile starts from the saved baseline but saves nothing, and says so:
+each would otherwise write its own learning over the other's.
 """
 from __future__ import annotations
 
@@ -24,14 +29,18 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from obs_merlb.config import config_path
-from obs_merlb.perception.baseline import Prior, VoiceBaseline
+from obs_merlb.perception.baseline import BandStats, Prior, VoiceBaseline
 from obs_merlb.perception.voice import N_FRAMES
+from obs_merlb.runlock import try_hold
 
 BASELINE_DIR = "baselines"
 SAVE_EVERY_S = 30.0            # speech heard between saves
+
+# The profiles this process holds: an engine that reloads its model reopens its own profile.
+_HELD: dict[Path, IO[bytes]] = {}
 
 
 def prior_digest(prior: Prior) -> str:
@@ -44,6 +53,21 @@ def baseline_path(profile: str, root: Path | None = None) -> Path:
     return (root if root is not None else config_path().parent / BASELINE_DIR) / f"{profile}.json"
 
 
+def _hold(path: Path) -> str | None:
+    """Hold the profile of baseline file `path` for this process; None, or why it is not held."""
+    lock = path.with_suffix(".lock")
+    if lock in _HELD:
+        return None
+    try:
+        held = try_hold(lock)
+    except OSError as e:
+        return f"cannot create {lock} ({e.strerror or e})"
+    if held is None:
+        return "another merlb live uses this profile (give each worker its own --profile)"
+    _HELD[lock] = held
+    return None
+
+
 def _aside(path: Path) -> Path:
     """A free name beside `path` for a damaged file."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -52,6 +76,15 @@ def _aside(path: Path) -> Path:
         if not cand.exists():
             return cand
     raise OSError(f"no free name beside {path}")
+
+
+def _peek(path: Path, prior: Prior) -> BandStats | None:
+    """The saved statistics learned for `prior`, else None; only read (another worker keeps the file)."""
+    try:
+        stats, doc = VoiceBaseline.read(path)
+    except ValueError:
+        return None
+    return stats if doc.get("prior") == prior_digest(prior) else None
 
 
 class BaselineStore:
@@ -63,11 +96,13 @@ class BaselineStore:
     """
 
     def __init__(self, path: Path, baseline: VoiceBaseline, profile: str, step_s: float, *,
-                 writable: bool = True) -> None:
+                 writable: bool = True, held: bool = True) -> None:
+        """`held`: whether this process keeps the profile (another worker's file is never written)."""
         self.path, self.baseline, self.profile = path, baseline, profile
         self.frames_per_s = N_FRAMES / step_s        # frames one second of speech adds, live
         self.digest = prior_digest(baseline.prior)
-        self.writable = writable       # False when a file we could not read must stay where it is
+        self.held = held
+        self.writable = writable and held   # False when a file we could not read must stay where it is
         self.saved_n = baseline.stats.n
         self._lock = threading.Lock()
         self._failed_at: float | None = None
@@ -84,6 +119,12 @@ class BaselineStore:
         path = baseline_path(profile, root)
         problems: list[str] = []
         notes: list[str] = []
+        busy = _hold(path)
+        if busy:
+            problems.append(f"voice baseline of profile {profile!r}: {busy}; this run starts from the saved "
+                            f"baseline but saves nothing")
+            stats = None if reset else _peek(path, prior)
+            return cls(path, VoiceBaseline(prior, stats), profile, step_s, held=False), problems, notes
         if reset:
             store = cls(path, VoiceBaseline(prior), profile, step_s)
             notes.append(f"voice baseline of profile {profile!r} reset (--reset-baseline): learning your voice afresh")
@@ -148,6 +189,6 @@ class BaselineStore:
         The caller holds off the analyzer's updates meanwhile (Engine's lock).
         """
         self.baseline.reset()
-        self.writable = True      # asked to forget: whatever file is there may be replaced
+        self.writable = self.held      # asked to forget: whatever file is there may be replaced, if ours
         self.saved_n = -1.0
         return self.save()

@@ -47,7 +47,7 @@ import numpy as np
 import platformdirs
 
 from obs_merlb import resume
-from obs_merlb.capture.file import MediaError, probe, undeclared_length_note
+from obs_merlb.capture.file import MediaError, MediaInfo, probe, undeclared_length_note
 from obs_merlb.cli import device_type, positive_float, refuse, setting_type
 from obs_merlb.config import APP_NAME
 from obs_merlb.files import check_writable
@@ -58,6 +58,7 @@ from obs_merlb.jobprogress import MediaProgress, clock
 from obs_merlb.labels import EMOTIONS
 from obs_merlb.offline import BatchedAnalyzer, iter_ticks
 from obs_merlb.palette import EMOTION_COLORS, UNCERTAIN_COLOR
+from obs_merlb.runlock import try_hold
 from obs_merlb.model_check import load_checked
 from obs_merlb.state import StateConfig, StateTracker, highlight_event
 from obs_merlb.timeline import JSONL_NAME, PlotSeries, TimelineWriter, iter_rows, publish, row_from_event
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 # Overlay-consistent colours per emotion, so a streamer reads the report like the overlay.
 COLOURS = {**EMOTION_COLORS, "uncertain": UNCERTAIN_COLOR}
 CHECKPOINT = ".analyze-checkpoint.json"
+LOCK = ".analyze.lock"        # held while a run writes into the folder (obs_merlb/runlock.py)
 CHECKPOINT_VERSION = 2       # 2: rows grow under partial names
 # A resumed run restarts this much media before its checkpoint and drops the
 # overlap: the ring's T steps (2 s) and their voice windows (1 s) refill.
@@ -228,6 +230,25 @@ def analyze(file: str | Path, out_dir: str | Path | None = None, model: str | No
     out = Path(out_dir) if out_dir else default_out_dir(file)
     check_writable(out, "--out")       # before any model loads
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        held = try_hold(out / LOCK)
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    if held is None:
+        # Both runs would write rows into the same partial timeline, and one would fail on the other's rename.
+        raise SystemExit(f"--out {out}: another merlb analyze is writing there; "
+                         "wait for it to finish or give this one another --out")
+    try:
+        return _analyze_into(out, file, info, model, device=device, rate=rate, body=body, progress=progress,
+                             restart=restart, checkpoint_every_s=checkpoint_every_s, stop_after_s=stop_after_s)
+    finally:
+        held.close()
+
+
+def _analyze_into(out: Path, file: Path, info: MediaInfo, model: str | None, *, device: str, rate: float, body: bool,
+                  progress: bool, restart: bool, checkpoint_every_s: float,
+                  stop_after_s: float | None) -> Path | None:
+    """`analyze`, once this run holds `out`."""
     cap_threads(1)
     backend, model_problems = load_checked(lambda d: load_backend(d, device=device, threads=1), model, "analyze")
     for problem in model_problems:

@@ -57,7 +57,10 @@ RANGES: dict[str, Range] = {
 # no path separators, and it does not start with a dot.
 DEFAULT_PROFILE = "default"
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PROFILE_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Windows opens these as devices whatever the extension ("CON.json" is the console), in any case.
+WINDOWS_DEVICES = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
+PROFILE_RULE = ("1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, and not a device "
+                "name of Windows (CON, PRN, AUX, NUL, COM0-9, LPT0-9)")
 
 
 class SettingError(ValueError):
@@ -66,7 +69,7 @@ class SettingError(ValueError):
 
 def check_profile(value: Any) -> str:
     """`value` when it is a valid profile name; else SettingError naming the rule."""
-    if not isinstance(value, str) or not PROFILE_NAME.fullmatch(value):
+    if not isinstance(value, str) or not PROFILE_NAME.fullmatch(value) or WINDOWS_DEVICES.fullmatch(value):
         raise SettingError(f"profile must be {PROFILE_RULE}, not {value!r}")
     return value
 

@@ -100,6 +100,30 @@ def test_a_read_only_out_is_refused_before_the_work(tmp_path: Path, monkeypatch,
     assert len(err) == 1 and err[0].startswith("merlb analyze: --out") and "cannot write there" in err[0]
 
 
+def test_a_second_analysis_into_the_same_out_is_refused_before_the_work(tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    """Two runs into one folder wrote rows into the same partial timeline; the second failed at the
+    end with "free some space", which was not the problem."""
+    from obs_merlb.cli import main
+    from obs_merlb.report import LOCK
+    from obs_merlb.runlock import try_hold
+
+    _no_work(monkeypatch)
+    out = tmp_path / "report"
+    first = try_hold(out / LOCK)            # the running analysis's hold
+    assert first is not None
+    try:
+        assert main(_args(DEMO, out)) == 2
+    finally:
+        first.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another merlb analyze is writing there" in err[0] and str(out) in err[0]
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+    held = try_hold(out / LOCK)             # a refused run holds nothing afterwards
+    assert held is not None
+    held.close()
+
+
 @contextmanager
 def _nullcontext(value: Path) -> Iterator[Path]:
     yield value

@@ -5,6 +5,7 @@ tests/test_baseline_live.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,46 @@ def _records(steps_per_clip: list[int], groups: list[str], seed: int = 0) -> Rec
     return Records(items, arrays, np.zeros((len(items), 4), np.int64))
 
 
+def _doc(n: object, s1: list[float] | None = None, s2: list[float] | None = None) -> str:
+    return json.dumps({"format": 1, "stats": {"n": n, "s1": s1 if s1 is not None else [0.0] * N_MELS,
+                                              "s2": s2 if s2 is not None else [1.0] * N_MELS}})
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[" * 100_000 + "]" * 100_000, "nested deeper than the JSON parser goes"),
+    ("[1, 2]", "not an object"),
+    (_doc(True), "a boolean count"),
+    (_doc("400"), "a count given as text"),
+    (_doc(1e300, [1.0] * N_MELS, [1e300] * N_MELS), "a count no one could speak, freezing learning"),
+    (_doc(150.0), "not whole steps of N_FRAMES frames"),
+    (_doc(400.0, [1e6] * N_MELS, [1.0] * N_MELS), "a squared sum above count x sum of squares"),
+    (_doc(400.0, [0.0] * N_MELS, [-1e6] * N_MELS), "a negative sum of squares"),
+    (_doc(0.0, [1e6] * N_MELS, [1e9] * N_MELS), "sums without frames"),
+])
+def test_a_baseline_no_speech_could_have_made_is_refused(tmp_path: Path, text: str, why: str) -> None:
+    """A hand-edited or damaged file is refused (and moved aside by the store), never a traceback
+    and never a baseline that skews every voice step (the inconsistent one shifted bands by ~600)."""
+    path = tmp_path / "default.json"
+    path.write_text(text)
+    with pytest.raises(ValueError):
+        VoiceBaseline.read_stats(path)
+
+
+def test_only_a_small_regular_file_is_read_as_a_baseline(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:           # sparse: a 64 MB "baseline" costs no disk
+        f.truncate(64 * 2**20)
+    with pytest.raises(ValueError, match="MB"):
+        VoiceBaseline.read_stats(huge)
+    with pytest.raises(ValueError, match="regular file"):
+        VoiceBaseline.read_stats(tmp_path)
+    if hasattr(os, "mkfifo"):             # a FIFO would block the worker's start forever on open()
+        fifo = tmp_path / "fifo.json"
+        os.mkfifo(fifo)
+        with pytest.raises(ValueError, match="regular file"):
+            VoiceBaseline.read_stats(fifo)
+
+
 def test_training_baselines_come_from_the_same_persons_other_clips_only() -> None:
     # Clip j has 2**j speech steps, so a baseline's frame count names the clips it summed.
     groups = ["a", "a", "a", "b", "b", "c"]
@@ -165,3 +206,21 @@ def test_adapting_a_model_without_a_prior_is_refused_in_one_line(tmp_path: Path,
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "without a person baseline" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"data": [str(FIX / "fer2013")]}, "needs speech"),             # a prior of MIN_STD spreads, before
+    ({"modalities": ["face"]}, "no voice input"),
+    ({"baseline_none_p": 1.5}, "baseline_none_p"),
+])
+def test_a_person_baseline_training_cannot_use_is_refused_in_one_line(tmp_path: Path, settings: dict,
+                                                                      words: str) -> None:
+    cfg = TrainConfig.from_toml(ROOT / "train" / "recipes" / "tiny.toml")
+    cfg.out, cfg.cache, cfg.epochs, cfg.voice_baseline = str(tmp_path / "run"), str(tmp_path / "cache"), 1, True
+    cfg.pairing = False
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    with pytest.raises(SystemExit) as e:
+        train(cfg, quiet=True)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "model").exists()

@@ -233,6 +233,32 @@ def test_a_damaged_file_is_moved_aside_and_learning_starts_afresh(prior_model: P
     assert aside[0].read_bytes() == bad
 
 
+def test_a_second_worker_on_a_profile_starts_from_it_but_never_writes_it(prior: Prior, tmp_path: Path) -> None:
+    """Two workers on one profile each saved their own learning over the other's, without a word."""
+    saved = _saved(tmp_path, prior, 40)
+    before = baseline_path("streamer", tmp_path).read_bytes()
+    lock = baseline_path("streamer", tmp_path).with_suffix(".lock")
+    first = subprocess.Popen([sys.executable, "-c", (
+        "import sys, pathlib; from obs_merlb.runlock import try_hold; "
+        f"h = try_hold(pathlib.Path({str(lock)!r})); print(h is not None, flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert first.stdout.readline().strip() == "True"       # the first worker holds the profile
+        store, problems, _ = BaselineStore.open(prior, "streamer", 0.25, root=tmp_path)
+        assert len(problems) == 1 and "another merlb live" in problems[0] and "saves nothing" in problems[0]
+        assert store.baseline.stats.n == saved.n                  # it starts from what was learned
+        store.baseline.stats = store.baseline.stats + _stats(200)
+        assert not store.due() and store.save() is None and store.reset() is None
+        again, problems, _ = BaselineStore.open(prior, "streamer", 0.25, root=tmp_path, reset=True)
+        assert problems and again.baseline.stats.n == 0
+        assert baseline_path("streamer", tmp_path).read_bytes() == before     # never written
+    finally:
+        first.stdin.close()
+        first.wait(timeout=30)
+    store, problems, _ = BaselineStore.open(prior, "streamer", 0.25, root=tmp_path)   # the first has exited
+    assert problems == [] and store.writable and store.baseline.stats.n == saved.n
+
+
 def test_a_file_that_cannot_be_moved_aside_is_never_written_over(prior: Prior, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path = baseline_path("streamer", tmp_path)
@@ -404,9 +430,9 @@ def test_merlb_live_continues_resets_and_saves_the_profile(prior_model: Path, pr
 def test_profile_names_are_checked_where_they_are_set(tmp_path: Path) -> None:
     from obs_merlb.live import add_arguments, apply_config_defaults
 
-    for good in ("default", "Alice_2", "stream.main-1"):
+    for good in ("default", "Alice_2", "stream.main-1", "console", "COM10", "nullify"):
         assert check_profile(good) == good
-    for bad in ("", "../x", "a/b", "a\\b", ".hidden", "x" * 65, 5, None):
+    for bad in ("", "../x", "a/b", "a\\b", ".hidden", "x" * 65, 5, None, "CON", "nul", "Com1", "lpt9.main"):
         with pytest.raises(SettingError):
             check_profile(bad)
     parser = argparse.ArgumentParser()

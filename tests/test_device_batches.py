@@ -92,3 +92,20 @@ def test_a_face_stage_trains_on_device_batches_within_its_time_limit(tmp_path: P
     epochs = len(summary["history"])
     assert 1 <= epochs < 50
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["meta"]["train"]["device_data"]
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"time_limit_min": -5.0}, "time_limit_min"),            # stopped after every epoch
+    ({"time_limit_min": float("nan")}, "time_limit_min"),    # never stopped
+    ({"device_data": True, "pairing": True}, "without pairing"),
+])
+def test_a_time_limit_or_device_data_that_cannot_work_is_refused_before_the_data_loads(
+        tmp_path: Path, settings: dict, words: str) -> None:
+    cfg = TrainConfig.from_toml(ROOT / "train" / "recipes" / "tiny.toml")
+    cfg.out, cfg.cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    with pytest.raises(SystemExit) as e:
+        train(cfg, quiet=True)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "cache").exists()        # refused before any preprocessing

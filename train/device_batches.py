@@ -31,6 +31,8 @@ GAIN = (0.75, 1.25)
 BIAS = 0.1
 ERASE_AREA = (0.02, 0.2)
 ERASE_ASPECT = (0.3, 3.3)
+# Why loop.py refuses device_data with pairing or several processes.
+DEVICE_DATA_RULE = "device_data trains one-step face images on one device: without pairing, one process"
 
 
 def check_images(records: Records) -> None:

@@ -39,7 +39,7 @@ from . import balance
 from .data import (Collate, PairedDataset, PersonBaselines, Records, StepDataset, blend_original, head_targets,
                    load_records, predict, voice_band_std, voice_stats)
 from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, split_items
-from .device_batches import DeviceImageBatches
+from .device_batches import DEVICE_DATA_RULE, DeviceImageBatches
 from .metrics import mean_macro_f1, score
 from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
 
@@ -445,7 +445,13 @@ def _measure_voice_scale(model, train: Records, seed: int = 0) -> None:
 def person_prior(model, train: Records) -> Prior:
     """The model's population voice prior; measured on the training speech (and kept) when it has none."""
     if model.cfg.voice_prior is None:
-        prior = Prior.of(sum((voice_stats(r) for r in train.arrays), BandStats()))
+        stats = sum((voice_stats(r) for r in train.arrays), BandStats())
+        if not stats.n:
+            # Prior.of would give every band a spread of MIN_STD, and live every voice would be squeezed.
+            raise SystemExit("voice_baseline = true needs speech in the training data to measure the population's "
+                             "voice, and none of its clips has any (face images only?); add voice clips or "
+                             "drop voice_baseline")
+        prior = Prior.of(stats)
         model.cfg.voice_prior = prior.to_dict()
     return Prior.from_dict(model.cfg.voice_prior)
 
@@ -524,6 +530,12 @@ def train(cfg: TrainConfig, quiet: bool = False,
         raise SystemExit(f"voice_eq is the largest equaliser tilt in log-mel units, 0 to 3; got {cfg.voice_eq}")
     if not 0.0 <= cfg.voice_room <= 1.0:
         raise SystemExit(f"voice_room is a share of the training voices, 0 to 1; got {cfg.voice_room}")
+    if not 0.0 <= cfg.baseline_none_p <= 1.0:
+        raise SystemExit(f"baseline_none_p is a share of the training clips, 0 to 1; got {cfg.baseline_none_p}")
+    if not cfg.time_limit_min >= 0:      # NaN too: it would never stop, a negative one after every epoch
+        raise SystemExit(f"time_limit_min is minutes of training, 0 (no limit) or more; got {cfg.time_limit_min}")
+    if cfg.device_data and cfg.pairing:   # before the data loads: that takes minutes on a full set
+        raise SystemExit(DEVICE_DATA_RULE)
     dist_info, device = setup_distributed(cfg.device)
     console = Console(stderr=True, quiet=quiet or not dist_info.main)
     seed_everything(cfg.seed)
@@ -576,6 +588,9 @@ def train(cfg: TrainConfig, quiet: bool = False,
     k = cfg.voice_key_segments
     train_base = val_base = None
     if cfg.voice_baseline:
+        if "voice" not in mods:
+            raise SystemExit(f"voice_baseline = true adapts the voice, but the model has no voice input "
+                             f"(modalities {mods}); drop voice_baseline or add voice")
         prior = person_prior(model, train_rec)
         train_base = PersonBaselines(train_rec, prior, cfg.baseline_none_p)
         val_base = PersonBaselines(val_rec, prior)
@@ -602,8 +617,8 @@ def train(cfg: TrainConfig, quiet: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     loader: Any
     if cfg.device_data:
-        if cfg.pairing or dist_info.world > 1:
-            raise SystemExit("device_data trains one-step face images on one device: without pairing, one process")
+        if dist_info.world > 1:
+            raise SystemExit(DEVICE_DATA_RULE)
         loader = DeviceImageBatches(train_rec, cfg.batch_size, device, seed=cfg.seed, augment=cfg.augment,
                                     erase=cfg.face_erase, image_steps=cfg.image_steps)
         parts.append(loader)          # it follows the epoch like the datasets do

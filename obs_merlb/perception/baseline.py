@@ -35,6 +35,10 @@ LEARNED_FRAMES = 240 * N_FRAMES    # 240 speech steps (a minute of speech): the 
 GAIN_LIMITS = (0.5, 2.0)   # a band's spread is never stretched or squeezed beyond this
 MIN_STD = 1e-3
 FORMAT = 1                 # the saved file's layout
+MAX_FILE_BYTES = 2**20     # a saved baseline is about 3 KB; anything near this is not one
+# Counts stay exact below 2**53: past it a step's frames no longer add to the
+# float count, and learning would stop without a word. No one speaks that long.
+MAX_FRAMES = 2.0 ** 53
 
 
 @dataclass
@@ -71,10 +75,21 @@ class BandStats:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "BandStats":
+        """The statistics `to_dict` wrote; ValueError for any that `of` and `+` could not have made
+        (a hand edit or damage would otherwise skew every voice step without a word)."""
         s1, s2 = np.asarray(d["s1"], np.float64), np.asarray(d["s2"], np.float64)
-        n = float(d["n"])
+        n = d["n"]
+        if isinstance(n, bool) or not isinstance(n, (int, float)):
+            raise ValueError(f"the frame count must be a number, not {n!r}")
+        n = float(n)
         if s1.shape != (N_MELS,) or s2.shape != (N_MELS,) or not np.isfinite([n, *s1, *s2]).all() or n < 0:
             raise ValueError("band statistics of the wrong shape or not finite")
+        if n >= MAX_FRAMES or n % N_FRAMES:
+            raise ValueError(f"a frame count of {n:g} is not whole steps of {N_FRAMES} frames below 2**53")
+        # Cauchy-Schwarz: each band's sum of squares is at least its squared sum over the count
+        # (equal for a constant band; the margin is float rounding of the sums).
+        if (s2 < 0).any() or (s1 * s1 > n * s2 * (1 + 1e-6) + 1e-9).any():
+            raise ValueError("band sums that no set of frames has (a negative spread)")
         return BandStats(n, s1, s2)
 
 
@@ -176,9 +191,19 @@ class VoiceBaseline:
     def read(path: Path) -> tuple[BandStats, dict[str, Any]]:
         """The saved statistics and the whole document (its `meta` fields); ValueError as `read_stats`."""
         try:
-            doc = json.loads(path.read_text())
+            # A FIFO or device would block or never end on open/read: only a regular file is read.
+            if not path.is_file():
+                raise ValueError("not a regular file")
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise ValueError(f"over {MAX_FILE_BYTES // 2**20} MB, not a saved baseline")
+            doc = json.loads(data.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("format") != FORMAT:
                 raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
             return BandStats.from_dict(doc["stats"]), doc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError,
+                RecursionError) as e:      # RecursionError: JSON nested deeper than the parser goes
             raise ValueError(str(e) or type(e).__name__) from None
