@@ -199,6 +199,10 @@ def test_a_model_trained_with_baselines_carries_its_prior_and_evaluates_adapted(
     assert main([*args, "--out", str(tmp_path / "n")]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert "adapt" not in plain and plain["emotion"]["n"] == adapted["emotion"]["n"] == 3
+    # Images have no voice to adapt: refused in one line rather than silently the same as no adaptation.
+    assert main(["eval", str(FIX / "fer2013"), "--model", str(model), "--cache", str(cache),
+                 "--out", str(tmp_path / "f"), "--adapt", "person"]) == 2
+    assert "no speech" in capsys.readouterr().err
 
 
 def test_adapting_a_model_without_a_prior_is_refused_in_one_line(tmp_path: Path, capsys) -> None:

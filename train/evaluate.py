@@ -204,6 +204,9 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
                              f"{data or 'the validation split'}")
     if not len(records):
         raise SystemExit(f"no readable items in {data or 'the validation split'}")
+    if adapt_prior is not None and not speech_per_person(records, model.cfg.step_s):
+        raise SystemExit(f"--adapt person: no speech in {data or 'the validation split'} to build a person's "
+                         f"baseline from (images have none); adapt on voices, or leave --adapt out")
     key_segments = (train_meta or {}).get("voice_key_segments")
     image_steps = (train_meta or {}).get("image_steps", 1)
     calibration = load_calibration(model_dir) if calibrated else Calibration()
