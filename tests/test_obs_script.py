@@ -150,14 +150,20 @@ def test_unstartable_config_gives_clear_status(setup: dict[str, Any], tmp_path: 
     wait_for(lambda: "choose a camera source" in sup.status_line(), what="camera hint")
 
 
+def _start_with_python(setup: dict[str, Any], path: Path, script: str) -> Any:
+    """The supervisor started with a stand-in "python": a shell script (POSIX only)."""
+    sup, cfg = setup["sup"], setup["cfg"]
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    sup.configure(WorkerConfig(**{**cfg.__dict__, "python": str(path)}))
+    sup.start()
+    return sup
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell wrapper")
 def test_crashing_worker_backs_off(setup: dict[str, Any], tmp_path: Path) -> None:
-    sup, cfg = setup["sup"], setup["cfg"]
-    bad = tmp_path / "bad-python"
-    bad.write_text("#!/bin/sh\necho 'cannot connect to OBS: wrong password' >&2\nexit 3\n")
-    bad.chmod(0o755)
-    sup.configure(WorkerConfig(**{**cfg.__dict__, "python": str(bad)}))
-    sup.start()
+    sup = _start_with_python(setup, tmp_path / "bad-python",
+                             "echo 'cannot connect to OBS: wrong password' >&2\nexit 3\n")
     wait_for(lambda: sup.restarts >= 2, timeout=10, what="two restarts")
     assert "exited with code 3: cannot connect to OBS: wrong password" in sup.status_line()
     # backoff grows: 1 s then 2 s, so no more than 3 restarts in ~4 s
@@ -171,12 +177,7 @@ def test_worker_hung_before_its_first_status_is_restarted(setup: dict[str, Any],
     """A worker that never writes a status (hung while starting) is restarted, and never counts as healthy."""
     monkeypatch.setattr(obs_supervisor, "STATUS_FIRST_S", 1.0)
     monkeypatch.setattr(obs_supervisor, "HEALTHY_AFTER_S", 0.5)
-    sup, cfg = setup["sup"], setup["cfg"]
-    hung = tmp_path / "hung-python"
-    hung.write_text("#!/bin/sh\nexec sleep 600\n")
-    hung.chmod(0o755)
-    sup.configure(WorkerConfig(**{**cfg.__dict__, "python": str(hung)}))
-    sup.start()
+    sup = _start_with_python(setup, tmp_path / "hung-python", "exec sleep 600\n")
     wait_for(lambda: sup.restarts >= 1, timeout=20, what="restart of a worker with no status")
     assert "stopped answering" in sup.status_line()
     assert sup.failures >= 1          # the backoff keeps growing for a worker that never reports

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from obs_merlb.labels import MODALITIES
-from obs_merlb.train import loop
+from obs_merlb.train import loop, start
 from obs_merlb.train.data import PairedDataset, StepDataset, collate
 from obs_merlb.train.loop import TrainConfig, train
 
@@ -133,7 +133,7 @@ def test_init_part_takes_one_encoder_from_another_model(tmp_path: Path) -> None:
     save_model(base, tmp_path / "base")
     save_model(donor, tmp_path / "donor")
     cfg = TrainConfig(init=str(tmp_path / "base"), init_parts=[f"encoders.voice.={tmp_path / 'donor'}"])
-    model = loop.build_model(cfg, None)
+    model = start.build_model(cfg, None)
     got, want_voice, want_rest = model.state_dict(), donor.state_dict(), base.state_dict()
     for k, v in got.items():
         assert torch.equal(v, want_voice[k] if k.startswith("encoders.voice.") else want_rest[k]), k
@@ -142,7 +142,7 @@ def test_init_part_takes_one_encoder_from_another_model(tmp_path: Path) -> None:
     # A prefix the donor lacks, or a malformed spec, stops with a message instead of a silent no-op.
     for spec in (f"encoders.body.={tmp_path / 'donor'}", "encoders.voice."):
         with pytest.raises(SystemExit, match="init part"):
-            loop.build_model(TrainConfig(init=str(tmp_path / "base"), init_parts=[spec]), None)
+            start.build_model(TrainConfig(init=str(tmp_path / "base"), init_parts=[spec]), None)
 
 
 def test_augmentations_keep_shape_range_and_vary() -> None:
@@ -354,27 +354,27 @@ def test_grow_face_stage_starts_from_the_init_and_needs_one(tmp_path: Path) -> N
     torch.manual_seed(0)
     base = MERLB(MERLBConfig(modalities=["face", "voice"]))
     save_model(base, tmp_path / "base")
-    model = loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=3), None)
+    model = start.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=3), None)
     assert model.cfg.face_top_layers == 7
     old = base.state_dict()
     same = [k for k, v in model.state_dict().items() if k in old and old[k].shape == v.shape]
     assert len(same) > 0.9 * len(old) and all(torch.equal(model.state_dict()[k], old[k]) for k in same)
-    both = loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=1, grow_face_mid=2), None)
+    both = start.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=1, grow_face_mid=2), None)
     assert (both.cfg.face_top_layers, both.cfg.face_mid_layers) == (5, 6)
     with pytest.raises(SystemExit, match="grow_face needs init"):
-        loop.build_model(TrainConfig(grow_face=3), None)
+        start.build_model(TrainConfig(grow_face=3), None)
     with pytest.raises(SystemExit, match="grow_face_mid needs init.*model.face_mid_layers"):
-        loop.build_model(TrainConfig(grow_face_mid=3), None)
+        start.build_model(TrainConfig(grow_face_mid=3), None)
     with pytest.raises(SystemExit, match="grow_face_mid=-2"):
-        loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face_mid=-2), None)
+        start.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face_mid=-2), None)
     with pytest.raises(SystemExit, match="at least one layer"):
-        loop.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=-1), None)
+        start.build_model(TrainConfig(init=str(tmp_path / "base"), grow_face=-1), None)
     save_model(MERLB(MERLBConfig(modalities=["voice"])), tmp_path / "voice_only")
     with pytest.raises(SystemExit, match="needs a model with a face encoder"):
-        loop.build_model(TrainConfig(init=str(tmp_path / "voice_only"), grow_face=2), None)
+        start.build_model(TrainConfig(init=str(tmp_path / "voice_only"), grow_face=2), None)
     # A run folder instead of its model/ folder: a message, not a traceback.
     with pytest.raises(SystemExit, match="not a saved model folder"):
-        loop.build_model(TrainConfig(init=str(tmp_path)), None)
+        start.build_model(TrainConfig(init=str(tmp_path)), None)
 
 
 def test_bad_model_settings_stop_with_a_message_naming_them(tmp_path: Path) -> None:
@@ -406,10 +406,10 @@ def test_voice_teacher_pulls_only_voice_only_windows(tmp_path: Path) -> None:
     mask[:, :, MODALITIES.index("voice")] = 1
     mask[:2, :, MODALITIES.index("face")] = 1          # rows 0-1: face+voice, rows 2-3: voice only
     with torch.no_grad():
-        same = loop.voice_distill_loss(teacher, teacher(None, voice, None, None, mask), voice, mask)
-        full = loop.voice_distill_loss(teacher, other(face, voice, None, None, mask), voice, mask)
-        only = loop.voice_distill_loss(teacher, other(None, voice[2:], None, None, mask[2:]), voice[2:], mask[2:])
-        none = loop.voice_distill_loss(teacher, other(face[:2], voice[:2], None, None, mask[:2]),
+        same = start.voice_distill_loss(teacher, teacher(None, voice, None, None, mask), voice, mask)
+        full = start.voice_distill_loss(teacher, other(face, voice, None, None, mask), voice, mask)
+        only = start.voice_distill_loss(teacher, other(None, voice[2:], None, None, mask[2:]), voice[2:], mask[2:])
+        none = start.voice_distill_loss(teacher, other(face[:2], voice[:2], None, None, mask[:2]),
                                        voice[:2], mask[:2])
     assert float(same) == pytest.approx(0.0, abs=1e-6)
     assert float(full) > 0.01

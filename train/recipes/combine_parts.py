@@ -19,7 +19,7 @@ from pathlib import Path
 from obs_merlb.model.config import CONFIG_FILE, load_config
 from obs_merlb.model.export import export_onnx
 from obs_merlb.model.io import load_model, save_model
-from obs_merlb.train.loop import load_part
+from obs_merlb.train.start import load_part
 
 
 def combine(base: Path, parts: list[str], out: Path) -> Path:
