@@ -176,7 +176,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     if data is not None:
         fmt = fmt or detect_format(data)
     model, meta = _load(model_dir, device)
-    adapt_prior = person_prior(model, model_dir) if adapt == "person" else None
+    adapt_prior = adaptation_prior(model, model_dir) if adapt == "person" else None
     train_meta = meta.get("train")
     if data is None and not train_meta:
         raise SystemExit(f"{model_dir} records no training data; give a dataset PATH to evaluate on")
@@ -261,7 +261,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     return result
 
 
-def person_prior(model, model_dir: Path):
+def adaptation_prior(model, model_dir: Path):
     from obs_merlb.perception.baseline import Prior
 
     if model.cfg.voice_prior is None:
