@@ -105,6 +105,13 @@ def test_eval_reports_each_set_and_both_fer_label_kinds(tiny_model, tmp_path: Pa
     kinds = json.loads(capsys.readouterr().out)["label_kinds"]
     assert kinds["original"]["emotion"]["n"] == 14          # every image, its folder's label
     assert kinds["ferplus_majority"]["emotion"]["n"] == 11  # voted images with a strict majority
+    # Where the two kinds agree, disagree, or FER+ has no majority: the parts add up to both accuracies.
+    a, d, r = (kinds["agreement"][k] for k in ("agree", "disagree", "no_majority"))
+    assert a["n"] + d["n"] == 11 and a["n"] + d["n"] + r["n"] == 14 and d["n"] > 0
+    ferplus = (a["accuracy"] * a["n"] + d["as_ferplus"] * d["n"]) / 11
+    original = (a["accuracy"] * a["n"] + d["as_original"] * d["n"] + r["accuracy_original"] * r["n"]) / 14
+    assert ferplus == pytest.approx(kinds["ferplus_majority"]["emotion"]["accuracy"])
+    assert original == pytest.approx(kinds["original"]["emotion"]["accuracy"])
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
