@@ -47,7 +47,7 @@ import numpy as np
 import platformdirs
 
 from obs_merlb import resume
-from obs_merlb.capture.file import MediaError, MediaInfo, probe, undeclared_length_note
+from obs_merlb.capture.file import GREW, MediaError, MediaInfo, growing_note, probe, undeclared_length_note
 from obs_merlb.cli import device_type, positive_float, refuse, setting_type
 from obs_merlb.config import APP_NAME
 from obs_merlb.files import check_writable
@@ -329,8 +329,8 @@ def _analyze_into(out: Path, file: Path, info: MediaInfo, model: str | None, *, 
                     if stopping:
                         stopped = True
                         break
-            cut = undeclared_length_note(info, last_t)
-            if cut is not None and not stopped:
+            cut = growing_note(file, info.size, last_t) or undeclared_length_note(info, last_t)
+            if cut is not None and not stopped and not any(GREW in n for n in notes):
                 notes.append(cut)
             for note in notes:
                 bar.note(f"merlb analyze: warning: {note}")
@@ -369,7 +369,7 @@ def _analyze_into(out: Path, file: Path, info: MediaInfo, model: str | None, *, 
     except OSError as e:
         raise written_up_to(e) from e
     resume.remove(ckpt_path)
-    if info.duration and analysed < 0.9 * info.duration - 0.2:
+    if info.duration and analysed < 0.9 * info.duration - 0.2 and not any(GREW in n for n in notes):
         print(f"merlb analyze: warning: only {clock(analysed)} of the {clock(info.duration)} the file declares "
               f"could be analysed ({100.0 * analysed / info.duration:.0f}%); the report covers that part",
               file=sys.stderr)

@@ -5,6 +5,7 @@ see its tests)."""
 from __future__ import annotations
 
 import base64
+import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -162,6 +163,21 @@ def test_truncated_stream_keeps_what_decoded_with_a_warning() -> None:
     with pytest.warns(RuntimeWarning, match="truncated"):
         m = load_media(p)
     assert 0.5 < m.duration < 1.5 and len(m.frames) > 10 and len(m.audio) > 8000
+
+
+def test_a_file_that_grows_while_read_is_not_called_truncated(tmp_path: Path) -> None:
+    """OBS still writing the recording: its end is where the writer is, not a cut."""
+    p = tmp_path / "recording.flv"
+    shutil.copy(FIX / "corrupt" / "truncated.flv", p)
+    notes: list[str] = []
+    items = iter_media(p, on_warning=notes.append)
+    next(items)
+    with open(p, "ab") as f:            # the writer adds to the file meanwhile
+        f.write(b"\0" * 4096)
+    rest = list(items)
+    assert rest and len(notes) == 1
+    assert "grew while it was read" in notes[0] and "run again when the recording has ended" in notes[0]
+    assert "truncated" not in notes[0]
 
 
 def test_file_source_paced_latest_frame_wins() -> None:

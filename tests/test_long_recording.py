@@ -215,6 +215,31 @@ def test_recording_cut_off_mid_file_is_analysed_up_to_the_cut(tmp_path: Path) ->
     assert "cut off" in (out / "report.html").read_text()
 
 
+def test_a_recording_still_being_written_says_so(tmp_path: Path, monkeypatch) -> None:
+    """OBS still recording the file `merlb analyze` reads: the end it reaches is where the
+    writer was, so the note says to run again later, not that the file was cut off."""
+    from obs_merlb import report
+
+    rec = tmp_path / "recording.mkv"
+    _crashed_recording(rec, 20.0)
+    real_probe = report.probe
+
+    def probe_then_grow(path):
+        info = real_probe(path)
+        with open(path, "ab") as f:           # the writer's next cluster, half written
+            f.write(os.urandom(64 * 1024))
+        return info
+
+    monkeypatch.setattr(report, "probe", probe_then_grow)
+    out = tmp_path / "out"
+    assert report.analyze(rec, out, str(MODEL), progress=False) is not None
+    warnings = json.loads((out / "timeline.json").read_text())["meta"]["warnings"]
+    assert len(warnings) == 1, warnings
+    assert "grew while it was read" in warnings[0] and "run again when the recording has ended" in warnings[0]
+    assert "cut off" not in warnings[0] and "truncated" not in warnings[0]
+    assert _rows(out)[-1]["t"] > 10.0
+
+
 def test_memory_stays_flat_on_a_long_recording(tmp_path: Path) -> None:
     """Four minutes of media: RSS sampled during `merlb analyze` and `merlb preprocess`
     stays under a bound and does not grow in the second half of the run."""

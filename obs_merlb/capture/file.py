@@ -44,6 +44,7 @@ class MediaInfo:
     fps: float | None
     width: int | None
     height: int | None
+    size: int | None = None    # bytes when probed: a recording still being written grows past it
 
 
 def _av():
@@ -99,6 +100,7 @@ def _streams(container, path: str, video: bool, audio: bool):
 
 def probe(path: str | os.PathLike) -> MediaInfo:
     """What a file holds, without decoding it."""
+    size = file_size(path)
     container = _open(path)
     try:
         v = next(iter(container.streams.video), None)
@@ -109,7 +111,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         fps = float(v.average_rate) if v is not None and v.average_rate else None
         return MediaInfo(os.fspath(path), v is not None, a is not None, duration, fps,
                          v.codec_context.width if v is not None else None,
-                         v.codec_context.height if v is not None else None)
+                         v.codec_context.height if v is not None else None, size)
     finally:
         container.close()
 
@@ -121,6 +123,26 @@ def undeclared_length_note(info: MediaInfo, reached_s: float) -> str | None:
         return None
     return (f"{info.path}: the file does not say how long it lasts (a recording cut off before it was "
             f"finalised, as when OBS crashes?); kept the {reached_s:.2f} s that decoded")
+
+
+def file_size(path: str | os.PathLike) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+GREW = "the file grew while it was read"
+
+
+def growing_note(path: str | os.PathLike, size_at_start: int | None, reached_s: float) -> str | None:
+    """The note for a file that grew while it was read (OBS still recording it): its end
+    is not a cut, and the next run will see more."""
+    now = file_size(path)
+    if size_at_start is None or now is None or now <= size_at_start:
+        return None
+    return (f"{os.fspath(path)}: {GREW} (is it still being recorded?); analysed "
+            f"the first {reached_s:.2f} s; run again when the recording has ended")
 
 
 def _frame_converter(frame, max_width: int | None):
@@ -151,6 +173,7 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
     """
     av = _av()
     p = os.fspath(path)
+    size0 = file_size(p)
     container = _open(p)
     try:
         v, a = _streams(container, p, video, audio)
@@ -256,8 +279,10 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         except av.FFmpegError as e:
             if yielded == 0:
                 raise MediaError(p, f"cannot decode ({_reason(e)})") from e
-            warn(f"{p}: decoding stopped at {_reached(last_vt, audio_t0, audio_n):.2f} s "
-                 f"({_reason(e)}); the file looks truncated or damaged, keeping what decoded")
+            reached = _reached(last_vt, audio_t0, audio_n)
+            warn(growing_note(p, size0, reached) or
+                 f"{p}: decoding stopped at {reached:.2f} s ({_reason(e)}); the file looks truncated or "
+                 f"damaged, keeping what decoded")
             return
         if yielded == 0:
             where = "" if start == 0 and end is None else f" between {start:.2f} s and {end} s"
@@ -267,7 +292,8 @@ def iter_media(path: str | os.PathLike, *, video: bool = True, audio: bool = Tru
         declared = container.duration / 1e6 if container.duration else None
         got = _reached(None if last_vt is None else last_vt + v_period, audio_t0, audio_n)
         if declared and (end is None or end > got) and got < 0.9 * declared - 0.2:
-            warn(f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
+            warn(growing_note(p, size0, got) or
+                 f"{p}: decoding ended at {got:.2f} s but the file says it lasts "
                  f"{declared:.2f} s; it looks truncated, keeping what decoded")
     finally:
         container.close()
