@@ -49,8 +49,13 @@ def prior_digest(prior: Prior) -> str:
 
 
 def baseline_path(profile: str, root: Path | None = None) -> Path:
-    """The profile's file; `profile` must have passed settings.check_profile (it names a file)."""
-    return (root if root is not None else config_path().parent / BASELINE_DIR) / f"{profile}.json"
+    """The profile's file; `profile` must have passed settings.check_profile (it names a file).
+
+    Profile names ignore case: on Windows and macOS "Alice" and "alice" name one
+    file, so they name one person everywhere, and a config moved between systems
+    keeps its baselines.
+    """
+    return (root if root is not None else config_path().parent / BASELINE_DIR) / f"{profile.lower()}.json"
 
 
 def _hold(path: Path) -> str | None:

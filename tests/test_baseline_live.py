@@ -312,6 +312,11 @@ def test_profiles_are_kept_apart(prior: Prior, tmp_path: Path) -> None:
     a, _, _ = BaselineStore.open(prior, "alice", 0.25, root=tmp_path)
     b, _, _ = BaselineStore.open(prior, "bob", 0.25, root=tmp_path)
     assert a.baseline.stats.n == 7 * N_FRAMES and b.baseline.stats.n == 0
+    # Case does not tell profiles apart: on Windows and macOS the two names are one file.
+    assert baseline_path("Alice", tmp_path) == baseline_path("alice", tmp_path)
+    big, _, _ = BaselineStore.open(prior, "ALICE", 0.25, root=tmp_path)
+    assert big.baseline.stats.n == 7 * N_FRAMES
+    assert sorted(f.name for f in tmp_path.glob("*.json")) == ["alice.json"]
 
 
 # ------------------------------------------------------------------ resets
