@@ -97,6 +97,21 @@ def test_ferplus_votes_become_soft_targets_and_majority_labels() -> None:
     assert all(i.soft is None for i in D.load_items(FIX / "fer2013", votes=False))
 
 
+def test_the_votes_setting_names_auto_none_or_a_csv(tmp_path: Path) -> None:
+    from obs_merlb.train.loop import TrainConfig
+
+    assert D.parse_votes("auto") is True and D.parse_votes(" None ") is False
+    assert D.parse_votes(str(FIX / "ferplus_votes_sample.csv")) == FIX / "ferplus_votes_sample.csv"
+    with pytest.raises(D.DatasetError, match="votes 'nope.csv': no such CSV file"):
+        D.parse_votes("nope.csv")
+    # In a recipe a CSV's path is relative to the recipe, like the data paths.
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "a.toml").write_text('data = ["d"]\nvotes = "../v.csv"\n')
+    (tmp_path / "r" / "b.toml").write_text('data = ["d"]\nvotes = "none"\n')
+    assert TrainConfig.from_toml(tmp_path / "r" / "a.toml").votes == str(tmp_path / "v.csv")
+    assert TrainConfig.from_toml(tmp_path / "r" / "b.toml").votes == "none"
+
+
 def test_ferplus_mostly_unknown_or_not_a_face_is_dropped_and_counted(tmp_path: Path, caplog) -> None:
     shutil.copytree(FIX / "fer2013", tmp_path / "fer2013" / "val")
     header = "file,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"

@@ -112,6 +112,20 @@ def test_eval_reports_each_set_and_both_fer_label_kinds(tiny_model, tmp_path: Pa
     original = (a["accuracy"] * a["n"] + d["as_original"] * d["n"] + r["accuracy_original"] * r["n"]) / 14
     assert ferplus == pytest.approx(kinds["ferplus_majority"]["emotion"]["accuracy"])
     assert original == pytest.approx(kinds["original"]["emotion"]["accuracy"])
+    # --votes none: the folder labels only; --votes CSV: votes kept elsewhere; a CSV that is not there: one line.
+    assert main(["eval", str(fer / "fer2013"), "--model", str(model), "--cache", str(cache), "--votes", "none",
+                 "--out", str(tmp_path / "fer_none"), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "label_kinds" not in plain and plain["emotion"]["n"] == 14
+    assert plain["emotion"]["accuracy"] == pytest.approx(kinds["original"]["emotion"]["accuracy"])
+    bare = tmp_path / "bare"
+    shutil.copytree(FIX / "fer2013", bare / "fer2013")
+    assert main(["eval", str(bare / "fer2013"), "--model", str(model), "--cache", str(cache), "--votes",
+                 str(fer / "ferplus_votes.csv"), "--out", str(tmp_path / "fer_named"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["label_kinds"]["ferplus_majority"]["emotion"]["n"] == 11
+    assert main(["eval", str(bare / "fer2013"), "--model", str(model), "--cache", str(cache), "--votes",
+                 str(tmp_path / "gone.csv"), "--out", str(tmp_path / "fer_gone")]) == 2
+    assert "merlb eval: votes" in capsys.readouterr().err
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:

@@ -528,6 +528,9 @@ def attach_votes(items: Sequence[Item], csv_path: str | Path) -> tuple[list[Item
     """Items with FER+ votes as soft targets and majority labels; mostly-unknown ones dropped."""
     votes = read_votes(csv_path)
     base = Path(csv_path).resolve().parent
+    # A CSV named from elsewhere (`votes=`) cannot be matched by the path below it: its
+    # rows end split-folder/label-folder/file, and so do the images' paths.
+    by_tail = {"/".join(k.split("/")[-3:]): v for k, v in votes.items()}
     out: list[Item] = []
     stats = VoteStats()
     for it in items:
@@ -536,6 +539,8 @@ def attach_votes(items: Sequence[Item], csv_path: str | Path) -> tuple[list[Item
         except ValueError:
             rel = ""
         counts = votes.get(rel)
+        if counts is None:
+            counts = by_tail.get("/".join(Path(it.path).parts[-3:]))
         folder = it.labels.get("emotion")
         if counts is None:
             stats.unvoted += 1
@@ -551,6 +556,26 @@ def attach_votes(items: Sequence[Item], csv_path: str | Path) -> tuple[list[Item
         stats.no_majority += majority is None
         out.append(replace(it, labels=_emotion_labels(majority), soft=soft, orig=folder))
     return out, stats
+
+
+VOTES_HELP = ("FER+ votes for image folders: 'auto' (a ferplus_votes.csv beside the folders, the default), "
+              "'none' (the folder labels only) or a CSV's path")
+
+
+def parse_votes(value: str | Path | bool) -> Path | bool:
+    """The `votes` setting (auto | none | a CSV path) as `load_items` takes it; DatasetError when a
+    named CSV is not a file."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() == "auto":
+        return True
+    if text.lower() == "none":
+        return False
+    path = Path(os.path.expanduser(text))
+    if not path.is_file():
+        raise DatasetError(f"votes {text!r}: no such CSV file ({VOTES_HELP})")
+    return path
 
 
 def load_items(path: str | Path, fmt: str | None = None, votes: str | Path | bool = True) -> list[Item]:

@@ -32,7 +32,7 @@ from obs_merlb.cli import positive_int, refuse
 from obs_merlb.files import check_writable
 from obs_merlb.labels import IGNORE
 
-from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, detect_format
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, VOTES_HELP, DatasetError, describe, detect_format, parse_votes
 from .metrics import confusion_png, reliability_png, rich_table, score, table_row, write_table
 
 
@@ -188,7 +188,8 @@ def _fmt(x: float | None) -> str:
 def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None = None,
              cache: str | None = None, out: str | Path | None = None, device: str = "cpu",
              workers: int = 1, limit: int | None = None, quiet: bool = False,
-             calibrated: bool = True, people: list[str] | None = None, adapt: str = "none") -> dict[str, Any]:
+             calibrated: bool = True, people: list[str] | None = None, adapt: str = "none",
+             votes: str | Path | bool = True) -> dict[str, Any]:
     """Metrics per head (and files in `out`); the dict `merlb eval --json` prints.
 
     Probabilities are those the live engine shows: temperature-scaled by the
@@ -208,6 +209,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     # Every input is checked before the model loads and the data is preprocessed.
     if data is not None:
         fmt = fmt or detect_format(data)
+        votes = parse_votes(votes)
     model, meta = _load(model_dir, device)
     adapt_prior = adaptation_prior(model, model_dir) if adapt == "person" else None
     train_meta = meta.get("train")
@@ -225,7 +227,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     else:
         prep = prepare(data, cache_dir, fmt=fmt,
                        settings=FeatureSettings(step_s=model.cfg.step_s), workers=workers,
-                       limit=limit, quiet=quiet)
+                       limit=limit, quiet=quiet, votes=votes)
         records = load_records(prep)
         data_name = Path(data).name
     if people:
@@ -339,6 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapt", choices=("none", "person"), default="none",
                         help="person: hear each voice against its person's baseline, built without labels "
                              "from that person's clips in PATH (people as the readers name them)")
+    parser.add_argument("--votes", default="auto", metavar="auto|none|CSV", help=VOTES_HELP)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-calibration", dest="calibrated", action="store_false",
                         help="score the raw softmax, ignoring the model's temperature calibration")
@@ -353,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(model_dir, args.path, fmt=args.format, cache=args.cache, out=out, device=args.device,
                           workers=args.workers, limit=args.limit, quiet=args.json, calibrated=args.calibrated,
                           people=[g.strip() for g in args.people.split(",") if g.strip()] if args.people else None,
-                          adapt=args.adapt)
+                          adapt=args.adapt, votes=args.votes)
     except DatasetError as e:
         return refuse("eval", str(e))
     if args.json:

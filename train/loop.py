@@ -37,7 +37,7 @@ from obs_merlb.labels import MODALITIES
 from . import balance
 from .data import (Collate, PairedDataset, PersonBaselines, Records, StepDataset, blend_original, head_targets,
                    load_records, predict)
-from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, split_items
+from .datasets import FORMATS, HEAD_CLASSES, HEADS, DatasetError, describe, parse_votes, split_items
 from .device_batches import DEVICE_DATA_RULE, DeviceImageBatches
 from .metrics import mean_macro_f1, score
 from .preprocess import FeatureSettings, Prepared, default_cache, default_workers, load_manifest, prepare
@@ -95,6 +95,10 @@ class TrainConfig:
     # disagree on about a quarter of the images; a blend keeps some of the
     # original labels' accuracy (data.blend_original).
     vote_original_weight: float = 0.0
+    # FER+ votes for the image folders: "auto" (a ferplus_votes.csv beside them),
+    # "none" (the folder labels only: a stage trained on the original labels)
+    # or a CSV's path (relative to the recipe, as the data paths are).
+    votes: str = "auto"
     max_items: int | None = None                         # per dataset, a seeded subset (tiny runs)
     preprocess_workers: int = field(default_factory=default_workers)
     loader_workers: int = 0
@@ -168,6 +172,8 @@ class TrainConfig:
         # Relative data paths in a recipe are relative to the recipe, not to the shell.
         cfg.data = [_rel(base, p) for p in cfg.data]
         cfg.val_data = [_rel(base, p) for p in cfg.val_data]
+        if cfg.votes.strip().lower() not in ("auto", "none"):
+            cfg.votes = _rel(base, cfg.votes)
         return cfg
 
     @classmethod
@@ -253,7 +259,7 @@ def prepare_source(path: str, cfg: TrainConfig, quiet: bool = False) -> Prepared
         return load_manifest(path)
     cache = Path(cfg.cache) if cfg.cache else default_cache()
     return prepare(path, cache, fmt=cfg.format, settings=FeatureSettings(step_s=cfg.model.get("step_s", 0.25)),
-                   workers=cfg.preprocess_workers, quiet=quiet)
+                   workers=cfg.preprocess_workers, quiet=quiet, votes=parse_votes(cfg.votes))
 
 
 def _subset(prep: Prepared, n: int | None, seed: int) -> list:

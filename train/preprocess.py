@@ -58,7 +58,7 @@ from obs_merlb.config import APP_NAME
 from obs_merlb.files import check_writable, write_atomic
 from obs_merlb.labels import FACE, MODALITIES
 
-from .datasets import FORMATS, DatasetError, Item, detect_format, load_items
+from .datasets import FORMATS, VOTES_HELP, DatasetError, Item, detect_format, load_items, parse_votes
 
 log = logging.getLogger(__name__)
 
@@ -504,21 +504,27 @@ class _RecordingProgress:
             self.console.print(f"[yellow]note[/] {text}")
 
 
-def _manifest_name(src: Path, fmt: str, settings: FeatureSettings) -> str:
-    h = hashlib.sha1(f"{src.resolve()}|{fmt}|{settings.digest()}".encode()).hexdigest()[:10]
+def _manifest_name(src: Path, fmt: str, settings: FeatureSettings, votes: Path | bool = True) -> str:
+    # The labels differ with the votes, the features do not: only the manifest tells them apart.
+    which = "" if votes is True else f"|votes={votes if votes is False else Path(votes).resolve()}"
+    h = hashlib.sha1(f"{src.resolve()}|{fmt}|{settings.digest()}{which}".encode()).hexdigest()[:10]
     return f"{src.name or 'data'}-{fmt}-{h}.json"
 
 
 def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | None = None,
             settings: FeatureSettings | None = None, workers: int = 1,
             items: Sequence[Item] | None = None, retry_failed: bool = False,
-            limit: int | None = None, quiet: bool = False) -> Prepared:
-    """Preprocess the dataset at `path` into `cache` (work already done is reused)."""
+            limit: int | None = None, quiet: bool = False, votes: Path | bool = True) -> Prepared:
+    """Preprocess the dataset at `path` into `cache` (work already done is reused).
+
+    `votes` (datasets.parse_votes) picks the FER+ votes of image folders; the
+    features do not depend on it, so the cached shards serve every choice.
+    """
     settings = settings or FeatureSettings()
     src = Path(path)
     fmt = fmt or detect_format(src)
     if items is None:
-        items = load_items(src, fmt)
+        items = load_items(src, fmt, votes)
     items = list(items)[:limit] if limit else list(items)
     cache = Path(cache)
     (cache / "shards").mkdir(parents=True, exist_ok=True)
@@ -619,7 +625,7 @@ def prepare(path: str | os.PathLike, cache: str | os.PathLike, *, fmt: str | Non
             # Failures from earlier runs are still named, so nobody wonders where a file went.
             log.warning("skipped %s: %s", p, reason)
 
-    manifest = cache / "manifests" / _manifest_name(src, fmt, settings)
+    manifest = cache / "manifests" / _manifest_name(src, fmt, settings, votes)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps({
         "source": str(src.resolve()), "format": fmt, "settings": asdict(settings),
@@ -684,6 +690,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body", action="store_true", help="also store pose landmarks")
     parser.add_argument("--scene", action="store_true", help="also store gameplay thumbnails")
     parser.add_argument("--limit", type=positive_int, default=None, help="first N items only (quick looks)")
+    parser.add_argument("--votes", default="auto", metavar="auto|none|CSV", help=VOTES_HELP)
     parser.add_argument("--retry-failed", action="store_true",
                         help="try files that failed in an earlier run again")
 
@@ -699,11 +706,12 @@ def run(args: argparse.Namespace) -> int:
     for p in args.paths:
         try:
             fmt = args.format or detect_format(p)
-            items = load_items(p, fmt)
+            votes = parse_votes(args.votes)
+            items = load_items(p, fmt, votes)
             if not items:   # a forced --format, or a label CSV with no rows
                 raise DatasetError(f"{p}: no items in the {fmt} layout")
             prep = prepare(p, cache, fmt=fmt, settings=settings, workers=args.workers,
-                           items=items, retry_failed=args.retry_failed, limit=args.limit)
+                           items=items, retry_failed=args.retry_failed, limit=args.limit, votes=votes)
         except DatasetError as e:
             return refuse("preprocess", str(e))
         _console().print(f"manifest: {prep.manifest}")
