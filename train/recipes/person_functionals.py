@@ -1,0 +1,156 @@
+"""Probe: a person's voice judged against their own baseline, on clip-level functionals.
+
+    python -m obs_merlb.train.recipes.person_functionals --model assets/model --json
+
+Issue 22's evidence for adapting to the person was per-speaker z-scoring of
+a standard acoustic feature set read by a linear classifier. The band-level
+baseline (perception/baseline.py) normalises each 10 ms frame and did not
+carry that gain (MODEL_CARD.md, session 14). This probe tests the issue's
+recipe on the model's own inputs, the cached log-mel steps that live computes
+too, before anything is built into the model:
+
+- per clip, the newest 0.25 s of every speech step's 1 s log-mel window,
+  i.e. the clip's speech frames once each;
+- per frame, 20 MFCCs (the DCT of the 64 log-mel bands), their deltas and
+  the log energy; per clip, their mean, spread and 10th/50th/90th
+  percentiles (205 numbers);
+- z-scored per person with all of that person's clips, no labels ("person"),
+  or with the training speakers' statistics ("global");
+- read by a logistic regression (balanced classes) fitted on the training
+  speakers of RAVDESS and EmoDB, the sets the model's voice trained on;
+- fused with the model's calibrated voice-only probabilities as a weighted
+  mean of log-probabilities (`--weight`; 0 = the model alone).
+
+Every set's validation speakers (default_voice_all.toml's `val_groups`) are
+scored; the four sets the model never trained on are scored cross-corpus,
+with their speakers' own z-scores. Numbers in MODEL_CARD.md, session 15.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from obs_merlb.labels import EMOTIONS, VOICE
+
+from obs_merlb.calibration import load_calibration
+from ..data import load_records
+from ..evaluate import _load, predict_records
+from ..loop import TrainConfig
+from ..preprocess import FeatureSettings, default_cache, prepare
+
+RECIPES = Path(__file__).resolve().parent
+N_MFCC = 20
+PERCENTILES = (10, 50, 90)
+TRAIN_SETS = ("ravdess_speech", "emodb")          # what the shipped voice trained on
+SETS = ("ravdess_speech", "emodb", "ased", "urdu", "emotiontts_kr", "nemo")
+
+
+def speech_frames(arrays: dict[str, np.ndarray], step_s: float) -> np.ndarray | None:
+    """(n, 64) log-mel frames of a clip's speech steps, each 10 ms frame once; None without speech."""
+    if "voice" not in arrays:
+        return None
+    v = arrays["voice"].astype(np.float32).reshape(len(arrays["voice"]), -1, arrays["voice"].shape[-1])
+    speech = (arrays["speech_prob"] > 0.5) & (arrays["mask"][:, VOICE] > 0)
+    if not speech.any():
+        return None
+    newest = max(1, int(round(step_s * 100)))     # frames per step at the 10 ms hop
+    return np.concatenate([w[:, -newest:] for w in v[speech]], axis=1).T
+
+
+def functionals(frames: np.ndarray) -> np.ndarray:
+    """A clip's 205 functionals: mean, spread and percentiles of MFCCs, deltas and log energy."""
+    from scipy.fft import dct
+
+    mfcc = dct(frames, type=2, norm="ortho", axis=1)[:, :N_MFCC]
+    delta = np.gradient(mfcc, axis=0) if len(mfcc) > 2 else np.zeros_like(mfcc)
+    energy = np.log(np.exp(frames).sum(axis=1, keepdims=True) + 1e-6)
+    lld = np.hstack([mfcc, delta, energy])
+    return np.concatenate([lld.mean(0), lld.std(0), *np.percentile(lld, PERCENTILES, axis=0)]).astype(np.float32)
+
+
+def zscore_by(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row z-scored with its group's mean and spread (no labels used)."""
+    out = np.empty_like(x)
+    for g in np.unique(groups):
+        m = groups == g
+        out[m] = (x[m] - x[m].mean(0)) / (x[m].std(0) + 1e-6)
+    return out
+
+
+def _clips(model, model_dir: Path, data: Path, cache: Path, people: set[str] | None) -> dict[str, Any]:
+    prep = prepare(data, cache, settings=FeatureSettings(step_s=model.cfg.step_s), quiet=True)
+    rec = load_records(prep)
+    keep = [i for i, (it, a) in enumerate(zip(rec.items, rec.arrays))
+            if it.labels.get("emotion") and (people is None or it.group in people)
+            and speech_frames(a, model.cfg.step_s) is not None]
+    rec = rec.subset(keep)
+    probs = predict_records(model, rec, calibration=load_calibration(model_dir))["emotion"]
+    return {"x": np.stack([functionals(speech_frames(a, model.cfg.step_s)) for a in rec.arrays]),
+            "y": np.array([it.labels["emotion"] for it in rec.items]),
+            "group": np.array([it.group for it in rec.items]),
+            "allowed": np.array([[e in it.emotions for e in EMOTIONS] for it in rec.items]),
+            "model": probs}
+
+
+def fused_scores(clips: dict[str, Any], reader, scaler, z: str, weights: tuple[float, ...],
+                 classes: list[str]) -> dict[str, float]:
+    """Balanced accuracy of the model fused with the reader at each weight, argmax over the set's emotions."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    x = zscore_by(clips["x"], clips["group"]) if z == "person" else clips["x"]
+    read = np.full_like(clips["model"], 1e-6)
+    read[:, [classes.index(c) for c in reader.classes_]] = reader.predict_proba(scaler.transform(x))
+    out = {}
+    for w in weights:
+        logp = (1 - w) * np.log(clips["model"] + 1e-6) + w * np.log(read + 1e-6)
+        logp[~clips["allowed"]] = -np.inf
+        out[f"w={w:g}"] = round(float(balanced_accuracy_score(clips["y"], np.array(classes)[logp.argmax(1)])), 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="assets/model")
+    ap.add_argument("--data-root", default=str(RECIPES.parent.parent.parent / "shared" / "data"))
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the reader")
+    ap.add_argument("--weights", default="0,0.25,0.5,1", help="reader weights to report (0 = the model alone)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    model_dir, root = Path(args.model), Path(args.data_root)
+    cache = Path(args.cache) if args.cache else default_cache()
+    weights = tuple(float(w) for w in args.weights.split(","))
+    model, _ = _load(model_dir, "cpu")
+    classes = list(EMOTIONS)
+    if list(model.cfg.active_heads["emotion"]) != classes:
+        raise SystemExit(f"{model_dir}: the probe reads the standard emotion classes {classes}")
+    val = set(TrainConfig.from_toml(RECIPES / "default_voice_all.toml").val_groups or [])
+    train = [_clips(model, model_dir, root / s, cache, None) for s in TRAIN_SETS]
+    fit = {k: np.concatenate([c[k][~np.isin(c["group"], list(val))] for c in train]) for k in ("x", "y", "group")}
+    held = {s: _clips(model, model_dir, root / s, cache, val) for s in SETS if (root / s).is_dir()}
+    result: dict[str, Any] = {"model": str(model_dir), "C": args.C, "training_clips": int(len(fit["y"]))}
+    for z in ("global", "person"):
+        x = zscore_by(fit["x"], fit["group"]) if z == "person" else fit["x"]
+        scaler = StandardScaler().fit(x)
+        reader = LogisticRegression(C=args.C, max_iter=3000, class_weight="balanced").fit(scaler.transform(x), fit["y"])
+        result[z] = {s: {"clips": int(len(c["y"])), **fused_scores(c, reader, scaler, z, weights, classes)}
+                     for s, c in held.items()}
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for z in ("global", "person"):
+            for s, r in result[z].items():
+                print(f"{z:>6} {s:>14}: " + "  ".join(f"{k} {v}" for k, v in r.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
