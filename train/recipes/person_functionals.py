@@ -113,6 +113,47 @@ def fused_scores(clips: dict[str, Any], reader, scaler, z: str, weights: tuple[f
     return out
 
 
+def pair_scores(model, model_dir: Path, root: Path, cache: Path, reader, scaler, weights: tuple[float, ...],
+                n_pairs: int = 1000) -> dict[str, dict[str, float]]:
+    """Emotion accuracy on eval_pairs.py's label-matched pairs (FER2013 val faces, held-out voices),
+    face+voice and voice only, with each pair's voice read by the person-z-scored reader too."""
+    from obs_merlb.calibration import load_calibration
+
+    from ..data import PairedDataset, Records
+    from .eval_pairs import pair_probs
+
+    val = set(TrainConfig.from_toml(RECIPES / "default_voice.toml").val_groups or [])
+    settings = FeatureSettings(step_s=model.cfg.step_s)
+    parts = [load_records(prepare(root / "fer2013" / "val", cache, settings=settings, quiet=True))]
+    for s in TRAIN_SETS:
+        rec = load_records(prepare(root / s, cache, settings=settings, quiet=True))
+        parts.append(rec.subset([i for i, it in enumerate(rec.items) if it.group in val]))
+    records = Records.concat(parts)
+    probs, y = pair_probs(model, records, n_pairs, 0, load_calibration(model_dir))
+    ds = PairedDataset(records, model.cfg.modalities, model.cfg.steps, train=False, n_pairs=n_pairs,
+                       augment=False, seed=0)
+    voices = [ds.pair(i)[1] for i in range(len(ds))]
+    clips = sorted(set(voices))
+    frames = {i: speech_frames(records.arrays[i], model.cfg.step_s) for i in clips}
+    people = np.array([records.items[i].group for i in clips])
+    x = zscore_by(np.stack([functionals(frames[i]) if frames[i] is not None else np.zeros(205, np.float32)
+                            for i in clips]), people)
+    read = np.full((len(clips), len(EMOTIONS)), 1e-6)
+    read[:, [list(EMOTIONS).index(c) for c in reader.classes_]] = reader.predict_proba(scaler.transform(x))
+    row = {c: k for k, c in enumerate(clips)}
+    per_pair = read[[row[v] for v in voices]]
+    spoken = np.array([frames[v] is not None for v in voices])
+    target = y[:, 0]
+    out = {}
+    for way in ("fusion", "voice_only"):
+        p = probs[way]["emotion"]
+        for w in weights:
+            logp = (1 - w) * np.log(p + 1e-6) + w * np.log(per_pair + 1e-6) * spoken[:, None]
+            logp = np.where(spoken[:, None], logp, np.log(p + 1e-6))
+            out.setdefault(way, {})[f"w={w:g}"] = round(float((logp.argmax(1) == target).mean()), 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="assets/model")
@@ -120,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None)
     ap.add_argument("--C", type=float, default=0.01, help="inverse regularisation of the reader")
     ap.add_argument("--weights", default="0,0.25,0.5,1", help="reader weights to report (0 = the model alone)")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="also score this many label-matched face+voice pairs (eval_pairs.py's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     from sklearn.linear_model import LogisticRegression
@@ -143,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         reader = LogisticRegression(C=args.C, max_iter=3000, class_weight="balanced").fit(scaler.transform(x), fit["y"])
         result[z] = {s: {"clips": int(len(c["y"])), **fused_scores(c, reader, scaler, z, weights, classes)}
                      for s, c in held.items()}
+    if args.pairs:   # the last reader fitted is the person-z-scored one
+        result["pairs_person"] = pair_scores(model, model_dir, root, cache, reader, scaler, weights, args.pairs)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        for z in ("global", "person"):
-            for s, r in result[z].items():
+        for z in ("global", "person", "pairs_person"):
+            for s, r in result.get(z, {}).items():
                 print(f"{z:>6} {s:>14}: " + "  ".join(f"{k} {v}" for k, v in r.items()))
     return 0
 
