@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("obs_merlb.train.loop", "train a MERLB model (any fusion type, task, modalities)"),
     "eval": ("obs_merlb.train.evaluate", "evaluate a model: per-class F1, accuracy, confusion matrices"),
     "calibrate": ("obs_merlb.train.calibrate", "fit temperatures so shown confidences match accuracy"),
+    "fit-reader": ("obs_merlb.train.fit_reader", "fit the voice reader that judges speech against the person"),
     "experiments": ("obs_merlb.train.experiments", "run fusion types x tasks and write the paper's table"),
     "live": ("obs_merlb.live", "run the live engine and serve events to the overlay and panel"),
     "analyze": ("obs_merlb.report", "analyse a recording: timeline CSV/JSON and an HTML report"),

@@ -10,19 +10,9 @@ from pathlib import Path
 import pytest
 
 from obs_merlb.cli import main
-from obs_merlb.train.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("eval")
-    cfg = TrainConfig.from_toml(ROOT / "train" / "recipes" / "tiny.toml")
-    cfg.out, cfg.cache, cfg.epochs = str(tmp / "run"), str(tmp / "cache"), 1
-    train(cfg, quiet=True)
-    return tmp / "run" / "model", tmp / "cache"
 
 
 def test_eval_json_one_object_per_head(tiny_model, tmp_path: Path, capsys) -> None:

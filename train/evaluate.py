@@ -81,11 +81,13 @@ def windows_of(records, steps: int):
 
 def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
                     image_steps: int = 1, key_segments: int | None = None,
-                    calibration=None, adapt_prior=None) -> dict[str, np.ndarray]:
+                    calibration=None, adapt_prior=None, reader=None) -> dict[str, np.ndarray]:
     """Per item and head, class probabilities (mean over the item's windows),
     temperature-scaled per window when a calibration is given. With
     `adapt_prior` (a perception.baseline.Prior) each voice is heard against
-    its person's baseline, built from all of that person's clips here."""
+    its person's baseline, built from all of that person's clips here; with
+    `reader` (model/voice_reader.py) each window's speech is also read against
+    the person's functionals, built the same way, and mixed into the emotion."""
     import torch
 
     from .data import PersonBaselines, StepDataset, predict
@@ -96,6 +98,14 @@ def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
     ds = StepDataset(win, model.cfg.modalities, steps, train=False, image_steps=image_steps,
                      key_segments=key_segments, baselines=baselines)
     probs, _ = predict(model, ds, model.cfg.modalities, torch.device(device), batch_size, calibration)
+    if reader is not None and "emotion" in probs:
+        from .fit_reader import person_zscores, window_functionals
+
+        x, idx = window_functionals(win, model.cfg.step_s)
+        if len(idx):
+            people = np.array([win.items[j].group for j in idx])
+            probs["emotion"] = probs["emotion"].copy()
+            probs["emotion"][idx] = reader.fuse(probs["emotion"][idx], person_zscores(x, people, reader.population))
     out = {}
     for head, p in probs.items():
         acc = np.zeros((len(records), p.shape[1]), np.float64)
@@ -211,7 +221,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
         fmt = fmt or detect_format(data)
         votes = parse_votes(votes)
     model, meta = _load(model_dir, device)
-    adapt_prior = adaptation_prior(model, model_dir) if adapt == "person" else None
+    adapt_prior, reader = adaptation(model, model_dir) if adapt == "person" else (None, None)
     train_meta = meta.get("train")
     if data is None and not train_meta:
         raise SystemExit(f"{model_dir} records no training data; give a dataset PATH to evaluate on")
@@ -239,19 +249,21 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
                              f"{data or 'the validation split'}")
     if not len(records):
         raise SystemExit(f"no readable items in {data or 'the validation split'}")
-    if adapt_prior is not None and not speech_per_person(records, model.cfg.step_s):
+    if adapt == "person" and not speech_per_person(records, model.cfg.step_s):
         raise SystemExit(f"--adapt person: no speech in {data or 'the validation split'} to build a person's "
                          f"baseline from (images have none); adapt on voices, or leave --adapt out")
     key_segments = (train_meta or {}).get("voice_key_segments")
     image_steps = (train_meta or {}).get("image_steps", 1)
     calibration = load_calibration(model_dir) if calibrated else Calibration()
     probs = predict_records(model, records, device, image_steps=image_steps, key_segments=key_segments,
-                            calibration=calibration, adapt_prior=adapt_prior)
+                            calibration=calibration, adapt_prior=adapt_prior, reader=reader)
     heads = model.cfg.active_heads
     metrics = score(probs, remap_targets(records.targets, heads), heads)
     result: dict[str, Any] = _summary(metrics)
-    if adapt_prior is not None:
+    if adapt == "person":
         result["adapt"] = adapt
+        result["adapted_by"] = [name for name, part in (("band baseline", adapt_prior), ("voice reader", reader))
+                                if part is not None]
         result["baselines"] = speech_per_person(records, model.cfg.step_s)
     by_set = _per_set(probs, records, heads)
     if by_set:
@@ -304,13 +316,31 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
 
 
 def adaptation_prior(model, model_dir: Path):
+    """The band baseline's population prior, None for a model trained without one."""
     from obs_merlb.perception.baseline import Prior
 
-    if model.cfg.voice_prior is None:
-        raise SystemExit(f"--adapt person: {model_dir} was trained without a person baseline (its config.json "
-                         f"has no voice_prior); train one with voice_baseline = true, e.g. "
-                         f"train/recipes/default_voice_baseline.toml")
-    return Prior.from_dict(model.cfg.voice_prior)
+    return None if model.cfg.voice_prior is None else Prior.from_dict(model.cfg.voice_prior)
+
+
+def adaptation(model, model_dir: Path):
+    """(band-baseline prior, voice reader) for `--adapt person`; at least one, else one line."""
+    from obs_merlb.model.config import ModelFolderError
+    from obs_merlb.model.voice_reader import load_reader
+
+    try:
+        reader = load_reader(model_dir)
+    except ModelFolderError as e:
+        raise SystemExit(f"--adapt person: {e}") from None
+    if reader is not None and list(model.cfg.active_heads.get("emotion", [])) != list(L.EMOTIONS):
+        raise SystemExit(f"--adapt person: {model_dir}'s emotion classes are not the standard ones the voice "
+                         f"reader reads ({', '.join(L.EMOTIONS)}); fit the reader for a standard model")
+    prior = adaptation_prior(model, model_dir)
+    if prior is None and reader is None:
+        raise SystemExit(f"--adapt person: {model_dir} has no way to adapt to a person: it was trained without "
+                         f"a person baseline (its config.json has no voice_prior) and has no voice reader; fit "
+                         f"one with `python -m obs_merlb.train.fit_reader --model {model_dir}`, or train with "
+                         f"voice_baseline = true (train/recipes/default_voice_baseline.toml)")
+    return prior, reader
 
 
 def speech_per_person(records, step_s: float) -> dict[str, float]:

@@ -9,11 +9,9 @@ carry that gain (MODEL_CARD.md, session 14). This probe tests the issue's
 recipe on the model's own inputs, the cached log-mel steps that live computes
 too, before anything is built into the model:
 
-- per clip, the newest 0.25 s of every speech step's 1 s log-mel window,
-  i.e. the clip's speech frames once each;
-- per frame, 20 MFCCs (the DCT of the 64 log-mel bands), their deltas and
-  the log energy; per clip, their mean, spread and 10th/50th/90th
-  percentiles (205 numbers);
+- per clip, the functionals of perception/functionals.py over all of its
+  speech steps (MFCCs, deltas and log energy of each 10 ms frame, their
+  mean, spread and percentiles: 205 numbers);
 - z-scored per person with all of that person's clips, no labels ("person"),
   or with the training speakers' statistics ("global");
 - read by a logistic regression (balanced classes) fitted on the training
@@ -35,42 +33,19 @@ from typing import Any
 
 import numpy as np
 
-from obs_merlb.labels import EMOTIONS, VOICE
+from obs_merlb.labels import EMOTIONS
+from obs_merlb.perception.functionals import N_FUNCTIONALS
 
 from obs_merlb.calibration import load_calibration
 from ..data import load_records
 from ..evaluate import _load, predict_records
+from ..fit_reader import record_functionals
 from ..loop import TrainConfig
 from ..preprocess import FeatureSettings, default_cache, prepare
 
 RECIPES = Path(__file__).resolve().parent
-N_MFCC = 20
-PERCENTILES = (10, 50, 90)
 TRAIN_SETS = ("ravdess_speech", "emodb")          # what the shipped voice trained on
 SETS = ("ravdess_speech", "emodb", "ased", "urdu", "emotiontts_kr", "nemo")
-
-
-def speech_frames(arrays: dict[str, np.ndarray], step_s: float) -> np.ndarray | None:
-    """(n, 64) log-mel frames of a clip's speech steps, each 10 ms frame once; None without speech."""
-    if "voice" not in arrays:
-        return None
-    v = arrays["voice"].astype(np.float32).reshape(len(arrays["voice"]), -1, arrays["voice"].shape[-1])
-    speech = (arrays["speech_prob"] > 0.5) & (arrays["mask"][:, VOICE] > 0)
-    if not speech.any():
-        return None
-    newest = max(1, int(round(step_s * 100)))     # frames per step at the 10 ms hop
-    return np.concatenate([w[:, -newest:] for w in v[speech]], axis=1).T
-
-
-def functionals(frames: np.ndarray) -> np.ndarray:
-    """A clip's 205 functionals: mean, spread and percentiles of MFCCs, deltas and log energy."""
-    from scipy.fft import dct
-
-    mfcc = dct(frames, type=2, norm="ortho", axis=1)[:, :N_MFCC]
-    delta = np.gradient(mfcc, axis=0) if len(mfcc) > 2 else np.zeros_like(mfcc)
-    energy = np.log(np.exp(frames).sum(axis=1, keepdims=True) + 1e-6)
-    lld = np.hstack([mfcc, delta, energy])
-    return np.concatenate([lld.mean(0), lld.std(0), *np.percentile(lld, PERCENTILES, axis=0)]).astype(np.float32)
 
 
 def zscore_by(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -87,10 +62,10 @@ def _clips(model, model_dir: Path, data: Path, cache: Path, people: set[str] | N
     rec = load_records(prep)
     keep = [i for i, (it, a) in enumerate(zip(rec.items, rec.arrays))
             if it.labels.get("emotion") and (people is None or it.group in people)
-            and speech_frames(a, model.cfg.step_s) is not None]
+            and record_functionals(a, model.cfg.step_s) is not None]
     rec = rec.subset(keep)
     probs = predict_records(model, rec, calibration=load_calibration(model_dir))["emotion"]
-    return {"x": np.stack([functionals(speech_frames(a, model.cfg.step_s)) for a in rec.arrays]),
+    return {"x": np.stack([record_functionals(a, model.cfg.step_s) for a in rec.arrays]),
             "y": np.array([it.labels["emotion"] for it in rec.items]),
             "group": np.array([it.group for it in rec.items]),
             "allowed": np.array([[e in it.emotions for e in EMOTIONS] for it in rec.items]),
@@ -134,15 +109,15 @@ def pair_scores(model, model_dir: Path, root: Path, cache: Path, reader, scaler,
                        augment=False, seed=0)
     voices = [ds.pair(i)[1] for i in range(len(ds))]
     clips = sorted(set(voices))
-    frames = {i: speech_frames(records.arrays[i], model.cfg.step_s) for i in clips}
+    feats = {i: record_functionals(records.arrays[i], model.cfg.step_s) for i in clips}
     people = np.array([records.items[i].group for i in clips])
-    x = zscore_by(np.stack([functionals(frames[i]) if frames[i] is not None else np.zeros(205, np.float32)
+    x = zscore_by(np.stack([feats[i] if feats[i] is not None else np.zeros(N_FUNCTIONALS, np.float32)
                             for i in clips]), people)
     read = np.full((len(clips), len(EMOTIONS)), 1e-6)
     read[:, [list(EMOTIONS).index(c) for c in reader.classes_]] = reader.predict_proba(scaler.transform(x))
     row = {c: k for k, c in enumerate(clips)}
     per_pair = read[[row[v] for v in voices]]
-    spoken = np.array([frames[v] is not None for v in voices])
+    spoken = np.array([feats[v] is not None for v in voices])
     target = y[:, 0]
     out = {}
     for way in ("fusion", "voice_only"):

@@ -1,10 +1,13 @@
-"""The person-functionals probe (train/recipes/person_functionals.py): its features and z-scores."""
+"""Voice functionals (perception/functionals.py) from cached steps, and the probe's z-scores
+(train/recipes/person_functionals.py)."""
 from __future__ import annotations
 
 import numpy as np
 
 from obs_merlb.labels import VOICE
-from obs_merlb.train.recipes.person_functionals import functionals, speech_frames, zscore_by
+from obs_merlb.perception.functionals import functionals, speech_frames
+from obs_merlb.train.fit_reader import record_functionals
+from obs_merlb.train.recipes.person_functionals import zscore_by
 
 
 def _clip(steps: int, speech: list[bool]) -> dict[str, np.ndarray]:
@@ -17,11 +20,15 @@ def _clip(steps: int, speech: list[bool]) -> dict[str, np.ndarray]:
 
 
 def test_speech_frames_are_each_speech_steps_newest_quarter_second() -> None:
-    frames = speech_frames(_clip(4, [False, True, False, True]), step_s=0.25)
+    clip = _clip(4, [False, True, False, True])
+    frames = speech_frames(clip["voice"], clip["speech_prob"] > 0.5, step_s=0.25)
     assert frames.shape == (50, 64)
     assert set(frames[:25, 0]) == {1.0} and set(frames[25:, 0]) == {3.0}
-    assert speech_frames(_clip(3, [False] * 3), 0.25) is None
-    assert speech_frames({"mask": np.zeros((2, 4), np.uint8)}, 0.25) is None     # no voice track
+    assert record_functionals(clip, 0.25).shape == (205,)
+    assert record_functionals(_clip(3, [False] * 3), 0.25) is None
+    assert record_functionals({"mask": np.zeros((2, 4), np.uint8)}, 0.25) is None     # no voice track
+    short = _clip(1, [True])
+    assert speech_frames(short["voice"], [True], step_s=0.05) is None                # 5 frames: too few
 
 
 def test_functionals_read_level_and_movement() -> None:

@@ -1,0 +1,106 @@
+"""The voice reader: person-z-scored voice functionals read by a linear classifier and mixed
+into the model's emotion (perception/functionals.py, model/voice_reader.py, train/fit_reader.py),
+fitted and evaluated on fixture clips cut from RAVDESS and EmoDB (tests/fixtures/README.md)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from obs_merlb.cli import main
+from obs_merlb.labels import EMOTIONS
+from obs_merlb.model.config import ModelFolderError
+from obs_merlb.model.voice_reader import READER_FILE, VoiceReader, load_reader
+from obs_merlb.perception.functionals import N_FUNCTIONALS, PRIOR_WINDOWS, Population, PersonStats
+from obs_merlb.train.fit_reader import person_zscores
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_person_stats_follow_the_person_and_start_from_the_population() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(400, N_FUNCTIONALS))
+    pop = Population(np.zeros(N_FUNCTIONALS), np.ones(N_FUNCTIONALS))
+    stats = PersonStats.of(x)
+    assert np.allclose(stats.mean, x.mean(0)) and np.allclose(stats.m2 / stats.n, x.var(0))
+    z = stats.zscore(x, pop)
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1               # 400 windows: the person's own
+    assert np.allclose(PersonStats().zscore(x[:1], pop), x[:1])          # nobody heard yet: the population's
+    one = PersonStats.of(x[:1]).zscore(x[:1], pop)                       # one window moves it a little
+    assert np.all(np.abs(one) < np.abs(x[:1])) and np.allclose(one, x[:1] * PRIOR_WINDOWS / (PRIOR_WINDOWS + 1)
+                                                                    / np.sqrt(PRIOR_WINDOWS / (PRIOR_WINDOWS + 1)), atol=1e-4)
+
+
+def test_each_person_is_judged_by_their_own_windows_only() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, N_FUNCTIONALS))
+    people = np.array(["a"] * 10 + ["b"] * 20)
+    pop = Population.of(x)
+    z = person_zscores(x, people, pop)
+    changed = x.copy()
+    changed[10:] += 5.0                                                  # b's voice changes, a's does not
+    z2 = person_zscores(changed, people, pop)
+    assert np.allclose(z[:10], z2[:10]) and not np.allclose(z[10:], changed[10:])
+
+
+def _reader(weight: float = 0.5, classes=("angry", "happy", "sad")) -> VoiceReader:
+    rng = np.random.default_rng(2)
+    k = len(classes)
+    return VoiceReader(Population(np.zeros(N_FUNCTIONALS), np.ones(N_FUNCTIONALS)), np.zeros(N_FUNCTIONALS),
+                       np.ones(N_FUNCTIONALS), rng.normal(size=(k, N_FUNCTIONALS)), np.zeros(k), tuple(classes), weight)
+
+
+def test_reader_probabilities_and_fusion() -> None:
+    r = _reader()
+    z = np.random.default_rng(3).normal(size=(5, N_FUNCTIONALS))
+    p = r.probs(z)
+    assert p.shape == (5, len(EMOTIONS)) and np.allclose(p.sum(1), 1)
+    assert (p[:, EMOTIONS.index("neutral")] < 1e-5).all()               # a class it never saw
+    model = np.full((5, len(EMOTIONS)), 1 / len(EMOTIONS))
+    fused = r.fuse(model, z)
+    assert np.allclose(fused.sum(1), 1) and np.allclose(fused.argmax(1), p.argmax(1))
+    assert np.allclose(_reader(0.0).fuse(model, z), model)             # weight 0: the model alone
+    kept = r.fuse(model, z, spoken=np.array([True, False, True, False, True]))
+    assert np.allclose(kept[1], model[1]) and not np.allclose(kept[0], model[0])
+
+
+def test_reader_file_round_trip_and_damage(tmp_path: Path) -> None:
+    r = _reader()
+    r.save(tmp_path)
+    back = load_reader(tmp_path)
+    assert back.classes == r.classes and back.weight == 0.5 and np.allclose(back.coef, r.coef, atol=1e-6)
+    assert load_reader(tmp_path / "nothing") is None
+    data = (tmp_path / READER_FILE).read_bytes()
+    (tmp_path / READER_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFolderError, match=f"{READER_FILE} is damaged or incomplete"):
+        load_reader(tmp_path)
+    _reader(classes=("angry", "bored")).save(tmp_path)                  # not an emotion of the model
+    with pytest.raises(ModelFolderError, match="does not hold a voice reader"):
+        load_reader(tmp_path)
+
+
+def test_fit_reader_then_eval_adapts_by_person(tiny_model, tmp_path: Path, capsys) -> None:
+    model, cache = tiny_model
+    recipe = tmp_path / "voices.toml"
+    recipe.write_text(f'data = ["{FIX / "ravdess"}", "{FIX / "emodb"}"]\nval_groups = ["emodb:03"]\n')
+    assert main(["fit-reader", "--model", str(model), "--config", str(recipe), "--cache", str(cache)]) == 0
+    assert "voice reader fitted on 3 clips" in capsys.readouterr().out     # EmoDB's speaker 03 validates
+    reader = load_reader(model)
+    assert set(reader.classes) <= set(EMOTIONS) and len(reader.classes) >= 2
+    args = ["eval", str(FIX / "ravdess"), "--model", str(model), "--cache", str(cache), "--json"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--adapt", "person"]) == 0
+    adapted = json.loads(capsys.readouterr().out)
+    assert adapted["adapted_by"] == ["voice reader"] and adapted["emotion"]["n"] == 3
+    assert main([*args, "--out", str(tmp_path / "n")]) == 0
+    assert "adapted_by" not in json.loads(capsys.readouterr().out)
+    # A damaged reader is one line naming the file, not a traceback.
+    (model / READER_FILE).write_bytes(b"\0" * 64)
+    assert main([*args, "--out", str(tmp_path / "d"), "--adapt", "person"]) == 2
+    err = capsys.readouterr().err
+    assert READER_FILE in err and "damaged" in err and err.count("\n") == 1
+    (model / READER_FILE).unlink()
+    assert main(["fit-reader", "--model", str(model), "--config", str(recipe), "--cache", str(cache),
+                 "--weight", "2"]) == 2
+    assert "--weight is a share" in capsys.readouterr().err

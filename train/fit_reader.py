@@ -1,0 +1,130 @@
+"""Fit the voice reader (model/voice_reader.py) for a model folder.
+
+    python -m obs_merlb.train.fit_reader --model runs/x/model [--config train/recipes/default_voice.toml]
+
+The reader is a logistic regression (balanced classes) over each 8-step
+window's voice functionals (perception/functionals.py), z-scored with the
+window's speaker's statistics: in training as `merlb eval --adapt person`
+and live build them, from the person's speech with no labels. It trains on
+the recipe's training speakers (its `data` less its `val_groups`), which
+for the default recipe are the speakers the model's voice trained on, and
+is written into the model folder. `--weight` is how much of the fused
+emotion it carries (0.5: as much as the model; MODEL_CARD.md, session 15).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from obs_merlb.cli import refuse
+from obs_merlb.labels import EMOTIONS, VOICE
+from obs_merlb.model.voice_reader import VoiceReader
+from obs_merlb.perception.functionals import N_FUNCTIONALS, Population, PersonStats, functionals, speech_frames
+
+from .data import Records, load_records
+from .datasets import DatasetError
+from .loop import TrainConfig
+from .preprocess import FeatureSettings, default_cache, prepare
+
+RECIPE = Path(__file__).resolve().parent / "recipes" / "default_voice.toml"
+C = 0.01          # the probe's regularisation (train/recipes/person_functionals.py)
+WEIGHT = 0.5
+
+
+def record_functionals(arrays: dict[str, np.ndarray], step_s: float) -> np.ndarray | None:
+    """The functionals of a record's speech steps (a window's or a whole clip's); None without speech."""
+    if "voice" not in arrays:
+        return None
+    frames = speech_frames(arrays["voice"], (arrays["speech_prob"] > 0.5) & (arrays["mask"][:, VOICE] > 0), step_s)
+    return None if frames is None else functionals(frames)
+
+
+def window_functionals(windows: Records, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(functionals of each window that holds speech, that window's index in `windows`)."""
+    rows, keep = [], []
+    for j, rec in enumerate(windows.arrays):
+        f = record_functionals(rec, step_s)
+        if f is not None:
+            rows.append(f)
+            keep.append(j)
+    x = np.stack(rows) if rows else np.zeros((0, N_FUNCTIONALS), np.float32)
+    return x, np.array(keep, dtype=np.int64)
+
+
+def person_zscores(x: np.ndarray, people: np.ndarray, population: Population) -> np.ndarray:
+    """Each row against its person's statistics, built from all of that person's rows (no labels)."""
+    z = np.empty_like(x, dtype=np.float32)
+    for person in np.unique(people):
+        m = people == person
+        z[m] = PersonStats.of(x[m]).zscore(x[m], population)
+    return z
+
+
+def fit(records: Records, steps: int, step_s: float, c: float = C, weight: float = WEIGHT) -> VoiceReader:
+    from sklearn.linear_model import LogisticRegression
+
+    from .evaluate import windows_of
+
+    win, _ = windows_of(records, steps)
+    x, idx = window_functionals(win, step_s)
+    labels = np.array([win.items[j].labels.get("emotion") or "" for j in idx])
+    people = np.array([win.items[j].group for j in idx])
+    known = np.isin(labels, EMOTIONS)
+    if known.sum() < 2 or len(set(labels[known])) < 2:
+        raise DatasetError("the reader needs speech clips of at least two emotions to fit; "
+                           f"found {int(known.sum())} labelled windows with speech")
+    population = Population.of(x)
+    z = person_zscores(x, people, population)[known]
+    mean, std = z.mean(0), np.maximum(z.std(0), 1e-6)
+    clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit((z - mean) / std, labels[known])
+    return VoiceReader(population, mean, std, clf.coef_, clf.intercept_, tuple(clf.classes_), weight)
+
+
+def training_records(recipe: Path, cache: Path, step_s: float) -> Records:
+    cfg = TrainConfig.from_toml(recipe)
+    val = set(cfg.val_groups or [])
+    parts = []
+    for path in cfg.data:
+        rec = load_records(prepare(path, cache, settings=FeatureSettings(step_s=step_s), quiet=True))
+        parts.append(rec.subset([i for i, it in enumerate(rec.items) if it.group not in val]))
+    return Records.concat(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder to write voice_reader.safetensors into")
+    parser.add_argument("--config", default=str(RECIPE), help="recipe whose data and val_groups pick the "
+                        "training speakers (default: the voice stage's)")
+    parser.add_argument("--cache", default=None, help="feature cache folder")
+    parser.add_argument("--weight", type=float, default=WEIGHT, help="the reader's share of the fused emotion")
+
+
+def run(args: argparse.Namespace) -> int:
+    from obs_merlb.model.config import load_config
+
+    from obs_merlb.files import check_writable
+
+    if not 0.0 <= args.weight <= 1.0:
+        raise SystemExit(f"--weight is a share, 0 to 1; got {args.weight}")
+    model_dir = Path(args.model)
+    cfg, _ = load_config(model_dir)
+    check_writable(model_dir, "--model")
+    try:
+        records = training_records(Path(args.config), Path(args.cache) if args.cache else default_cache(), cfg.step_s)
+        reader = fit(records, cfg.steps, cfg.step_s, weight=args.weight)
+    except DatasetError as e:
+        return refuse("fit-reader", str(e))
+    path = reader.save(model_dir)
+    print(f"voice reader fitted on {len(records)} clips ({', '.join(reader.classes)}), weight {reader.weight}: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
