@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from obs_merlb.labels import EMOTIONS
+from obs_merlb.labels import EMOTIONS, VOICE
 from obs_merlb.perception.functionals import N_FUNCTIONALS
 
 from obs_merlb.calibration import load_calibration
@@ -129,6 +129,48 @@ def pair_scores(model, model_dir: Path, root: Path, cache: Path, reader, scaler,
     return out
 
 
+def demo_scores(model_dir: Path, reader, scaler, weights: tuple[float, ...]) -> dict[str, int]:
+    """`merlb demo`'s 22 windows (one actor, face and voice) matched, with each window's speech
+    read against the actor's other windows (the clip is all there is of this person)."""
+    from obs_merlb.demo import _labels_at
+    from obs_merlb.inference import load_backend
+    from obs_merlb.labels import MODALITIES
+    from obs_merlb.perception.functionals import functionals, speech_frames
+    from obs_merlb.perception.steps import clip_steps
+    from obs_merlb.registry import shipped_path
+
+    video = shipped_path("demo.mp4")
+    backend = load_backend(model_dir)
+    steps = clip_steps(video, face=True, voice=True)
+    embs = {m: backend.encode(m, getattr(steps, m)) for m in backend.modalities}
+    truth, t_steps, names = _labels_at(video), backend.cfg.steps, list(backend.labels["emotion"])
+    rows = []
+    for start in range(0, max(1, len(steps) - t_steps + 1), 2):      # the demo's windows and hop
+        w = steps.window(start, t_steps)
+        idx = np.clip(np.arange(start, start + t_steps), 0, len(steps) - 1)
+        probs = backend.sequence({m: e[idx] * w.mask[:, [MODALITIES.index(m)]] for m, e in embs.items()}, w.mask)
+        frames = speech_frames(steps.voice[idx], w.mask[:, VOICE] > 0, steps.step_s)
+        mid = (start + t_steps / 2) * steps.step_s
+        rows.append((next((lab for s, e, lab in truth if s <= mid < e), ""), probs["emotion"],
+                     None if frames is None else functionals(frames)))
+    spoken = [i for i, r in enumerate(rows) if r[2] is not None]
+    x = zscore_by(np.stack([rows[i][2] for i in spoken]), np.zeros(len(spoken)))
+    read = dict(zip(spoken, reader.predict_proba(scaler.transform(x))))
+    cols = [names.index(c) for c in reader.classes_]
+    out = {}
+    for w in weights:
+        hits = 0
+        for i, (true, p, _) in enumerate(rows):
+            logp = np.log(p + 1e-6)
+            if i in read:
+                r = np.full(len(names), 1e-6)
+                r[cols] = read[i]
+                logp = (1 - w) * logp + w * np.log(r + 1e-6)
+            hits += names[int(logp.argmax())] == true
+        out[f"w={w:g}"] = hits
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="assets/model")
@@ -138,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="0,0.25,0.5,1", help="reader weights to report (0 = the model alone)")
     ap.add_argument("--pairs", type=int, default=0,
                     help="also score this many label-matched face+voice pairs (eval_pairs.py's)")
+    ap.add_argument("--demo", action="store_true", help="also count `merlb demo`'s windows matched")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     from sklearn.linear_model import LogisticRegression
@@ -163,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                      for s, c in held.items()}
     if args.pairs:   # the last reader fitted is the person-z-scored one
         result["pairs_person"] = pair_scores(model, model_dir, root, cache, reader, scaler, weights, args.pairs)
+    if args.demo:
+        result["demo_person"] = {"windows matched": demo_scores(model_dir, reader, scaler, weights)}
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        for z in ("global", "person", "pairs_person"):
+        for z in ("global", "person", "pairs_person", "demo_person"):
             for s, r in result.get(z, {}).items():
                 print(f"{z:>6} {s:>14}: " + "  ".join(f"{k} {v}" for k, v in r.items()))
     return 0
