@@ -31,6 +31,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "typo.toml").write_text("epochz = 2\n")
     (tmp_path / "labels.csv").write_text(f"path,start,end,label\n{DEMO},one,2,happy\n")
     (tmp_path / "header_only.csv").write_text("path,start,end,label\n")
+    (tmp_path / "faces.toml").write_text(f'data = ["{FIX / "fer2013"}"]\n')
     return tmp_path
 
 
@@ -72,6 +73,8 @@ REFUSED = {
     "fit-reader-no-model": (["fit-reader", "--model", "missing"], "merlb fit-reader: missing/config.json is missing"),
     "fit-reader-weight": (["fit-reader", "--model", str(MODEL), "--weight", "1.5"],
                           "merlb fit-reader: --weight is a share, 0 to 1"),
+    "fit-reader-images": (["fit-reader", "--model", str(MODEL), "--config", "faces.toml"],
+                          "merlb fit-reader: --config faces.toml: ", "holds images; the reader reads voices"),
     "fit-reader-config": (["fit-reader", "--model", str(MODEL), "--config", "missing.toml"],
                           "merlb fit-reader: --config missing.toml: cannot read"),
     "experiments-missing": (["experiments", "missing", "--out", "exp"], "merlb experiments: ", "missing: no such"),

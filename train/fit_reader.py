@@ -24,7 +24,7 @@ from obs_merlb.model.voice_reader import VoiceReader
 from obs_merlb.perception.functionals import N_FUNCTIONALS, Population, PersonStats, functionals, speech_frames
 
 from .data import Records, load_records
-from .datasets import DatasetError
+from .datasets import DatasetError, detect_format
 from .loop import TrainConfig
 from .preprocess import FeatureSettings, default_cache, prepare
 
@@ -85,6 +85,10 @@ def fit(records: Records, steps: int, step_s: float, c: float = C, weight: float
 def training_records(recipe: Path, cache: Path, step_s: float) -> Records:
     cfg = TrainConfig.from_toml(recipe)
     val = set(cfg.val_groups or [])
+    for path in cfg.data:      # before any preprocessing: FER2013's folders would take many minutes
+        if detect_format(path) == "images":
+            raise DatasetError(f"--config {recipe}: {path} holds images; the reader reads voices "
+                               f"(a voice recipe such as train/recipes/default_voice.toml)")
     parts = []
     for path in cfg.data:
         rec = load_records(prepare(path, cache, settings=FeatureSettings(step_s=step_s), quiet=True))
