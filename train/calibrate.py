@@ -42,7 +42,7 @@ def window_probs(model, records, key_segments: int | None = None,
     import torch
 
     from .data import StepDataset, predict
-    from .evaluate import windows_of
+    from .data import windows_of
 
     win, _ = windows_of(records, model.cfg.steps)
     ds = StepDataset(win, model.cfg.modalities, model.cfg.steps, train=False, image_steps=image_steps,

@@ -319,6 +319,20 @@ def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | No
     return {k: v[start:start + steps] for k, v in rec.items()}
 
 
+def windows_of(records: Records, steps: int) -> tuple[Records, np.ndarray]:
+    """Records cut into consecutive windows of `steps`; returns (window records, owner index)."""
+    items, arrays, owners = [], [], []
+    for i, (it, rec) in enumerate(zip(records.items, records.arrays)):
+        n = rec["mask"].shape[0]
+        starts = range(0, max(n - steps, 0) + 1, steps) if n > steps else [0]
+        for s in starts:
+            items.append(it)
+            arrays.append({k: v[s:s + steps] for k, v in rec.items()})
+            owners.append(i)
+    targets = records.targets[np.array(owners, dtype=np.int64)] if owners else records.targets[:0]
+    return Records(items, arrays, targets), np.array(owners, dtype=np.int64)
+
+
 def voice_stats(rec: dict[str, np.ndarray]) -> BandStats:
     """A record's contribution to its person's voice baseline (its speech steps)."""
     if "voice" not in rec:

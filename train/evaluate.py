@@ -63,22 +63,6 @@ def _load(model_dir: Path, device: str):
     return load_model(model_dir, device=device), meta
 
 
-def windows_of(records, steps: int):
-    """Records cut into consecutive windows of `steps`; returns (window records, owner index)."""
-    from .data import Records
-
-    items, arrays, owners = [], [], []
-    for i, (it, rec) in enumerate(zip(records.items, records.arrays)):
-        n = rec["mask"].shape[0]
-        starts = range(0, max(n - steps, 0) + 1, steps) if n > steps else [0]
-        for s in starts:
-            items.append(it)
-            arrays.append({k: v[s:s + steps] for k, v in rec.items()})
-            owners.append(i)
-    targets = records.targets[np.array(owners, dtype=np.int64)] if owners else records.targets[:0]
-    return Records(items, arrays, targets), np.array(owners, dtype=np.int64)
-
-
 def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
                     image_steps: int = 1, key_segments: int | None = None,
                     calibration=None, adapt_prior=None, reader=None) -> dict[str, np.ndarray]:
@@ -90,7 +74,7 @@ def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
     the person's functionals, built the same way, and mixed into the emotion."""
     import torch
 
-    from .data import PersonBaselines, StepDataset, predict
+    from .data import PersonBaselines, StepDataset, predict, windows_of
 
     steps = model.cfg.steps
     win, owners = windows_of(records, steps)

@@ -23,7 +23,7 @@ from obs_merlb.labels import EMOTIONS, VOICE
 from obs_merlb.model.voice_reader import VoiceReader
 from obs_merlb.perception.functionals import N_FUNCTIONALS, Population, PersonStats, functionals, speech_frames
 
-from .data import Records, load_records
+from .data import Records, load_records, windows_of
 from .datasets import DatasetError, detect_format
 from .loop import TrainConfig
 from .preprocess import FeatureSettings, default_cache, prepare
@@ -64,8 +64,6 @@ def person_zscores(x: np.ndarray, people: np.ndarray, population: Population) ->
 
 def fit(records: Records, steps: int, step_s: float, c: float = C, weight: float = WEIGHT) -> VoiceReader:
     from sklearn.linear_model import LogisticRegression
-
-    from .evaluate import windows_of
 
     win, _ = windows_of(records, steps)
     x, idx = window_functionals(win, step_s)
