@@ -258,3 +258,137 @@ def test_batched_offline_analysis_equals_live_with_a_reader(runs: dict[str, Any]
             assert np.allclose(list(a[key].values()), list(b[key].values()), atol=1e-5), key
     assert any(not np.allclose(list(a["probs"].values()), list(b["probs"].values()), atol=1e-3)
                for a, b in zip(live, plain))                              # and the reader did speak
+
+
+# ------------------------------------------------------------------ the profile's file
+
+def _engine(model: Path, root: Path, **kw: Any) -> Any:
+    from obs_merlb.engine import Engine
+
+    events: list[dict[str, Any]] = []
+    eng = Engine(model, highlights=False, body=False, baseline_dir=root, profile="streamer", **kw)
+    eng.add_sink(events.append)
+    eng.events = events
+    return eng
+
+
+def test_the_person_persists_across_worker_restarts_and_is_reset(reader_model: Path, half_face_clip: Path,
+                                                                 population: Population,
+                                                                 tmp_path: Path) -> None:
+    """A model with a reader and no voice prior keeps a profile file too: the reader's part only."""
+    from obs_merlb.panel.live_tab import baseline_text
+
+    root = tmp_path / "baselines"
+    seen = []
+    for _ in (1, 2):                                                     # two workers, one after the other
+        eng = _engine(reader_model, root)
+        store = eng.open_baseline()
+        assert store is not None and store.baseline is None
+        before = store.person.stats.n
+        eng.run_file(str(half_face_clip))
+        assert eng._analyzer.person is store.person                      # the analyzer grew the store's
+        seen.append((before, store.person.stats.n, eng.baseline_status()))
+        eng.shutdown()
+    (b1, n1, s1), (b2, n2, s2) = seen
+    assert b1 == 0 and n1 >= 3 and b2 == n1 and n2 == 2 * n1
+    doc = json.loads((root / "streamer.json").read_text())
+    assert "prior" not in doc and doc["stats"]["n"] == 0                 # no band part learned
+    assert doc["reader"]["population"] == population_digest(population) and doc["reader"]["stats"]["n"] == n2
+    assert s1 == {"profile": "streamer", "seconds": n1 * 2.0, "learning": True, "progress": round(n1 / 30, 3)}
+    assert baseline_text(s2) == f"learning your voice: {100 * n2 / 30:.0f}%"
+
+    eng = _engine(reader_model, root)
+    eng.open_baseline()
+    eng.command({"cmd": "reset_baseline"})
+    assert not [e for e in eng.events if e["type"] == "error"]
+    assert eng.baseline_status()["seconds"] == 0
+    assert json.loads((root / "streamer.json").read_text())["reader"]["stats"]["n"] == 0   # forgotten on disk too
+    eng.shutdown()
+
+    eng = _engine(reader_model, root)
+    eng.open_baseline().person.add(np.ones(N_FUNCTIONALS))
+    eng.shutdown()
+    eng = _engine(reader_model, root, reset_baseline=True)
+    assert eng.open_baseline().person.stats.n == 0
+    assert json.loads((root / "streamer.json").read_text())["reader"]["stats"]["n"] == 0
+    eng.shutdown()
+
+
+def _person(n: int, seed: int = 0) -> PersonStats:
+    return PersonStats.of(np.random.default_rng(seed).normal(size=(n, N_FUNCTIONALS)))
+
+
+def _band_prior() -> Any:
+    from obs_merlb.perception.baseline import Prior
+    from obs_merlb.perception.voice import N_MELS
+
+    return Prior(np.zeros(N_MELS), np.ones(N_MELS))
+
+
+def test_each_part_belongs_to_what_it_was_learned_for(population: Population, tmp_path: Path) -> None:
+    from obs_merlb.baseline_store import BaselineStore, baseline_path
+    from obs_merlb.perception.baseline import BandStats
+    from obs_merlb.perception.voice import N_FRAMES, N_MELS
+
+    prior = _band_prior()
+    both, problems, notes = BaselineStore.open(prior, "p", 0.25, population=population, root=tmp_path)
+    assert not problems and not notes and both.baseline is not None and both.person is not None
+    both.baseline.stats = BandStats.of(np.random.default_rng(1).normal(size=(40, 1, N_MELS, N_FRAMES)))
+    both.person.stats = _person(12)
+    assert both.status()["seconds"] == 10.0                             # the band counts every speech step
+    assert both.save() is None
+
+    # A model with a prior only carries the reader's part through its saves, and the other way round.
+    band_only, _, notes = BaselineStore.open(prior, "p", 0.25, root=tmp_path)
+    assert not notes and band_only.baseline.stats.n == 40 * N_FRAMES and band_only.person is None
+    band_only.baseline.stats = band_only.baseline.stats + BandStats.of(np.zeros((1, 1, N_MELS, N_FRAMES)) + 1)
+    assert band_only.save() is None
+    reader_only, _, notes = BaselineStore.open(None, "p", 0.25, population=population, root=tmp_path)
+    assert not notes and reader_only.baseline is None and reader_only.person.stats.n == 12
+    assert np.allclose(reader_only.person.stats.mean, _person(12).mean)
+    reader_only.person.add(np.zeros(N_FUNCTIONALS))
+    assert reader_only.save() is None
+    again, _, _ = BaselineStore.open(prior, "p", 0.25, population=population, root=tmp_path)
+    assert again.baseline.stats.n == 41 * N_FRAMES and again.person.stats.n == 13
+
+    # Statistics gathered for another reader's population are not used, and replaced at the first save.
+    other = Population(population.mean + 1.0, population.std)
+    fresh, problems, notes = BaselineStore.open(prior, "p", 0.25, population=other, root=tmp_path)
+    assert not problems and fresh.person.stats.n == 0 and fresh.baseline.stats.n == 41 * N_FRAMES
+    assert len(notes) == 1 and "voice reader's statistics" in notes[0] and "another model" in notes[0]
+    # Forgetting forgets every part, including the ones this model has no use for.
+    assert reader_only.reset() is None
+    doc = json.loads(baseline_path("p", tmp_path).read_text())
+    assert doc["reader"]["stats"]["n"] == 0 and doc["stats"]["n"] == 0 and "prior" not in doc
+
+
+def test_a_damaged_reader_part_is_moved_aside(reader_model: Path, population: Population,
+                                              tmp_path: Path) -> None:
+    from obs_merlb.baseline_store import BaselineStore, baseline_path
+
+    root = tmp_path / "baselines"
+    store, _, _ = BaselineStore.open(None, "streamer", 0.25, population=population, root=root)
+    store.person.stats = _person(5)
+    assert store.save() is None
+    path = baseline_path("streamer", root)
+    doc = json.loads(path.read_text())
+    doc["reader"]["stats"]["m2"][3] = -1.0                                # no set of windows has that
+    bad = json.dumps(doc).encode()
+    path.write_bytes(bad)
+    eng = _engine(reader_model, root)
+    store = eng.open_baseline()
+    assert store.person.stats.n == 0 and store.writable
+    errors = [e for e in eng.events if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["where"] == "baseline"
+    msg = errors[0]["message"]
+    assert "damaged" in msg and "negative spread" in msg and "moved aside" in msg and "\n" not in msg
+    aside = [p for p in root.iterdir() if p.name.startswith("streamer.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == bad and not path.exists()
+    store.person.add(np.ones(N_FUNCTIONALS))
+    eng.shutdown()                                                        # the fresh one is saved beside it
+    assert json.loads(path.read_text())["reader"]["stats"]["n"] == 1 and aside[0].read_bytes() == bad
+    for broken in ({"population": 5, "stats": {}}, {"population": "x"}, [1], {"population": "x", "stats": {
+            "n": 1.5, "mean": [0.0] * N_FUNCTIONALS, "m2": [0.0] * N_FUNCTIONALS}}):
+        path.write_text(json.dumps({**doc, "reader": broken}))
+        _, problems, _ = BaselineStore.open(None, "streamer", 0.25, population=population, root=root)
+        assert len(problems) == 1 and "damaged" in problems[0], broken
