@@ -87,8 +87,8 @@ class Engine:
                  session: Any = None, stall_s: float = 3.0, profile: str = DEFAULT_PROFILE,
                  reset_baseline: bool = False, baseline_dir: str | Path | None = None) -> None:
         """`profile`, `reset_baseline`, `baseline_dir`: whose voice baseline a model with a
-        voice prior or a voice reader continues (settings.check_profile names), whether to forget it first,
-        and where it is kept (default: beside the config file)."""
+        voice prior or a voice reader continues (settings.check_profile names), whether to
+        forget it first, and where it is kept (default: beside the config file)."""
         cap_threads(1)
         self.model_dir = Path(model_dir)
         self.device = device
