@@ -11,7 +11,9 @@ tick runs only the sequence model on the ring. A model that carries a voice
 prior (`MERLBConfig.voice_prior`) hears each voice step through the person's
 baseline (perception/baseline.py): the step first adds to it, then is
 normalised by it, before the voice encoder; a model without one gets the
-raw log-mel, as before.
+raw log-mel, as before. A model folder that carries a voice reader
+(`backend.reader`) also reads each window's speech against the person's
+voice functionals and mixes that into the emotion (obs_merlb/person_reader.py).
 
 `iter_file_ticks` drives an Analyzer over a file as fast as it decodes
 (`Engine.run_file`, benchmarks); `merlb analyze` gets the same ticks from
@@ -35,6 +37,7 @@ from obs_merlb.labels import MODALITIES, VOICE
 from obs_merlb.perception.baseline import Prior, VoiceBaseline
 from obs_merlb.perception.steps import Perceiver, VoiceStep
 from obs_merlb.perception.voice import NEEDED, key_segment_mask
+from obs_merlb.person_reader import ReaderStats, SpeechWindow, fused, reader_stats
 from obs_merlb.state import StateTracker, contributions_from_deltas, modality_contributions
 
 # Mean absolute difference (0-255 levels) of a 24x16 thumbnail below which a
@@ -181,10 +184,10 @@ class Analyzer:
     def __init__(self, backend: Any, state: StateTracker | None = None, *, body: bool = True,
                  contributions: bool = True, clock: StageClock | None = None,
                  static_perception: bool = False, reuse_unchanged: bool = True,
-                 baseline: VoiceBaseline | None = None) -> None:
+                 baseline: VoiceBaseline | None = None, person: ReaderStats | None = None) -> None:
         """`baseline`: the person's voice baseline to continue (the live engine's, loaded from
         its profile); a model with a voice prior otherwise starts a fresh one, and a model
-        without one ignores it."""
+        without one ignores it. `person`: the same for the voice reader's statistics."""
         self.backend = backend
         cfg = backend.cfg
         self.T, self.step_s = int(cfg.steps), float(cfg.step_s)
@@ -204,6 +207,7 @@ class Analyzer:
                                    static=static_perception)
         self.ring = StepRing(self.T, {m: d for m, d in cfg.embed_dims.items()})
         self.baseline = person_baseline(backend, baseline)
+        self.speech_window = self._speech_window(person)
         self._last_thumb: np.ndarray | None = None
         self._last_face: Any = None
         self._last_face_emb: np.ndarray | None = None
@@ -213,11 +217,13 @@ class Analyzer:
         self.unchanged_skips = 0
         self.rate_hint = 15.0
 
-    def swap_backend(self, backend: Any, baseline: VoiceBaseline | None = None) -> None:
+    def swap_backend(self, backend: Any, baseline: VoiceBaseline | None = None,
+                     person: ReaderStats | None = None) -> None:
         """A reloaded model: cached embeddings came from the old encoders, so drop them.
-        `baseline` as in the constructor, for the new model."""
+        `baseline` and `person` as in the constructor, for the new model."""
         self.backend = backend
         self.baseline = person_baseline(backend, baseline)
+        self.speech_window = self._speech_window(person)
         self.ring = StepRing(self.T, {m: d for m, d in backend.cfg.embed_dims.items()})
         self._last_face_emb = None
         # A personalized model may add, drop or rename `user` classes.
@@ -225,6 +231,24 @@ class Analyzer:
 
     def close(self) -> None:
         self.perceiver.close()
+
+    def _speech_window(self, person: ReaderStats | None) -> SpeechWindow | None:
+        stats = reader_stats(self.backend, person)
+        return None if stats is None else SpeechWindow(self.backend.reader, stats, self.T, self.step_s)
+
+    @property
+    def person(self) -> ReaderStats | None:
+        """The person's statistics the voice reader reads with; None for a model without a reader."""
+        return None if self.speech_window is None else self.speech_window.person
+
+    def _reader_read(self, k: int, mask: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """What the voice reader says of the window ending at step k, read now (the person's
+        statistics as they stand at this tick); None where it says nothing."""
+        return None if self.speech_window is None else self.speech_window.read(k, mask)
+
+    def _with_reader(self, probs: dict[str, np.ndarray] | None,
+                     read: tuple[np.ndarray, float] | None) -> dict[str, np.ndarray] | None:
+        return probs if self.speech_window is None else fused(self.speech_window.reader, probs, read)
 
     def _unchanged(self, image: np.ndarray) -> bool:
         """Cheap 'nothing moved' test on a tiny thumbnail (a paused or static source).
@@ -271,8 +295,12 @@ class Analyzer:
             window = audio.window_ending((k + 1) * self.step_s, NEEDED)
             if window is None:
                 self.ring.put("voice", k, None)
+                if self.speech_window is not None:
+                    self.speech_window.put(k, None)
                 continue
             step, emb = self._voice_step(k, window)
+            if self.speech_window is not None:
+                self.speech_window.put(k, step)
             i = k % self.T
             self.ring.speech_prob[i], self.ring.energy[i] = step.speech_prob, step.energy
             self.ring.put("voice", k, emb)
@@ -288,6 +316,7 @@ class Analyzer:
         with _Timed(clock, "inference"):
             embs, mask, _ = self.ring.window(k, self.voice_k)
             probs, contrib = self._infer(embs, mask)
+            probs = self._with_reader(probs, self._reader_read(k, mask))
         ev = self._state_update(t if t_event is None else t_event, probs, contrib, self._speech(mask),
                                 face_res is not None,
                                 None if capture_mono is None else 1000.0 * (time.monotonic() - capture_mono))

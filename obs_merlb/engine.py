@@ -13,10 +13,11 @@ latency stays bounded. Beside the analysis thread run a control thread
 control) and a stdin thread (the OBS script's commands). `merlb live`
 (obs_merlb/live.py) wires this to its sources and servers;
 `Engine.run_file` runs the same analyzer offline (`merlb analyze`).
-A model with a voice prior adapts to the person it hears: the engine keeps
-the profile's voice baseline (obs_merlb/baseline_store.py), hands it to
-each analyzer it makes, saves it every 30 s of speech and at a clean stop,
-and resets it on `reset_baseline`.
+A model with a voice prior or a voice reader adapts to the person it
+hears: the engine keeps the profile's voice baseline and the reader's
+statistics of the person (obs_merlb/baseline_store.py), hands them to each
+analyzer it makes, saves them every 30 s of speech and at a clean stop,
+and resets them on `reset_baseline`.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from obs_merlb.files import write_atomic
 from obs_merlb.highlights import HighlightActor, PeakDetector
 from obs_merlb.inference import load_backend
 from obs_merlb.perception.baseline import Prior
+from obs_merlb.person_reader import population_digest
 from obs_merlb.settings import DEFAULT_PROFILE, MIN_RATE_HZ, check_setting
 from obs_merlb.model.config import CONFIG_FILE
 from obs_merlb.obs_client import ObsRequestFailed, ObsUnavailable
@@ -85,8 +87,8 @@ class Engine:
                  session: Any = None, stall_s: float = 3.0, profile: str = DEFAULT_PROFILE,
                  reset_baseline: bool = False, baseline_dir: str | Path | None = None) -> None:
         """`profile`, `reset_baseline`, `baseline_dir`: whose voice baseline a model with a
-        voice prior continues (settings.check_profile names), whether to forget it first,
-        and where it is kept (default: beside the config file)."""
+        voice prior or a voice reader continues (settings.check_profile names), whether to
+        forget it first, and where it is kept (default: beside the config file)."""
         cap_threads(1)
         self.model_dir = Path(model_dir)
         self.device = device
@@ -134,7 +136,8 @@ class Engine:
         self.profile = profile
         self.baseline_dir = Path(baseline_dir) if baseline_dir is not None else None
         self._reset_baseline_at_start = reset_baseline
-        self.baseline_store: BaselineStore | None = None   # opened at start_threads, when the model has a prior
+        # Opened at start_threads, when the model has a voice prior or a voice reader.
+        self.baseline_store: BaselineStore | None = None
 
     # -- events
     def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
@@ -228,22 +231,28 @@ class Engine:
             self.model_dir = Path(path)
             self.baseline_store = store
             if self._analyzer is not None:
-                self._analyzer.swap_backend(backend, None if store is None else store.baseline)
+                self._analyzer.swap_backend(backend, *self._person_parts(store))
         log.info("model reloaded from %s (%s)", path, backend.name)
         self.publish(self.hello())
 
     # -- the person's voice baseline
     def _baseline_for(self, backend: Any, reset: bool = False) -> BaselineStore | None:
-        """The profile's stored baseline for `backend`'s voice prior (the current one when the
-        prior is the same); None for a model that takes raw voices. Reports what it had to do."""
-        prior = getattr(backend.cfg, "voice_prior", None)
-        if prior is None:
+        """The profile's stored baseline for `backend`'s voice prior and statistics for its voice
+        reader (the current store when both are the same); None for a model with neither, which
+        takes raw voices. Reports what it had to do."""
+        raw = getattr(backend.cfg, "voice_prior", None)
+        reader = getattr(backend, "reader", None)
+        if raw is None and reader is None:
             return None
-        prior = Prior.from_dict(prior)
+        prior = None if raw is None else Prior.from_dict(raw)
+        population = None if reader is None else reader.population
         current = self.baseline_store
-        if current is not None and not reset and current.digest == prior_digest(prior):
+        if (current is not None and not reset
+                and current.digest == (None if prior is None else prior_digest(prior))
+                and current.reader_digest == (None if population is None else population_digest(population))):
             return current
         store, problems, notes = BaselineStore.open(prior, self.profile, float(backend.cfg.step_s),
+                                                    population=population, steps=int(backend.cfg.steps),
                                                     root=self.baseline_dir, reset=reset)
         for note in notes:
             log.warning("%s", note)
@@ -261,8 +270,14 @@ class Engine:
             log.info("--reset-baseline: this model takes raw voices and keeps no voice baseline")
         return self.baseline_store
 
+    @staticmethod
+    def _person_parts(store: BaselineStore | None) -> tuple[Any, Any]:
+        """(voice baseline, reader statistics) an analyzer continues: the store's, else fresh ones."""
+        return (None, None) if store is None else (store.baseline, store.person)
+
     def reset_baseline(self) -> None:
-        """Forget the person's voice (the `reset_baseline` command); ValueError for a model without a prior."""
+        """Forget the person's voice (the `reset_baseline` command); ValueError for a model that keeps
+        nothing of it."""
         store = self.baseline_store
         if store is None:
             raise ValueError("this model takes raw voices: it keeps no voice baseline to reset")
@@ -520,9 +535,9 @@ class Engine:
         self.stop_event.set()
 
     def _new_analyzer(self) -> Analyzer:
+        baseline, person = self._person_parts(self.baseline_store)
         analyzer = Analyzer(self.backend, StateTracker(self.state_config), body=self.body,
-                            contributions=self.contributions,
-                            baseline=None if self.baseline_store is None else self.baseline_store.baseline)
+                            contributions=self.contributions, baseline=baseline, person=person)
         if self._analyzer is not None:
             analyzer.state = self._analyzer.state   # keep the smoothed state across a restart
             analyzer.state.set_extra_heads(self.backend.labels)
@@ -578,10 +593,10 @@ class Engine:
         """Analyse a file as fast as possible (analyze, benchmarks). Publishes events to the sinks."""
         info = probe(path)
         run = FileRun(backend=self.backend.name)
-        # A fresh voice baseline, unless the caller opened the profile's (open_baseline).
+        # A fresh voice baseline and reader statistics, unless the caller opened the profile's (open_baseline).
+        baseline, person = self._person_parts(self.baseline_store)
         analyzer = Analyzer(self.backend, StateTracker(self.state_config), body=self.body,
-                            contributions=self.contributions, clock=run.clock,
-                            baseline=None if self.baseline_store is None else self.baseline_store.baseline)
+                            contributions=self.contributions, clock=run.clock, baseline=baseline, person=person)
         self._analyzer = analyzer
         start = time.monotonic()
         last_t = 0.0

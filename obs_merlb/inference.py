@@ -17,6 +17,11 @@ the live engine's stall watch's job: it sees no tick finish.)
 
 Probabilities are temperature-scaled per window by the modality set it
 holds (obs_merlb/calibration.py) when the model folder carries a calibration.
+
+A folder's voice reader (model/voice_reader.py) is loaded beside the model
+as `backend.reader` (None without one); the analyzer mixes it into the
+calibrated emotion (obs_merlb/person_reader.py). A damaged one stops the
+load like a damaged ONNX file.
 """
 from __future__ import annotations
 
@@ -34,10 +39,11 @@ import platformdirs
 
 from obs_merlb.calibration import load_calibration, modality_sets
 from obs_merlb.config import APP_NAME
-from obs_merlb.labels import MODALITIES
+from obs_merlb.labels import EMOTIONS, MODALITIES
 from obs_merlb.model.config import (CONFIG_FILE, ONNX_SEQUENCE, ONNX_WHOLE, WEIGHTS, MERLBConfig, ModelFolderError,
                                     encoder_file, load_config, onnx_files)
 from obs_merlb.model.verify import check_weights
+from obs_merlb.model.voice_reader import READER_FILE, VoiceReader, load_reader
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +163,16 @@ class _Torch:
         return self._run(self.model, inputs, "")
 
 
+def _reader(model_dir: Path, labels: dict[str, list[str]]) -> VoiceReader | None:
+    """The folder's voice reader, None without one; ModelFolderError for one it cannot use."""
+    reader = load_reader(model_dir)
+    if reader is not None and list(labels.get("emotion", [])) != list(EMOTIONS):
+        raise ModelFolderError(f"{model_dir / READER_FILE} reads the standard emotions ({', '.join(EMOTIONS)}) "
+                               f"but this model's emotion classes are {labels.get('emotion', [])}; delete it, "
+                               f"or fit the reader for a model with the standard emotions")
+    return reader
+
+
 class Backend:
     """One interface over the onnxruntime and torch implementations, with
     CUDA-to-CPU fallback and stall detection."""
@@ -171,6 +187,7 @@ class Backend:
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelFolderError(f"{self.model_dir / CONFIG_FILE} is damaged: its calibration is not "
                                    f"valid ({e})") from None
+        self.reader = _reader(self.model_dir, self.labels)
         self.threads = threads
         self.stall_s = stall_s
         self.cache_dir = cache_dir

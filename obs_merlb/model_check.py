@@ -3,8 +3,9 @@
 `merlb live` and `merlb analyze` load the model folder `--model` names,
 else the active personalized model, else the shipped one (registry.py).
 Loading checks the folder (model/config.py: config.json; inference.py:
-each ONNX file; model/verify.py: the weights' header and size) and a
-damaged one raises ModelFolderError, one line naming the file.
+each ONNX file and the voice reader, model/voice_reader.py; model/verify.py:
+the weights' header and size) and a damaged one raises ModelFolderError,
+one line naming the file.
 
 What happens then depends on who chose the folder:
 - the active personalized model (chosen by `merlb personalize`, not by the

@@ -12,8 +12,9 @@ tick at a time is grouped, with each tick's result unchanged:
   the live path reads (compared sample for sample), else computes it itself;
 * an answering thread encodes the faces the ticks kept (their ring holds
   references until then), runs the sequence model once per batch of ticks
-  (consecutive identical windows once), and feeds the state tracker in
-  order.
+  (consecutive identical windows once), mixes in what the voice reader said
+  of each tick's window (read at the tick, against the person's statistics
+  as they stood then), and feeds the state tracker in order.
 
 Every tick's event equals the live Analyzer's (tests/test_perception.py,
 tests/test_long_recording.py). Memory is flat: audio lives in AudioRings
@@ -75,6 +76,7 @@ class _Pending:
     speech: bool
     face: Any
     next_t: float = 0.0
+    read: tuple[np.ndarray, float] | None = None    # the voice reader's word on the window, read at the tick
 
 
 @dataclass
@@ -331,7 +333,8 @@ class BatchedAnalyzer(Analyzer):
             self.voice_ahead.forget_before(k - self.T)      # older than any window a tick reads
         face = self._face_tick(image, t, k)
         embs, mask, _ = self.ring.window(k, self.voice_k)
-        self._pending.append(_Pending(t, embs, mask, self.ring.refs(k), self._speech(mask), face, next_t))
+        self._pending.append(_Pending(t, embs, mask, self.ring.refs(k), self._speech(mask), face, next_t,
+                                      self._reader_read(k, mask)))
 
     def take_batch(self) -> _Batch:
         keep = {int(r) for r in self.ring.ref if r >= 0}
@@ -380,7 +383,8 @@ class BatchedAnalyzer(Analyzer):
         for p, dup in zip(pending, same):
             if not dup:
                 answer = self._infer(p.embs, p.mask, sequence=lambda e, masks: next(outputs))
-            ev = self._state_update(p.t, answer[0], answer[1], p.speech, p.face is not None, None)
+            ev = self._state_update(p.t, self._with_reader(answer[0], p.read), answer[1], p.speech,
+                                    p.face is not None, None)
             results.append(OfflineTick(TickResult(ev, None if p.face is None else p.face.box,
                                                   None if p.face is None else p.face.landmarks), p.t, p.next_t))
         if pending:

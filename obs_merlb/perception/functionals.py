@@ -18,6 +18,7 @@ behind it, so a stranger is judged against everyone at first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ N_FUNCTIONALS = N_LLD * (2 + len(PERCENTILES))  # 205
 FRAMES_PER_S = 100                             # the log-mel hop (perception/voice.py HOP at 16 kHz)
 MIN_FRAMES = 10                                # 0.1 s of speech: fewer say nothing about a window
 PRIOR_WINDOWS = 10.0                           # pseudo-windows of the population behind a person's estimate
+LEARNED_WINDOWS = 3 * PRIOR_WINDOWS            # the person's own windows then carry 3/4 of the estimate
 MIN_SPREAD = 1e-3
 
 
@@ -91,6 +93,24 @@ class PersonStats:
         d = np.asarray(f, np.float64) - self.mean
         self.mean = self.mean + d / self.n
         self.m2 = self.m2 + d * (np.asarray(f, np.float64) - self.mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PersonStats":
+        """The statistics `to_dict` wrote; ValueError for any that `add` could not have made (a hand
+        edit or damage would otherwise skew every window read against them without a word)."""
+        n = d["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"the window count must be a whole number, not {n!r}")
+        mean, m2 = np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64)
+        if mean.shape != (N_FUNCTIONALS,) or m2.shape != (N_FUNCTIONALS,) or not np.isfinite([*mean, *m2]).all():
+            raise ValueError(f"person statistics need {N_FUNCTIONALS} finite means and squared deviations")
+        if (m2 < 0).any() or (n == 0 and (mean.any() or m2.any())):
+            raise ValueError("person statistics that no set of windows has (a negative spread, or values "
+                             "without windows)")
+        return cls(n, mean, m2)
 
     def zscore(self, f: np.ndarray, population: Population) -> np.ndarray:
         """`f` (one window or rows of them) against this person, shrunk toward the population."""
