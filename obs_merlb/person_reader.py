@@ -109,11 +109,16 @@ class SpeechWindow:
     def read(self, k_last: int, mask: np.ndarray) -> tuple[np.ndarray, float] | None:
         """(z-scored functionals, weight) for the window ending at step k_last with modality `mask`
         (T, 4); None where the reader does not speak (too little speech, or weight 0)."""
-        weight = FACE_WEIGHT if mask[:, FACE].any() else self.reader.weight
+        weight = window_weight(self.reader, mask)
         if weight <= 0.0:
             return None
         f = self.functionals(k_last)
         return None if f is None else (self.person.zscore(f), weight)
+
+
+def window_weight(reader: VoiceReader, mask: np.ndarray) -> float:
+    """The reader's weight for a window with modality `mask` (T, 4): FACE_WEIGHT with a face in it."""
+    return FACE_WEIGHT if np.asarray(mask)[:, FACE].any() else reader.weight
 
 
 def fused(reader: VoiceReader, probs: dict[str, np.ndarray] | None,
