@@ -75,6 +75,9 @@ def load_reader(model_dir: str | Path) -> VoiceReader | None:
     path = Path(model_dir) / READER_FILE
     if not path.exists():
         return None
+    if not path.is_file():     # a FIFO would block the load forever, a folder cannot be read
+        raise ModelFolderError(f"{path} is not a regular file; fit the reader again with "
+                               f"`merlb fit-reader --model {Path(model_dir)}` or delete it")
     try:
         from safetensors import safe_open
 
@@ -87,8 +90,7 @@ def load_reader(model_dir: str | Path) -> VoiceReader | None:
                              t["scale_std"], t["coef"], t["intercept"], classes, weight)
     except Exception as e:  # noqa: BLE001 - safetensors, json and a missing key each raise their own
         raise ModelFolderError(f"{path} is damaged or incomplete ({type(e).__name__}: {e}); fit it again "
-                               f"with `python -m obs_merlb.train.fit_reader --model {Path(model_dir)}` "
-                               f"or delete it") from None
+                               f"with `merlb fit-reader --model {Path(model_dir)}` or delete it") from None
     k = len(classes)
     if (not set(classes) <= set(EMOTIONS) or not 0.0 <= weight <= 1.0 or reader.coef.shape != (k, N_FUNCTIONALS)
             or reader.intercept.shape != (k,) or any(v.shape != (N_FUNCTIONALS,) for v in

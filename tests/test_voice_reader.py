@@ -4,6 +4,7 @@ fitted and evaluated on fixture clips cut from RAVDESS and EmoDB (tests/fixtures
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ def test_reader_file_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / READER_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFolderError, match=f"{READER_FILE} is damaged or incomplete"):
         load_reader(tmp_path)
+    (tmp_path / READER_FILE).unlink()
+    os.mkfifo(tmp_path / READER_FILE)                                    # would block a plain open
+    with pytest.raises(ModelFolderError, match="is not a regular file"):
+        load_reader(tmp_path)
+    (tmp_path / READER_FILE).unlink()
     _reader(classes=("angry", "bored")).save(tmp_path)                  # not an emotion of the model
     with pytest.raises(ModelFolderError, match="does not hold a voice reader"):
         load_reader(tmp_path)

@@ -331,7 +331,7 @@ def adaptation(model, model_dir: Path):
     if prior is None and reader is None:
         raise SystemExit(f"--adapt person: {model_dir} has no way to adapt to a person: it was trained without "
                          f"a person baseline (its config.json has no voice_prior) and has no voice reader; fit "
-                         f"one with `python -m obs_merlb.train.fit_reader --model {model_dir}`, or train with "
+                         f"one with `merlb fit-reader --model {model_dir}`, or train with "
                          f"voice_baseline = true (train/recipes/default_voice_baseline.toml)")
     return prior, reader
 

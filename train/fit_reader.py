@@ -1,6 +1,6 @@
 """Fit the voice reader (model/voice_reader.py) for a model folder.
 
-    python -m obs_merlb.train.fit_reader --model runs/x/model [--config train/recipes/default_voice.toml]
+    merlb fit-reader --model runs/x/model [--config train/recipes/default_voice.toml]
 
 The reader is a logistic regression (balanced classes) over each 8-step
 window's voice functionals (perception/functionals.py), z-scored with the
