@@ -171,6 +171,59 @@ def demo_scores(model_dir: Path, reader, scaler, weights: tuple[float, ...]) -> 
     return out
 
 
+def grown_scores(model, model_dir: Path, root: Path, cache: Path, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The model folder's fitted reader (`merlb fit-reader`) with each person's statistics from all of
+    their windows (as `merlb eval --adapt person`) and grown as live grows them: every window read
+    with the statistics so far, then added, the person's windows in a random order."""
+    import torch
+    from sklearn.metrics import balanced_accuracy_score
+
+    from obs_merlb.calibration import load_calibration
+    from obs_merlb.model.voice_reader import load_reader
+    from obs_merlb.perception.functionals import PersonStats
+
+    from ..data import StepDataset, predict, windows_of
+    from ..fit_reader import person_zscores, window_functionals
+
+    reader = load_reader(model_dir)
+    if reader is None:
+        raise SystemExit(f"--grown: {model_dir} has no voice reader; fit one with `merlb fit-reader`")
+    val = set(TrainConfig.from_toml(RECIPES / "default_voice_all.toml").val_groups or [])
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in SETS:
+        if not (root / s).is_dir():
+            continue
+        rec = load_records(prepare(root / s, cache, settings=FeatureSettings(step_s=model.cfg.step_s), quiet=True))
+        rec = rec.subset([i for i, it in enumerate(rec.items) if it.group in val])
+        win, owners = windows_of(rec, model.cfg.steps)
+        ds = StepDataset(win, model.cfg.modalities, model.cfg.steps, train=False)
+        p0 = predict(model, ds, model.cfg.modalities, torch.device("cpu"), 128, load_calibration(model_dir))[0]["emotion"]
+        x, idx = window_functionals(win, model.cfg.step_s)
+        people = np.array([win.items[j].group for j in idx])
+        grown = np.empty_like(x)
+        for person in np.unique(people):
+            stats = PersonStats()
+            for r in rng.permutation(np.flatnonzero(people == person)):
+                grown[r] = stats.zscore(x[r][None], reader.population)[0]
+                stats.add(x[r])
+        y = np.array([it.labels.get("emotion") or "" for it in rec.items])
+        labelled = np.isin(y, EMOTIONS)
+
+        def clip_score(z: np.ndarray | None) -> float:
+            p = p0.copy()
+            if z is not None:
+                p[idx] = reader.fuse(p0[idx], z)
+            per_clip = np.zeros((len(rec), p.shape[1]))
+            np.add.at(per_clip, owners, p)
+            pred = np.array(EMOTIONS)[per_clip.argmax(1)]
+            return round(float(balanced_accuracy_score(y[labelled], pred[labelled])), 3)
+
+        out[s] = {"model": clip_score(None), "all windows": clip_score(person_zscores(x, people, reader.population)),
+                  "grown": clip_score(grown)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="assets/model")
@@ -181,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=0,
                     help="also score this many label-matched face+voice pairs (eval_pairs.py's)")
     ap.add_argument("--demo", action="store_true", help="also count `merlb demo`'s windows matched")
+    ap.add_argument("--grown", action="store_true",
+                    help="also score the model folder's fitted reader with each person's statistics grown "
+                         "window by window, as live grows them")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     from sklearn.linear_model import LogisticRegression
@@ -206,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
                      for s, c in held.items()}
     if args.pairs:   # the last reader fitted is the person-z-scored one
         result["pairs_person"] = pair_scores(model, model_dir, root, cache, reader, scaler, weights, args.pairs)
+    if args.grown:
+        result["grown_reader"] = grown_scores(model, model_dir, root, cache)
     if args.demo:
         result["demo_person"] = {"windows matched": demo_scores(model_dir, reader, scaler, weights)}
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        for z in ("global", "person", "pairs_person", "demo_person"):
+        for z in ("global", "person", "pairs_person", "demo_person", "grown_reader"):
             for s, r in result.get(z, {}).items():
                 print(f"{z:>6} {s:>14}: " + "  ".join(f"{k} {v}" for k, v in r.items()))
     return 0
