@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from obs_merlb.cli import main
 from obs_merlb.labels import VOICE
+from obs_merlb.model.voice_reader import READER_FILE
 from obs_merlb.perception.baseline import (LEARNED_FRAMES, PRIOR_FRAMES, BandStats, Prior, VoiceBaseline, apply,
                                            transform)
 from obs_merlb.perception.voice import N_FRAMES, N_MELS
@@ -206,10 +208,12 @@ def test_a_model_trained_with_baselines_carries_its_prior_and_evaluates_adapted(
 
 
 def test_adapting_a_model_without_a_prior_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["eval", str(FIX / "ravdess"), "--adapt", "person", "--cache", str(tmp_path / "c"),
-                 "--out", str(tmp_path / "o")]) == 2
+    plain = tmp_path / "plain"              # the shipped model less its voice reader: no way to adapt
+    shutil.copytree(ROOT / "assets" / "model", plain, ignore=shutil.ignore_patterns(READER_FILE))
+    assert main(["eval", str(FIX / "ravdess"), "--model", str(plain), "--adapt", "person", "--cache",
+                 str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "without a person baseline" in err and "\n" not in err
+    assert "without a person baseline" in err and "no voice reader" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("settings, words", [

@@ -4,9 +4,10 @@ baseline, kept per profile beside the config file (obs_merlb/baseline_store.py)
 across worker restarts, reset by flag, command and panel button; a model
 without a prior behaves exactly as before.
 
-The prior-carrying model is the shipped one with a `voice_prior` added to its
-config (the ONNX graphs do not change), measured on the RAVDESS fixture
-actors: another person than the demo clip's, as a population prior is.
+The prior-carrying model is the shipped one, less its voice reader, with a
+`voice_prior` added to its config (the ONNX graphs do not change), measured
+on the RAVDESS fixture actors: another person than the demo clip's, as a
+population prior is.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import pytest
 from obs_merlb.baseline_store import BaselineStore, baseline_path, prior_digest
 from obs_merlb.perception.baseline import LEARNED_FRAMES, BandStats, Prior, VoiceBaseline, apply
 from obs_merlb.perception.voice import N_FRAMES, N_MELS
+from obs_merlb.model.voice_reader import READER_FILE
 from obs_merlb.settings import SettingError, check_profile, checked_live_config
 
 from media import FIX  # tests/media.py (pytest puts tests/ on sys.path)
@@ -56,9 +58,18 @@ def prior() -> Prior:
 
 
 @pytest.fixture(scope="module")
-def prior_model(tmp_path_factory: pytest.TempPathFactory, prior: Prior) -> Path:
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model without its voice reader: neither part of the person's adaptation
+    (the reader's own tests are tests/test_reader_live.py)."""
+    d = tmp_path_factory.mktemp("plain-model") / "model"
+    shutil.copytree(SHIPPED, d, ignore=shutil.ignore_patterns(READER_FILE))
+    return d
+
+
+@pytest.fixture(scope="module")
+def prior_model(tmp_path_factory: pytest.TempPathFactory, prior: Prior, plain_model: Path) -> Path:
     d = tmp_path_factory.mktemp("prior-model") / "model"
-    shutil.copytree(SHIPPED, d)
+    shutil.copytree(plain_model, d)
     doc = json.loads((d / "config.json").read_text())
     doc["config"]["voice_prior"] = prior.to_dict()
     (d / "config.json").write_text(json.dumps(doc))
@@ -83,12 +94,12 @@ def _engine(model: Path, root: Path, **kw: Any) -> Any:
 
 # ------------------------------------------------------------------ a model without a prior
 
-def test_a_model_without_a_prior_hears_raw_voices_and_keeps_nothing(tmp_path: Path) -> None:
+def test_a_model_without_a_prior_hears_raw_voices_and_keeps_nothing(plain_model: Path, tmp_path: Path) -> None:
     from obs_merlb.analyzer import Analyzer
     from obs_merlb.capture import load_media
     from obs_merlb.perception.voice import NEEDED
 
-    eng = _engine(SHIPPED, tmp_path / "baselines", reset_baseline=True)
+    eng = _engine(plain_model, tmp_path / "baselines", reset_baseline=True)
     assert eng.backend.cfg.voice_prior is None
     assert eng.open_baseline() is None and eng.baseline_status() is None
     assert "baseline" not in eng.health()

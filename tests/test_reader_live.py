@@ -3,9 +3,9 @@ reads each window's speech against the person's voice functionals and mixes that
 in the live Analyzer and in `merlb analyze`'s batched one alike; the person's statistics are kept per
 profile beside the band baseline (obs_merlb/baseline_store.py).
 
-The reader here is the shipped model's folder plus a reader whose population is the RAVDESS fixture
-clips' functionals and whose coefficients are seeded noise: the plumbing under test does not depend
-on what it learned. The clip is the demo's audio under frames with no face for its first half and
+The reader here is the shipped model's folder with its own reader replaced by one whose population
+is the RAVDESS fixture clips' functionals and whose coefficients are seeded noise: the plumbing under
+test does not depend on what it learned. The clip is the demo's audio under frames with no face for its first half and
 the demo's face for its second, so one run holds voice-only windows and windows with a face.
 """
 from __future__ import annotations
@@ -58,10 +58,18 @@ def _reader(population: Population, weight: float = 0.5) -> VoiceReader:
 
 
 @pytest.fixture(scope="module")
-def reader_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped model's folder with a reader in it."""
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model's folder without its own reader."""
+    d = tmp_path_factory.mktemp("plain-model") / "model"
+    shutil.copytree(SHIPPED, d, ignore=shutil.ignore_patterns(READER_FILE))
+    return d
+
+
+@pytest.fixture(scope="module")
+def reader_model(tmp_path_factory: pytest.TempPathFactory, plain_model: Path) -> Path:
+    """The shipped model's folder with this test's reader in it."""
     d = tmp_path_factory.mktemp("reader-model") / "model"
-    shutil.copytree(SHIPPED, d)
+    shutil.copytree(plain_model, d)
     _reader(_population()).save(d)
     return d
 
@@ -108,13 +116,15 @@ def half_face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ------------------------------------------------------------------ loading
 
-def test_the_backend_loads_the_reader_beside_the_model(reader_model: Path, population: Population) -> None:
+def test_the_backend_loads_the_reader_beside_the_model(reader_model: Path, population: Population,
+                                                       plain_model: Path) -> None:
     from obs_merlb.inference import load_backend
 
     backend = load_backend(reader_model)
     assert backend.reader is not None and backend.reader.weight == 0.5
     assert population_digest(backend.reader.population) == population_digest(population)
-    assert load_backend(SHIPPED).reader is None
+    assert load_backend(plain_model).reader is None
+    assert load_backend(SHIPPED).reader is not None          # the shipped model carries one (MODEL_CARD.md)
 
 
 def test_a_damaged_reader_stops_the_load_with_one_line(reader_model: Path, tmp_path: Path) -> None:
@@ -179,8 +189,8 @@ def _run(model: Path, clip: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runs(reader_model: Path, half_face_clip: Path) -> dict[str, Any]:
-    return {"plain": _run(SHIPPED, half_face_clip), "reader": _run(reader_model, half_face_clip)}
+def runs(reader_model: Path, plain_model: Path, half_face_clip: Path) -> dict[str, Any]:
+    return {"plain": _run(plain_model, half_face_clip), "reader": _run(reader_model, half_face_clip)}
 
 
 def _window_functionals(steps: dict[int, Any], k_last: int, heard_by: int | None = None,

@@ -5,6 +5,7 @@
 #   train/recipes/build_default.sh train      # preprocess + the 3 training stages
 #   train/recipes/build_default.sh export     # copy RUNS/fusion_room/model to assets/model, then calibrate
 #   train/recipes/build_default.sh calibrate  # temperatures per modality set into DEST/config.json
+#   train/recipes/build_default.sh reader     # the voice reader into DEST (merlb fit-reader)
 #   train/recipes/build_default.sh eval       # every number in assets/MODEL_CARD.md
 #   train/recipes/build_default.sh voice      # one step: preprocess | face | face2 | voice | face_wide | face_wide2 |
 #                                             #   fusion | voice_room | fusion_room
@@ -126,7 +127,14 @@ export_model() {
     mkdir -p "$DEST"
     cp "$RUNS"/fusion_room/model/{model.safetensors,config.json,*.onnx} "$DEST"/
     calibrate
+    reader
     du -sh "$DEST"
+}
+
+reader() {
+    # The voice reader (model/voice_reader.py) on the voice stage's training speakers.
+    stamp "voice reader into $DEST"
+    $MERLB fit-reader --model "$DEST" --cache "$CACHE"
 }
 
 calibrate() {
@@ -178,6 +186,7 @@ case $what in
     preprocess | face | face2 | voice | face_wide | face_wide2 | fusion | voice_room | fusion_room) $what ;;   # one step
     export) export_model ;;
     calibrate) calibrate ;;
+    reader) reader ;;
     eval) evaluate ;;
-    *) echo "usage: $0 [all|train|export|calibrate|eval]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|train|export|calibrate|reader|eval]" >&2; exit 2 ;;
 esac
