@@ -46,15 +46,15 @@ class VoiceReader:
         out[:, [EMOTIONS.index(c) for c in self.classes]] = p
         return out / out.sum(axis=1, keepdims=True)
 
-    def fuse(self, model_probs: np.ndarray, z: np.ndarray, spoken: np.ndarray | None = None) -> np.ndarray:
-        """The model's (N, len(EMOTIONS)) emotion probabilities with the reader mixed in where `spoken`."""
+    def fuse(self, model_probs: np.ndarray, z: np.ndarray, weight: float | np.ndarray | None = None) -> np.ndarray:
+        """The model's (N, len(EMOTIONS)) emotion probabilities with the reader mixed in at `weight`
+        (one for all rows or one per row; default the reader's own); a row at weight 0 is the model's."""
         p = np.asarray(model_probs, np.float64)
-        logp = (1 - self.weight) * np.log(p + FLOOR) + self.weight * np.log(self.probs(z))
+        w = np.broadcast_to(np.asarray(self.weight if weight is None else weight, np.float64), (len(p),))[:, None]
+        logp = (1 - w) * np.log(p + FLOOR) + w * np.log(self.probs(z))
         fused = np.exp(logp - logp.max(axis=1, keepdims=True))
         fused /= fused.sum(axis=1, keepdims=True)
-        if spoken is not None:
-            fused = np.where(np.asarray(spoken, bool)[:, None], fused, p)
-        return fused.astype(np.float32)
+        return np.where(w > 0, fused, p).astype(np.float32)
 
     def save(self, model_dir: str | Path) -> Path:
         from safetensors.numpy import save_file

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import replace
 
 import numpy as np
 
@@ -128,8 +127,7 @@ def fused(reader: VoiceReader, probs: dict[str, np.ndarray] | None,
     if probs is None or read is None or "emotion" not in probs:
         return probs
     z, weight = read
-    r = reader if weight == reader.weight else replace(reader, weight=weight)
-    return {**probs, "emotion": r.fuse(probs["emotion"][None], z[None])[0]}
+    return {**probs, "emotion": reader.fuse(probs["emotion"][None], z[None], weight)[0]}
 
 
 def reader_stats(backend: object, person: ReaderStats | None) -> ReaderStats | None:

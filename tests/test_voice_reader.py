@@ -63,8 +63,9 @@ def test_reader_probabilities_and_fusion() -> None:
     fused = r.fuse(model, z)
     assert np.allclose(fused.sum(1), 1) and np.allclose(fused.argmax(1), p.argmax(1))
     assert np.allclose(_reader(0.0).fuse(model, z), model)             # weight 0: the model alone
-    kept = r.fuse(model, z, spoken=np.array([True, False, True, False, True]))
-    assert np.allclose(kept[1], model[1]) and not np.allclose(kept[0], model[0])
+    kept = r.fuse(model, z, np.array([0.5, 0.0, 0.5, 0.0, 0.25]))   # per row: 0 keeps the model's exactly
+    assert np.array_equal(kept[1], model[1].astype(np.float32)) and not np.allclose(kept[0], model[0])
+    assert np.allclose(kept[4], r.fuse(model[4:], z[4:], 0.25)[0]) and not np.allclose(kept[4], kept[0])
 
 
 def test_reader_file_round_trip_and_damage(tmp_path: Path) -> None:

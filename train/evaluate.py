@@ -83,22 +83,18 @@ def predict_records(model, records, device: str = "cpu", batch_size: int = 128,
                      key_segments=key_segments, baselines=baselines)
     probs, _ = predict(model, ds, model.cfg.modalities, torch.device(device), batch_size, calibration)
     if reader is not None and "emotion" in probs:
-        from dataclasses import replace
-
         from obs_merlb.person_reader import window_weight
 
         from .fit_reader import person_zscores, window_functionals
 
         x, idx = window_functionals(win, model.cfg.step_s)
         if len(idx):
-            # The person's statistics come from all of their windows; the mix, as live, only
-            # where the window's weight allows it (no face in it: person_reader.FACE_WEIGHT).
+            # The person's statistics come from all of their windows; the mix, as live, at each
+            # window's weight (none with a face in it: person_reader.FACE_WEIGHT).
             z = person_zscores(x, np.array([win.items[j].group for j in idx]), reader.population)
+            weights = np.array([window_weight(reader, win.arrays[j]["mask"]) for j in idx])
             probs["emotion"] = probs["emotion"].copy()
-            for row, j in zip(z, idx):
-                weight = window_weight(reader, win.arrays[j]["mask"])
-                if weight > 0.0:
-                    probs["emotion"][j] = replace(reader, weight=weight).fuse(probs["emotion"][j][None], row[None])[0]
+            probs["emotion"][idx] = reader.fuse(probs["emotion"][idx], z, weights)
     out = {}
     for head, p in probs.items():
         acc = np.zeros((len(records), p.shape[1]), np.float64)
