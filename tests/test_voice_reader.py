@@ -93,7 +93,7 @@ def test_fit_reader_then_eval_adapts_by_person(tiny_model, tmp_path: Path, capsy
     recipe = tmp_path / "voices.toml"
     recipe.write_text(f'data = ["{FIX / "ravdess"}", "{FIX / "emodb"}"]\nval_groups = ["emodb:03"]\n')
     assert main(["fit-reader", "--model", str(model), "--config", str(recipe), "--cache", str(cache)]) == 0
-    assert "voice reader fitted on 3 clips" in capsys.readouterr().out     # EmoDB's speaker 03 validates
+    assert "voice reader fitted on 3 clips with an emotion label" in capsys.readouterr().out     # EmoDB's speaker 03 validates
     reader = load_reader(model)
     assert set(reader.classes) <= set(EMOTIONS) and len(reader.classes) >= 2
     args = ["eval", str(FIX / "ravdess"), "--model", str(model), "--cache", str(cache), "--json"]

@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     except DatasetError as e:
         return refuse("fit-reader", str(e))
     path = reader.save(model_dir)
-    print(f"voice reader fitted on {len(records)} clips ({', '.join(reader.classes)}), weight {reader.weight}: {path}")
+    labelled = sum(it.labels.get("emotion") in EMOTIONS for it in records.items)
+    print(f"voice reader fitted on {labelled} clips with an emotion label ({', '.join(reader.classes)}), "
+          f"weight {reader.weight}: {path}")
     return 0
 
 
