@@ -25,6 +25,7 @@ import math
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -34,7 +35,7 @@ import numpy as np
 from obs_merlb.capture.base import SAMPLE_RATE, AudioRing, VideoFrame
 from obs_merlb.capture.file import iter_media
 from obs_merlb.labels import MODALITIES, VOICE
-from obs_merlb.perception.baseline import Prior, VoiceBaseline
+from obs_merlb.perception.baseline import BandStats, Prior, VoiceBaseline, apply
 from obs_merlb.perception.steps import Perceiver, VoiceStep
 from obs_merlb.perception.voice import NEEDED, key_segment_mask
 from obs_merlb.person_reader import ReaderStats, SpeechWindow, fused, reader_stats
@@ -208,6 +209,10 @@ class Analyzer:
         self.ring = StepRing(self.T, {m: d for m, d in cfg.embed_dims.items()})
         self.baseline = person_baseline(backend, baseline)
         self.speech_window = self._speech_window(person)
+        # (voice step, the baseline's statistics it was heard through) for the steps a window
+        # may still hold: what a resumed run hears them through again (`person_state`).
+        self._heard: deque[tuple[int, BandStats]] = deque()
+        self._resumed_through: int | None = None     # steps the restored person has heard already
         self._last_thumb: np.ndarray | None = None
         self._last_face: Any = None
         self._last_face_emb: np.ndarray | None = None
@@ -224,6 +229,7 @@ class Analyzer:
         self.backend = backend
         self.baseline = person_baseline(backend, baseline)
         self.speech_window = self._speech_window(person)
+        self._heard.clear()
         self.ring = StepRing(self.T, {m: d for m, d in backend.cfg.embed_dims.items()})
         self._last_face_emb = None
         # A personalized model may add, drop or rename `user` classes.
@@ -235,6 +241,44 @@ class Analyzer:
     def _speech_window(self, person: ReaderStats | None) -> SpeechWindow | None:
         stats = reader_stats(self.backend, person)
         return None if stats is None else SpeechWindow(self.backend.reader, stats, self.T, self.step_s)
+
+    def person_state(self) -> dict[str, Any] | None:
+        """The person's voice as heard up to now, as JSON (a `merlb analyze` checkpoint): the voice
+        reader's speech window and statistics, the band baseline with the statistics each recent
+        step was heard through, and the last voice step heard. None for a model that keeps
+        nothing of the person."""
+        if self.speech_window is None and self.baseline is None:
+            return None
+        heard = [k for k in (self._resumed_through, None if self._next_voice_k is None else self._next_voice_k - 1)
+                 if k is not None]
+        return {"heard_through": max(heard, default=None),
+                "reader": None if self.speech_window is None else self.speech_window.to_dict(),
+                "baseline": None if self.baseline is None else {
+                    "stats": self.baseline.stats.to_dict(),
+                    "heard": [[k, stats.to_dict()] for k, stats in self._heard]}}
+
+    def resume_person(self, doc: Any) -> None:
+        """Continue the person `person_state` saved, in a fresh analyzer about to replay the steps
+        before it: the voice steps heard by then are heard again only for the step ring (through
+        the baseline as it stood at each), never added to the person a second time. ValueError,
+        with nothing changed, for a state that is damaged or is not this model's."""
+        try:
+            through = doc["heard_through"]
+            if through is not None and (isinstance(through, bool) or not isinstance(through, int)):
+                raise ValueError(f"the last voice step heard must be a whole number, not {through!r}")
+            if (doc["reader"] is None) != (self.speech_window is None) or \
+                    (doc["baseline"] is None) != (self.baseline is None):
+                raise ValueError("they are not this model's (a voice reader or voice prior more or less)")
+            if self.baseline is not None:
+                stats = BandStats.from_dict(doc["baseline"]["stats"])
+                heard = deque((_step_number(k), BandStats.from_dict(s)) for k, s in doc["baseline"]["heard"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a saved person ({type(e).__name__}: {e})") from None
+        if self.speech_window is not None:
+            self.speech_window.restore(doc["reader"])     # last: it checks before it changes anything
+        if self.baseline is not None:
+            self.baseline.stats, self._heard = stats, heard
+        self._resumed_through = through
 
     @property
     def person(self) -> ReaderStats | None:
@@ -268,18 +312,28 @@ class Analyzer:
     def _voice_step(self, k: int, window: np.ndarray) -> tuple[VoiceStep, np.ndarray | None]:
         """Step k's voice features and embedding (None when not speech) from its audio window."""
         step = self.perceiver.voice_step(window)
-        return step, self._voice_embedding(step)
+        return step, self._voice_embedding(step, k)
 
-    def _voice_embedding(self, step: VoiceStep) -> np.ndarray | None:
-        """A voice step's embedding, None when not speech. With a person baseline the step
+    def _voice_embedding(self, step: VoiceStep, k: int) -> np.ndarray | None:
+        """Voice step k's embedding, None when not speech. With a person baseline the step
         adds to it first (unlabelled, speech only), then is heard through it, in step order."""
         if not step.present:
             return None
         feature = step.feature
         if self.baseline is not None:
-            self.baseline.update(feature, step.speech_prob)
-            feature = self.baseline.normalise(feature)
+            if self._heard_before(k):
+                # Only windows of the replayed ticks read a step older than `_heard`; none is written.
+                stats = next((s for j, s in self._heard if j == k), self.baseline.stats)
+                feature = apply(feature, self.baseline.prior, stats)
+            else:
+                self.baseline.update(feature, step.speech_prob)
+                self._heard.append((k, self.baseline.stats))
+                feature = self.baseline.normalise(feature)
         return self.backend.encode("voice", feature[None])[0]
+
+    def _heard_before(self, k: int) -> bool:
+        """Whether voice step k is one the restored person heard before a resumed run's checkpoint."""
+        return self._resumed_through is not None and k <= self._resumed_through
 
     def _voice_steps(self, audio: AudioView | None, k_now: int) -> None:
         if audio is None or not self.perceiver.enabled["voice"]:
@@ -293,19 +347,17 @@ class Analyzer:
             first = max(first, self._next_voice_k)
         for k in range(first, last_done + 1):
             window = audio.window_ending((k + 1) * self.step_s, NEEDED)
-            if window is None:
-                self.ring.put("voice", k, None)
-                if self.speech_window is not None:
-                    self.speech_window.put(k, None)
-                continue
-            step, emb = self._voice_step(k, window)
-            if self.speech_window is not None:
+            step, emb = (None, None) if window is None else self._voice_step(k, window)
+            if self.speech_window is not None and not self._heard_before(k):
                 self.speech_window.put(k, step)
-            i = k % self.T
-            self.ring.speech_prob[i], self.ring.energy[i] = step.speech_prob, step.energy
+            if step is not None:
+                i = k % self.T
+                self.ring.speech_prob[i], self.ring.energy[i] = step.speech_prob, step.energy
+                self.last_speech = bool(step.present)
             self.ring.put("voice", k, emb)
-            self.last_speech = bool(step.present)
         self._next_voice_k = max(self._next_voice_k or -10**9, last_done + 1)
+        while self._heard and self._heard[0][0] < k_now - self.T + 1:
+            self._heard.popleft()
 
     def tick(self, image: np.ndarray | None, t: float, *, capture_mono: float | None = None,
              audio: AudioView | None = None, t_event: float | None = None) -> TickResult:
@@ -417,6 +469,12 @@ class Analyzer:
         with _Timed(clock, "voice"):
             self._voice_steps(audio, k)
 
+
+
+def _step_number(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"a voice step number must be a whole number, not {k!r}")
+    return k
 
 
 def person_baseline(backend: Any, baseline: VoiceBaseline | None) -> VoiceBaseline | None:

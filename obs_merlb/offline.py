@@ -64,6 +64,7 @@ class OfflineTick(NamedTuple):
     t: float
     next_t: float
     state: Any = None      # a copy of the state tracker after this tick (the last of each batch)
+    person: Any = None     # with `state`: the analyzer's `person_state()` after this tick
 
 
 @dataclass
@@ -85,6 +86,7 @@ class _Batch:
     first_id: int                 # reference number of crops[0]
     crops: list[np.ndarray]
     keep: set[int]                # references later ticks may still read
+    person: Any = None            # `person_state()` after the last tick (perception runs ahead of answers)
 
 
 class _Ref:
@@ -340,7 +342,7 @@ class BatchedAnalyzer(Analyzer):
         keep = {int(r) for r in self.ring.ref if r >= 0}
         if isinstance(self._last_face_emb, _Ref):
             keep.add(self._last_face_emb.id)
-        batch = _Batch(self._pending, self._first_id, self._crops, keep)
+        batch = _Batch(self._pending, self._first_id, self._crops, keep, self.person_state())
         self._first_id += len(self._crops)
         self._pending, self._crops = [], []
         return batch
@@ -352,7 +354,7 @@ class BatchedAnalyzer(Analyzer):
         if self.voice_ahead is not None:
             hit = self.voice_ahead.get(k, window)
             if hit is not None:
-                return hit if self.baseline is None else (hit[0], self._voice_embedding(hit[0]))
+                return hit if self.baseline is None else (hit[0], self._voice_embedding(hit[0], k))
         return super()._voice_step(k, window)
 
     def answer(self, batch: _Batch) -> list[OfflineTick]:
@@ -389,7 +391,7 @@ class BatchedAnalyzer(Analyzer):
                                                   None if p.face is None else p.face.landmarks), p.t, p.next_t))
         if pending:
             # The tracker runs ahead of the consumer: a checkpoint takes its state from here.
-            results[-1] = results[-1]._replace(state=copy.deepcopy(self.state))
+            results[-1] = results[-1]._replace(state=copy.deepcopy(self.state), person=batch.person)
         return results
 
     def _run_calls(self, calls: list[tuple[dict[str, np.ndarray], np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -22,8 +22,11 @@ voice-only windows carry the reader's own weight.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +96,38 @@ class SpeechWindow:
             f = self.functionals(k)
             if f is not None:
                 self.person.add(f)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything later reads and additions depend on, as JSON (a resumed `merlb analyze`
+        continues from it): the ring of speech frames (raw float32, exact), the speech step count
+        and the person's statistics."""
+        return {"population": self.person.digest, "stats": self.person.stats.to_dict(),
+                "speech_steps": self.speech_steps, "step_id": self.step_id.tolist(),
+                "frames": base64.b64encode(self.frames.tobytes()).decode("ascii")}
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Continue from what `to_dict` saved; ValueError, with nothing changed, for a state that
+        is damaged or was gathered for another reader."""
+        try:
+            if doc["population"] != self.person.digest:
+                raise ValueError("they were gathered for another voice reader")
+            stats = PersonStats.from_dict(doc["stats"])
+            steps = doc["speech_steps"]
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"the speech step count must be a whole number, not {steps!r}")
+            step_id = np.asarray(doc["step_id"], np.int64)
+            slots = np.arange(self.T)
+            if step_id.shape != (self.T,) or not ((step_id == _NO_STEP) | (step_id % self.T == slots)).all():
+                raise ValueError(f"the speech ring needs {self.T} step numbers, each in its own slot")
+            frames = np.frombuffer(base64.b64decode(doc["frames"], validate=True), np.float32)
+            if frames.size != self.frames.size or not np.isfinite(frames).all():
+                raise ValueError(f"the speech ring needs {self.frames.size} finite log-mel values")
+        except (KeyError, TypeError, AttributeError, OverflowError, binascii.Error) as e:
+            raise ValueError(f"not a saved speech window ({type(e).__name__}: {e})") from None
+        self.person.stats = stats
+        self.speech_steps, self.step_id = steps, step_id
+        self.frames = frames.reshape(self.frames.shape).copy()
+        self._cached = None
 
     def functionals(self, k_last: int) -> np.ndarray | None:
         """The functionals of the speech in steps k_last-T+1..k_last; None under MIN_FRAMES of it."""

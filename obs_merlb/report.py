@@ -292,16 +292,23 @@ def _analyze_into(out: Path, file: Path, info: MediaInfo, model: str | None, *, 
         return OutputError(f"cannot write into {out} at {clock(last_t)} of the recording ({e.strerror or e}); "
                            f"{again}", 1)
 
-    def checkpoint(state: StateTracker) -> None:
+    def checkpoint(state: StateTracker, person: dict[str, Any] | None) -> None:
         warm_t, warm_next = recent[0] if recent else (0.0, 0.0)
         resume.save(ckpt_path, {
             "job": job, "t": last_t, "offsets": list(writer.offsets()),
             "warm_start": max(0.0, warm_t - 1.5), "warm_next_t": warm_next,
-            "tracker": resume.snapshot(state), "detector": resume.snapshot(detector),
+            "tracker": resume.snapshot(state), "detector": resume.snapshot(detector), "person": person,
             "highlights": highlights, "notes": notes, "wall_s": wall_before + time.monotonic() - wall0})
 
     if ckpt is not None:
         print(f"merlb analyze: continuing {file.name} from {clock(done_t)} (checkpoint in {out})", file=sys.stderr)
+        try:
+            if ckpt.get("person") is not None:     # absent from a checkpoint written before it was kept
+                analyzer.resume_person(ckpt["person"])
+        except ValueError as e:
+            # The rows already written stay valid; only voice-only windows after the resume point differ.
+            print(f"merlb analyze: the checkpoint's record of the person's voice is damaged ({e}); "
+                  f"their voice is learned afresh from {clock(done_t)}", file=sys.stderr)
     try:
         with MediaProgress(f"analysing {file.name}", duration, start_s=max(done_t, 0.0), enabled=progress) as bar:
             for tick in iter_ticks(analyzer, str(file), rate, start=start, next_t=next_t, on_note=notes.append):
@@ -322,7 +329,7 @@ def _analyze_into(out: Path, file: Path, info: MediaInfo, model: str | None, *, 
                 stopping = stop_after_s is not None and last_t >= stop_after_s
                 if tick.state is not None and (last_t >= next_ckpt or stopping):
                     try:
-                        checkpoint(tick.state)
+                        checkpoint(tick.state, tick.person)
                     except OSError as e:
                         raise written_up_to(e) from e
                     next_ckpt = last_t + checkpoint_every_s
