@@ -73,6 +73,8 @@ REFUSED = {
     "fit-reader-no-model": (["fit-reader", "--model", "missing"], "merlb fit-reader: missing/config.json is missing"),
     "fit-reader-weight": (["fit-reader", "--model", str(MODEL), "--weight", "1.5"],
                           "merlb fit-reader: --weight is a share, 0 to 1"),
+    "fit-reader-C": (["fit-reader", "--model", str(MODEL), "--C", "0"],
+                     "merlb fit-reader: --C is an inverse regularisation, above 0"),
     "fit-reader-images": (["fit-reader", "--model", str(MODEL), "--config", "faces.toml"],
                           "merlb fit-reader: --config faces.toml: ", "holds images; the reader reads voices"),
     "fit-reader-config": (["fit-reader", "--model", str(MODEL), "--config", "missing.toml"],

@@ -372,6 +372,26 @@ def test_each_part_belongs_to_what_it_was_learned_for(population: Population, tm
     assert doc["reader"]["stats"]["n"] == 0 and doc["stats"]["n"] == 0 and "prior" not in doc
 
 
+def test_an_older_releases_statistics_are_a_note_not_damage(population: Population, tmp_path: Path) -> None:
+    """A profile saved by session 15's reader (205 functionals, its own population) is not damaged:
+    the new reader learns the voice afresh with one note, and the file is not moved aside."""
+    from obs_merlb.baseline_store import BaselineStore, baseline_path
+    from obs_merlb.perception.baseline import BandStats
+
+    path = baseline_path("p", tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = PersonStats.of(np.random.default_rng(5).normal(size=(40, 205)))
+    path.write_text(json.dumps({"format": 1, "profile": "p", "stats": BandStats().to_dict(),
+                                "reader": {"population": "0123456789abcdef", "stats": old.to_dict()}}))
+    store, problems, notes = BaselineStore.open(None, "p", 0.25, population=population, root=tmp_path)
+    assert not problems and len(notes) == 1 and "another model" in notes[0]
+    assert store.person.stats.n == 0 and store.writable and path.exists()
+    assert [q.name for q in tmp_path.rglob("*damaged*")] == []
+    store.person.add(np.ones(N_FUNCTIONALS))
+    assert store.save() is None
+    assert len(json.loads(path.read_text())["reader"]["stats"]["mean"]) == N_FUNCTIONALS
+
+
 def test_a_damaged_reader_part_is_moved_aside(reader_model: Path, population: Population,
                                               tmp_path: Path) -> None:
     from obs_merlb.baseline_store import BaselineStore, baseline_path

@@ -1,11 +1,16 @@
 """Voice functionals: how a stretch of speech sounds as a whole, judged against the person.
 
 Per 10 ms frame of a window's speech steps: 20 MFCCs (the DCT of the 64
-log-mel bands the voice encoder reads, perception/voice.py), their deltas
-and the log energy; per window, their mean, spread and 10th/50th/90th
-percentiles: N_FUNCTIONALS numbers. Each voice step holds a 1 s log-mel
-window and steps are `step_s` apart, so a window's speech frames are the
-newest `step_s` of each speech step's window, every frame once.
+log-mel bands the voice encoder reads, perception/voice.py), their deltas,
+the log energy and the spectrum's shape (centroid and spread over the mel
+bands, flux, low-to-high band balance, flatness). Per window: the mean,
+spread and 10th/50th/90th percentiles of each; the skew and tail of the
+MFCCs and energy; how fast the MFCCs accelerate; each band's mean and
+spread; the energy's slope, range and share of loud frames; and the energy's
+modulation spectrum up to 7 Hz (the syllable rate): N_FUNCTIONALS numbers.
+Each voice step holds a 1 s log-mel window and steps are `step_s` apart, so
+a window's speech frames are the newest `step_s` of each speech step's
+window, every frame once.
 
 A person's statistics of these numbers (`PersonStats`, gathered with no
 labels) z-score each window: loud, high or fast *for this person*, which is
@@ -22,10 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from obs_merlb.perception.voice import N_MELS
+
 N_MFCC = 20
+LOW_BANDS = 16                                 # mel bands under ~500 Hz: the voice's fundamental and first harmonics
 PERCENTILES = (10, 50, 90)
-N_LLD = 2 * N_MFCC + 1                         # MFCCs, deltas, log energy
-N_FUNCTIONALS = N_LLD * (2 + len(PERCENTILES))  # 205
+N_SHAPE = 5                                    # centroid, spread, flux, low/high balance, flatness
+N_LLD = 2 * N_MFCC + 1 + N_SHAPE               # MFCCs, deltas, log energy, spectral shape per frame
+MOD_FFT = 256                                  # frames in the energy's modulation spectrum (2.56 s, zero-padded)
+MOD_BINS = 19                                  # its bins 1-19: 0.4-7.4 Hz
+N_FUNCTIONALS = (N_LLD * (2 + len(PERCENTILES)) + 2 * (N_MFCC + 1) + N_MFCC + 2 * N_MELS + 3
+                 + MOD_BINS)                   # 442
 FRAMES_PER_S = 100                             # the log-mel hop (perception/voice.py HOP at 16 kHz)
 MIN_FRAMES = 10                                # 0.1 s of speech: fewer say nothing about a window
 PRIOR_WINDOWS = 10.0                           # pseudo-windows of the population behind a person's estimate
@@ -49,15 +61,48 @@ def speech_frames(voice: np.ndarray, speech: np.ndarray, step_s: float) -> np.nd
 
 
 def functionals(frames: np.ndarray) -> np.ndarray:
-    """(N_FUNCTIONALS,) float32 from (n, bands) log-mel frames."""
+    """(N_FUNCTIONALS,) float32 from (n, N_MELS) log-mel frames (n >= MIN_FRAMES)."""
     from scipy.fft import dct
 
     frames = np.asarray(frames, np.float32)
     mfcc = dct(frames, type=2, norm="ortho", axis=1)[:, :N_MFCC]
-    delta = np.gradient(mfcc, axis=0) if len(mfcc) > 2 else np.zeros_like(mfcc)
-    energy = np.log(np.exp(frames.astype(np.float64)).sum(axis=1, keepdims=True) + 1e-6)
-    lld = np.hstack([mfcc, delta, energy])
-    return np.concatenate([lld.mean(0), lld.std(0), *np.percentile(lld, PERCENTILES, axis=0)]).astype(np.float32)
+    delta = np.gradient(mfcc, axis=0)
+    power = np.exp(frames.astype(np.float64))
+    energy = np.log(power.sum(axis=1) + 1e-6)
+    lld = np.column_stack([mfcc, delta, energy, spectral_shape(frames, power)])
+    level = np.column_stack([mfcc, energy])
+    t = np.arange(len(frames)) / FRAMES_PER_S
+    contour = [np.polyfit(t, energy, 1)[0], (energy > energy.mean()).mean(), np.ptp(energy)]
+    modulation = np.abs(np.fft.rfft(energy - energy.mean(), n=MOD_FFT))[1:MOD_BINS + 1]
+    parts = [lld.mean(0), lld.std(0), *np.percentile(lld, PERCENTILES, axis=0),
+             *skew_and_kurtosis(level), np.gradient(delta, axis=0).std(0),
+             frames.mean(0), frames.std(0), contour, np.log(modulation / (modulation.sum() + 1e-9) + 1e-6)]
+    # A constant column (digital silence) has no skew: 0, not NaN, so the reader stays defined.
+    return np.nan_to_num(np.concatenate([np.ravel(p) for p in parts]), nan=0.0, posinf=0.0,
+                         neginf=0.0).astype(np.float32)
+
+
+def skew_and_kurtosis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the skewness and excess kurtosis (scipy.stats' biased estimates, at a tenth of
+    their cost here); NaN for a constant column."""
+    c = x - x.mean(axis=0)
+    c2 = c * c
+    m2, m3, m4 = c2.mean(axis=0), (c2 * c).mean(axis=0), (c2 * c2).mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return m3 / m2 ** 1.5, m4 / m2 ** 2 - 3.0
+
+
+def spectral_shape(frames: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """(n, N_SHAPE) per frame: centroid and spread over the mel bands (in bands), flux (RMS change
+    of the log-mel from the frame before), log low/high band balance, log spectral flatness."""
+    share = power / power.sum(axis=1, keepdims=True)
+    bands = np.arange(frames.shape[1])
+    centroid = share @ bands
+    spread = np.sqrt((share * (bands - centroid[:, None]) ** 2).sum(axis=1))
+    flux = np.r_[0.0, np.sqrt((np.diff(frames, axis=0) ** 2).mean(axis=1))]
+    balance = np.log(power[:, :LOW_BANDS].sum(axis=1) + 1e-6) - np.log(power[:, LOW_BANDS:].sum(axis=1) + 1e-6)
+    flatness = frames.mean(axis=1) - np.log(power.mean(axis=1))       # log(geometric / arithmetic mean)
+    return np.column_stack([centroid, spread, flux, balance, flatness])
 
 
 @dataclass(frozen=True)
@@ -83,8 +128,9 @@ class PersonStats:
 
     @classmethod
     def of(cls, x: np.ndarray) -> "PersonStats":
-        s = cls()
-        for row in np.asarray(x, np.float64):
+        x = np.asarray(x, np.float64)
+        s = cls(0, np.zeros(x.shape[-1]), np.zeros(x.shape[-1]))
+        for row in x:
             s.add(row)
         return s
 
@@ -105,8 +151,10 @@ class PersonStats:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"the window count must be a whole number, not {n!r}")
         mean, m2 = np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64)
-        if mean.shape != (N_FUNCTIONALS,) or m2.shape != (N_FUNCTIONALS,) or not np.isfinite([*mean, *m2]).all():
-            raise ValueError(f"person statistics need {N_FUNCTIONALS} finite means and squared deviations")
+        # Any length: statistics gathered for another reader's functionals (an older release) are
+        # read and kept, and the store's population digest keeps them from being used.
+        if mean.ndim != 1 or not len(mean) or m2.shape != mean.shape or not np.isfinite([*mean, *m2]).all():
+            raise ValueError("person statistics need as many finite means as squared deviations")
         if (m2 < 0).any() or (n == 0 and (mean.any() or m2.any())):
             raise ValueError("person statistics that no set of windows has (a negative spread, or values "
                              "without windows)")

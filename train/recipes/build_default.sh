@@ -132,7 +132,8 @@ export_model() {
 }
 
 reader() {
-    # The voice reader (model/voice_reader.py) on the voice stage's training speakers.
+    # The voice reader (model/voice_reader.py) on every speech set's training speakers
+    # (fit-reader's default recipe, default_voice_all.toml; chosen by reader_grid.py).
     stamp "voice reader into $DEST"
     $MERLB fit-reader --model "$DEST" --cache "$CACHE"
 }
