@@ -7,7 +7,10 @@ with one thread and with its default threads; then TT fusion against the
 seed's materialized outer product at the seed's sizes (three modalities of
 [1, 128], 129^3 = 2.1 M values), as a ratio from the same run; and the
 person voice baseline's update + normalise per voice step (numpy, one
-thread: what a model with a voice prior adds to each step).
+thread: what a model with a voice prior adds to each step); and the voice
+reader's work per voice step (the step into its window, the window's
+functionals, z-scored against the person and mixed into the emotion: what
+a model folder with voice_reader.safetensors adds to each step).
 
 `merlb bench live --video FILE` runs the live path (obs_merlb.live_bench).
 """
@@ -110,6 +113,45 @@ def bench_baseline(prior: dict[str, list[float]] | None, repeat: int) -> float:
         baseline.normalise(logmel)
 
     return time_ms(step, max(repeat, 200))
+
+
+def bench_reader(model_dir: str | None, steps: int, step_s: float, repeat: int) -> tuple[float, bool]:
+    """(median ms of one live voice step's reader work, whether the model folder has a reader).
+
+    Each step is speech, so each changes the window and its functionals are computed afresh
+    (ticks between steps reuse them); one step in `steps` also adds a window to the person's
+    statistics, as live. Without a reader in the folder, one with made-up weights of the same
+    shape (the cost does not depend on the values).
+    """
+    import numpy as np
+    from obs_merlb.labels import EMOTIONS, VOICE
+    from obs_merlb.model.voice_reader import VoiceReader, load_reader
+    from obs_merlb.perception.functionals import N_FUNCTIONALS, Population
+    from obs_merlb.perception.steps import VoiceStep
+    from obs_merlb.perception.voice import N_FRAMES, N_MELS
+    from obs_merlb.person_reader import ReaderStats, SpeechWindow, fused
+
+    reader = load_reader(model_dir) if model_dir else None
+    shipped = reader is not None
+    rng = np.random.default_rng(0)
+    if reader is None:
+        ones, zeros = np.ones(N_FUNCTIONALS), np.zeros(N_FUNCTIONALS)
+        reader = VoiceReader(Population(zeros, ones), zeros, ones, rng.normal(size=(len(EMOTIONS), N_FUNCTIONALS)),
+                             np.zeros(len(EMOTIONS)), tuple(EMOTIONS), 0.5)
+    window = SpeechWindow(reader, ReaderStats(reader.population), steps, step_s)
+    voice_only = np.zeros((steps, 4), np.float32)
+    voice_only[:, VOICE] = 1.0
+    probs = {"emotion": np.full(len(EMOTIONS), 1.0 / len(EMOTIONS), np.float32)}
+    logmels = (rng.standard_normal((steps + 1, 1, N_MELS, N_FRAMES)) * 2.0 - 8.0).astype(np.float32)
+    k = 0
+
+    def step() -> None:
+        nonlocal k
+        window.put(k, VoiceStep(logmels[k % len(logmels)], 0.9, 0.1, True))
+        fused(reader, probs, window.read(k, voice_only))
+        k += 1
+
+    return time_ms(step, max(repeat, 200)), shipped
 
 
 def bench_tt(repeat: int, batch: int = 1) -> dict[str, float]:
@@ -252,6 +294,9 @@ def _print_tables(report: dict[str, Any]) -> None:
     console.print(f"person voice baseline, update + normalise: {report['baseline_ms_per_step']:.3f} ms per voice "
                   "step (numpy, one thread" + ("" if report["voice_prior"] else "; this model has no voice prior, "
                                                "so it does not run live") + ")")
+    console.print(f"voice reader, step + functionals + read: {report['reader_ms_per_step']:.3f} ms per voice step "
+                  "(numpy, one thread" + ("" if report["voice_reader"] else "; this model folder has no voice "
+                                          "reader, so it does not run live") + ")")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -282,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
         report["tt_speedup_batch8"] = bench_tt(5, batch=8)["tt_speedup"]
         report["voice_prior"] = model.cfg.voice_prior is not None
         report["baseline_ms_per_step"] = bench_baseline(model.cfg.voice_prior, args.repeat)
+        report["reader_ms_per_step"], report["voice_reader"] = bench_reader(
+            args.model, model.cfg.steps, model.cfg.step_s, args.repeat)
     finally:
         torch.set_num_threads(torch_threads)
     comps = report["components"]

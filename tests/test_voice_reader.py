@@ -111,3 +111,16 @@ def test_fit_reader_then_eval_adapts_by_person(tiny_model, tmp_path: Path, capsy
     assert main(["fit-reader", "--model", str(model), "--config", str(recipe), "--cache", str(cache),
                  "--weight", "2"]) == 2
     assert "--weight is a share" in capsys.readouterr().err
+
+
+def test_bench_times_the_shipped_reader_and_says_when_a_folder_has_none(tiny_model) -> None:
+    """`merlb bench` reports the reader's cost per voice step: the model folder's reader when it
+    has one, else a made-up one of the same shape (flagged, since it would not run live)."""
+    from obs_merlb.bench import bench_reader
+    from obs_merlb.registry import shipped_path
+
+    ms, has = bench_reader(str(shipped_path("model")), 8, 0.25, 5)
+    assert has and ms > 0
+    model, _ = tiny_model
+    ms, has = bench_reader(str(model), 8, 0.25, 5)
+    assert not has and ms > 0
