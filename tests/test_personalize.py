@@ -60,6 +60,8 @@ def streams(home: Path) -> SimpleNamespace:
     # A calibrated base, as the shipped model is; a set these streams never show,
     # so it changes no prediction here, only what a candidate must carry over.
     save_calibration(base, Calibration({"scene": {"emotion": 1.5}}))
+    # ... and carries a voice reader, as the shipped model does (what a candidate must carry over).
+    _voice_reader().save(base)
     return SimpleNamespace(
         recordings=recordings, tags=tags,
         sessions=home / "sessions", shuffled=home / "shuffled",
@@ -67,6 +69,19 @@ def streams(home: Path) -> SimpleNamespace:
         shuffled_logs=write_sessions(home / "shuffled", tags, shuffle_seed=1),
         base=base,
     )
+
+
+def _voice_reader():
+    import numpy as np
+
+    from obs_merlb.labels import EMOTIONS
+    from obs_merlb.model.voice_reader import VoiceReader
+    from obs_merlb.perception.functionals import N_FUNCTIONALS, Population
+
+    rng = np.random.default_rng(0)
+    ones, zeros = np.ones(N_FUNCTIONALS), np.zeros(N_FUNCTIONALS)
+    return VoiceReader(Population(zeros, ones), zeros, ones, 0.1 * rng.normal(size=(len(EMOTIONS), N_FUNCTIONALS)),
+                       np.zeros(len(EMOTIONS)), tuple(EMOTIONS), 0.5)
 
 
 def models_root() -> Path:
@@ -301,6 +316,27 @@ def test_registry_atomic_pointer_and_rollback(tmp_path: Path) -> None:
     assert dead in registry.clean_stale(root) and not dead.exists()
 
 
+def test_carry_reader_takes_a_sound_reader_for_the_standard_emotions_only(tmp_path: Path, capsys) -> None:
+    from obs_merlb.labels import EMOTIONS
+    from obs_merlb.model.voice_reader import READER_FILE
+    from obs_merlb.train.personalize.pipeline import carry_reader
+
+    base, out = tmp_path / "base", tmp_path / "out"
+    base.mkdir()
+    out.mkdir()
+    assert carry_reader(base, out, EMOTIONS) == "none in the base" and not (out / READER_FILE).exists()
+    _voice_reader().save(base)
+    assert carry_reader(base, out, ["happy", "sad"]).startswith("not carried")
+    assert not (out / READER_FILE).exists()
+    assert carry_reader(base, out, EMOTIONS) == "carried over from the base"
+    assert (out / READER_FILE).read_bytes() == (base / READER_FILE).read_bytes()
+    (out / READER_FILE).unlink()
+    (base / READER_FILE).write_bytes(b"\0" * 64)
+    assert carry_reader(base, out, EMOTIONS) == "damaged in the base" and not (out / READER_FILE).exists()
+    err = capsys.readouterr().err
+    assert "not carried over" in err and READER_FILE in err and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------ end to end
 
 @pytest.mark.timeout(300)
@@ -331,6 +367,10 @@ def test_candidate_beats_default_and_running_worker_switches(streams: SimpleName
             assert (version / f).is_file(), f
         info = json.loads((version / "candidate.json").read_text())
         assert info["data"]["val"] > 0 and info["split"]["mode"] == "sessions"
+        # The base's voice reader comes along: a personalized model still reads the streamer's voice.
+        from obs_merlb.model.voice_reader import READER_FILE
+        assert info["voice_reader"] == "carried over from the base"
+        assert (version / READER_FILE).read_bytes() == (streams.base / READER_FILE).read_bytes()
         assert json.loads((version / "config.json").read_text())["labels"]["user"] == ["cringe", "spooked"]
         # The candidate ships with the temperatures fitted on its held-out windows.
         from obs_merlb.calibration import load_calibration

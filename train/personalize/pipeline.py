@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,10 +19,12 @@ import torch
 from obs_merlb import config as cfgmod
 from obs_merlb import registry
 from obs_merlb.calibration import Calibration, load_calibration, save_calibration
+from obs_merlb.labels import EMOTIONS
 from obs_merlb.registry import default_model_dir
-from obs_merlb.model.config import load_config
+from obs_merlb.model.config import ModelFolderError, load_config
 from obs_merlb.model.export import export_onnx
 from obs_merlb.model.io import load_model, save_model
+from obs_merlb.model.voice_reader import READER_FILE, load_reader
 from obs_merlb.panel.protocol import request_reload
 from obs_merlb.session import default_sessions_dir
 
@@ -110,6 +113,27 @@ def evaluate(model: Any, incumbent: Any, steps: Sequence[RecordingSteps | None],
     return after, before, g, calibration, calib_rows
 
 
+def carry_reader(base: Path, out: Path, emotions: Sequence[str]) -> str:
+    """The base's voice reader, into the candidate; what became of it, for candidate.json.
+
+    The reader judges the person's voice functionals, not the network's embeddings, so it holds for
+    a fine-tuned network with the base's emotions; without it a personalized model would stop
+    reading the streamer's voice against their own. A damaged one is left behind with one line
+    (the base itself would not load live with it).
+    """
+    try:
+        reader = load_reader(base)
+    except ModelFolderError as e:
+        print(f"merlb personalize: warning: the base's voice reader is not carried over: {e}", file=sys.stderr)
+        return "damaged in the base"
+    if reader is None:
+        return "none in the base"
+    if list(emotions) != list(EMOTIONS):
+        return "not carried: the candidate's emotions are not the standard ones"
+    shutil.copyfile(base / READER_FILE, out / READER_FILE)       # as it is: the base's own file, checked
+    return "carried over from the base"
+
+
 def train_candidate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """The whole run; `args.worker_url` is the worker to tell about a newly active model."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))
@@ -174,6 +198,7 @@ def train_candidate(args: argparse.Namespace, progress: Progress) -> dict[str, A
                                      "user_classes": user_classes})
         save_calibration(tmp, calibration)     # after the weights: saving weights drops a calibration
         export_onnx(model, tmp)
+        info["voice_reader"] = carry_reader(base_dir, tmp, model.cfg.active_heads.get("emotion", []))
         registry.write_json_atomic(tmp / registry.CANDIDATE_FILE, info)
         # Everything is on disk: only now does the candidate get a version name.
         version = registry.commit_temp_dir(tmp, root)
