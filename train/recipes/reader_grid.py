@@ -68,13 +68,15 @@ def windows(model, model_dir: Path, root: Path, cache: Path) -> dict[str, Any]:
 
     from ..data import StepDataset, load_records, predict, windows_of
 
+    missing = [name for name in SETS if not (root / name).is_dir()]
+    if missing:     # the choice is made over all six: a partial grid would choose another way
+        raise SystemExit(f"reader_grid: {root} lacks {', '.join(missing)}; the grid reads all six speech sets "
+                         f"(name their folder with --data-root)")
     val = set(TrainConfig.from_toml(RECIPES / "default_voice_all.toml").val_groups or [])
     calibration = load_calibration(model_dir)
     cols: dict[str, list] = {k: [] for k in ("x", "speech", "label", "person", "set", "val", "clip", "probs")}
     clips = 0
     for name in SETS:
-        if not (root / name).is_dir():
-            continue
         rec = load_records(prepare(root / name, cache, settings=FeatureSettings(step_s=model.cfg.step_s),
                                    quiet=True))
         win, owners = windows_of(rec, model.cfg.steps)
