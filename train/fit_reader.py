@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.weight <= 1.0:
         raise SystemExit(f"--weight is a share, 0 to 1; got {args.weight}")
-    if not args.C > 0:
-        raise SystemExit(f"--C is an inverse regularisation, above 0; got {args.C}")
+    if not 0 < args.C < float("inf"):
+        raise SystemExit(f"--C is an inverse regularisation, a number above 0; got {args.C}")
     model_dir = Path(args.model)
     cfg, _ = load_config(model_dir)
     check_writable(model_dir, "--model")

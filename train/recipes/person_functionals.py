@@ -10,8 +10,7 @@ recipe on the model's own inputs, the cached log-mel steps that live computes
 too, before anything is built into the model:
 
 - per clip, the functionals of perception/functionals.py over all of its
-  speech steps (MFCCs, deltas and log energy of each 10 ms frame, their
-  mean, spread and percentiles: 205 numbers);
+  speech steps (205 numbers in session 15, 442 since session 16);
 - z-scored per person with all of that person's clips, no labels ("person"),
   or with the training speakers' statistics ("global");
 - read by a logistic regression (balanced classes) fitted on the training
