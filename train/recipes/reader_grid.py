@@ -28,12 +28,14 @@ import argparse
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from obs_merlb.calibration import load_calibration
+from obs_merlb.jobprogress import clock
 from obs_merlb.labels import EMOTIONS
 from obs_merlb.perception.functionals import N_FUNCTIONALS, N_LLD, N_MFCC, PERCENTILES
 
@@ -189,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{model_dir}: the grid reads the standard emotion classes {list(EMOTIONS)}")
     w = windows(model, model_dir, Path(args.data_root), Path(args.cache) if args.cache else default_cache())
     rows = []
-    for (feat, cols), (train, sets), c in itertools.product(FEATURES.items(), (("two", TWO), ("six", SETS)), CS):
+    grid = list(itertools.product(FEATURES.items(), (("two", TWO), ("six", SETS)), CS))
+    t0 = time.monotonic()
+    for i, ((feat, cols), (train, sets), c) in enumerate(grid):
         per_set = scores(w, cols, sets, c, WEIGHTS)
+        each = (time.monotonic() - t0) / (i + 1)
+        print(f"reader_grid: reader {i + 1}/{len(grid)} fitted and scored, {each:.1f} s each, about "
+              f"{clock(each * (len(grid) - i - 1))} left", file=sys.stderr, flush=True)
         for weight in WEIGHTS:
             vals = [v[f"{weight:g}"] for v in per_set.values()]
             rows.append({"features": feat, "train": train, "C": c, "weight": weight,
