@@ -126,8 +126,8 @@ def scores(w: dict[str, Any], columns: np.ndarray, train_sets: tuple[str, ...], 
         read = w["speech"][held]
         z = person_zscores(x[held][read], w["person"][held][read], reader.population)
         clip, label = w["clip"][held], w["label"][held]
-        ids, row = np.unique(clip, return_inverse=True)
-        truth = np.array([label[np.flatnonzero(row == i)[0]] for i in range(len(ids))])
+        ids, first, row = np.unique(clip, return_index=True, return_inverse=True)
+        truth = label[first]                  # a clip's windows share its label
         known = np.isin(truth, EMOTIONS)
         out[name] = {}
         for weight in (0.0, *weights):
