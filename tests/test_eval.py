@@ -189,3 +189,46 @@ def test_a_skipped_file_is_named_once(tiny_model, tmp_path: Path, capsys, caplog
     shown = capsys.readouterr().err + caplog.text      # the terminal gets both
     assert shown.count("03-01-04-01-01-01-03.wav") == 1, shown
 
+
+
+@pytest.mark.parametrize("n, starts", [(5, [0]), (8, [0]), (9, [0, 1]), (16, [0, 8]), (17, [0, 8, 9])])
+def test_windows_read_every_step_of_a_clip(n: int, starts: list[int]) -> None:
+    """Evaluation, calibration and the voice reader cut clips into windows of T steps; a clip whose
+    length is no multiple of T gets one more window ending at its end, as live's last window would:
+    the old cut never read a 2.39 s RAVDESS clip's last step, where much of its speech is."""
+    import numpy as np
+
+    from obs_merlb.train.data import Records, targets_of, windows_of
+    from obs_merlb.train.datasets import Item
+
+    rec = {"mask": np.ones((n, 4), np.uint8), "speech_prob": np.arange(n, dtype=np.float16)}
+    items = [Item(path="a.wav", labels={"emotion": "happy"})]
+    win, owners = windows_of(Records(items, [rec], targets_of(items)), 8)
+    assert [int(w["speech_prob"][0]) for w in win.arrays] == starts and owners.tolist() == [0] * len(starts)
+    assert set(np.concatenate([w["speech_prob"] for w in win.arrays]).astype(int)) == set(range(n))
+
+
+def test_eval_pairs_reads_faces_by_folder_or_by_votes(tiny_model, tmp_path: Path, capsys) -> None:
+    """The card's pairs command names its face labels: `--votes none` pairs each face by its folder
+    (the card's table since session 1), the default by its FER+ majority where one exists."""
+    from obs_merlb.model.io import load_model
+    from obs_merlb.train.recipes.eval_pairs import load_pair_records
+    from obs_merlb.train.recipes.eval_pairs import main as pairs_main
+
+    model, cache = tiny_model
+    fer = tmp_path / "fer"
+    shutil.copytree(FIX / "fer2013", fer / "fer2013")
+    shutil.copy(FIX / "ferplus_votes_sample.csv", fer / "ferplus_votes.csv")
+    net = load_model(model)
+    faces = [str(fer / "fer2013")]
+    by_folder = load_pair_records(net, faces, [], str(cache), votes=False)
+    by_votes = load_pair_records(net, faces, [], str(cache), votes=True)
+    folder = {it.path: it.labels["emotion"] for it in by_folder.items}
+    assert all(Path(p).parent.name == e for p, e in folder.items())
+    assert any(it.labels["emotion"] != folder[it.path] for it in by_votes.items)     # FER+ disagrees somewhere
+    args = ["--model", str(model), "--cache", str(cache), "--faces", faces[0], "--voices", str(FIX / "ravdess"),
+            "--pairs", "20", "--json"]
+    assert pairs_main([*args, "--votes", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] > 0
+    with pytest.raises(SystemExit, match="eval_pairs: votes 'nowhere.csv': no such CSV file"):
+        pairs_main([*args, "--votes", "nowhere.csv"])

@@ -320,11 +320,15 @@ def window(rec: dict[str, np.ndarray], steps: int, rng: np.random.Generator | No
 
 
 def windows_of(records: Records, steps: int) -> tuple[Records, np.ndarray]:
-    """Records cut into consecutive windows of `steps`; returns (window records, owner index)."""
+    """Records cut into consecutive windows of `steps`, and one more ending at the record's end when
+    they leave steps over, so every step is read (live reads a clip's last steps too: its last
+    window ends there); returns (window records, owner index)."""
     items, arrays, owners = [], [], []
     for i, (it, rec) in enumerate(zip(records.items, records.arrays)):
         n = rec["mask"].shape[0]
-        starts = range(0, max(n - steps, 0) + 1, steps) if n > steps else [0]
+        starts = list(range(0, n - steps + 1, steps)) if n > steps else [0]
+        if n > steps and starts[-1] != n - steps:
+            starts.append(n - steps)
         for s in starts:
             items.append(it)
             arrays.append({k: v[s:s + steps] for k, v in rec.items()})

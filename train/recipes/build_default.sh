@@ -152,7 +152,10 @@ evaluate() {
     local E="$RUNS/eval"
     mkdir -p "$E"
     stamp "eval FER2013 val"
-    $MERLB eval "$DATA/fer2013/val" --model "$DEST" --cache "$CACHE" --out "$E/fer_val" --json | tee "$E/fer_val.json"
+    # The folder labels (the card's table since session 1); `merlb eval` without --votes none
+    # also reports the FER+ majority labels (label_kinds).
+    $MERLB eval "$DATA/fer2013/val" --votes none --model "$DEST" --cache "$CACHE" --out "$E/fer_val" --json | tee "$E/fer_val.json"
+    $MERLB eval "$DATA/fer2013/val" --model "$DEST" --cache "$CACHE" --out "$E/fer_val_ferplus" --json > "$E/fer_val_ferplus.json"
     stamp "eval RAVDESS held-out actors 17-20"
     $MERLB eval "$RUNS/heldout/ravdess" --format ravdess --model "$DEST" --cache "$CACHE" --out "$E/ravdess_17_20" --json | tee "$E/ravdess_17_20.json"
     stamp "eval EmoDB held-out speakers 03, 08"
@@ -170,7 +173,7 @@ evaluate() {
     stamp "eval CREMA-D samples"
     $MERLB eval "$DATA/crema_d_samples" --format crema_d --model "$DEST" --cache "$CACHE" --out "$E/crema_d" --json | tee "$E/crema_d.json"
     stamp "eval label-matched pairs (FER2013 val faces x held-out voices)"
-    $PY -m obs_merlb.train.recipes.eval_pairs --model "$DEST" --cache "$CACHE" \
+    $PY -m obs_merlb.train.recipes.eval_pairs --model "$DEST" --cache "$CACHE" --votes none \
         --faces "$DATA/fer2013/val" --voices "$RUNS/heldout/ravdess" --voices "$RUNS/heldout/emodb" \
         --pairs 1000 --json | tee "$E/pairs.json"
     stamp "bench (onnxruntime, one thread)"

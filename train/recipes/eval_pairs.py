@@ -29,6 +29,7 @@ from obs_merlb.calibration import Calibration
 from obs_merlb.labels import FACE, VOICE
 
 from ..data import Collate, PairedDataset, Records, load_records
+from ..datasets import VOTES_HELP, DatasetError, parse_votes
 from ..metrics import score
 from ..preprocess import FeatureSettings, default_cache, prepare
 
@@ -70,20 +71,23 @@ def pair_probs(model, records: Records, n_pairs: int, seed: int = 0,
             np.concatenate(ys))
 
 
-def load_pair_records(model, faces: list[str], voices: list[str], cache: str | None = None) -> Records:
+def load_pair_records(model, faces: list[str], voices: list[str], cache: str | None = None,
+                      votes: Path | bool = True) -> Records:
+    """`votes` (datasets.parse_votes) picks the face folders' labels: FER+ majorities or the folders'."""
     settings = FeatureSettings(step_s=model.cfg.step_s)
     cache_dir = Path(cache) if cache else default_cache()
-    return Records.concat([load_records(prepare(p, cache_dir, settings=settings, workers=1, quiet=True))
+    return Records.concat([load_records(prepare(p, cache_dir, settings=settings, workers=1, quiet=True,
+                                                votes=votes if p in faces else True))
                            for p in faces + voices])
 
 
 def evaluate_pairs(model_dir: str, faces: list[str], voices: list[str], n_pairs: int,
-                   cache: str | None = None, seed: int = 0) -> dict:
+                   cache: str | None = None, seed: int = 0, votes: Path | bool = True) -> dict:
     from obs_merlb.calibration import load_calibration
     from obs_merlb.model.io import load_model
 
     model = load_model(model_dir).eval()
-    records = load_pair_records(model, faces, voices, cache)
+    records = load_pair_records(model, faces, voices, cache, votes)
     probs, y = pair_probs(model, records, n_pairs, seed, load_calibration(model_dir))
     result = {"pairs": len(y)}
     for name, p in probs.items():
@@ -101,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--votes", default="auto", metavar="auto|none|CSV", help=VOTES_HELP)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    try:
+        votes = parse_votes(a.votes)
+    except DatasetError as e:
+        raise SystemExit(f"eval_pairs: {e}") from None
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = evaluate_pairs(a.model, a.faces, a.voices, a.pairs, a.cache, a.seed)
+    res = evaluate_pairs(a.model, a.faces, a.voices, a.pairs, a.cache, a.seed, votes)
     if a.json:
         sys.stdout.write(json.dumps(res) + "\n")
     else:
