@@ -10,7 +10,9 @@ person voice baseline's update + normalise per voice step (numpy, one
 thread: what a model with a voice prior adds to each step); and the voice
 reader's work per voice step (the step into its window, the window's
 functionals, z-scored against the person and mixed into the emotion: what
-a model folder with voice_reader.safetensors adds to each step).
+a model folder with voice_reader.safetensors adds to each step), and the
+pitch track perception computes for each speech step (what the reader reads
+beside the log-mel).
 
 `merlb bench live --video FILE` runs the live path (obs_merlb.live_bench).
 """
@@ -152,6 +154,16 @@ def bench_reader(model_dir: str | None, steps: int, step_s: float, repeat: int) 
         k += 1
 
     return time_ms(step, max(repeat, 200)), shipped
+
+
+def bench_pitch(repeat: int) -> float:
+    """Median ms of one speech step's pitch track (perception/voice.py `pitch_track`, numpy, one
+    thread), on noise: YIN's work does not depend on the signal."""
+    import numpy as np
+    from obs_merlb.perception.voice import NEEDED, pitch_track
+
+    window = np.random.default_rng(0).standard_normal(NEEDED).astype(np.float32)
+    return time_ms(lambda: pitch_track(window), max(repeat, 200))
 
 
 def bench_tt(repeat: int, batch: int = 1) -> dict[str, float]:
@@ -297,6 +309,8 @@ def _print_tables(report: dict[str, Any]) -> None:
     console.print(f"voice reader, step + functionals + read: {report['reader_ms_per_step']:.3f} ms per voice step "
                   "(numpy, one thread" + ("" if report["voice_reader"] else "; this model folder has no voice "
                                           "reader, so it does not run live") + ")")
+    console.print(f"pitch track (perception, each speech step): {report['pitch_ms_per_step']:.3f} ms per voice step "
+                  "(numpy, one thread)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
         report["baseline_ms_per_step"] = bench_baseline(model.cfg.voice_prior, args.repeat)
         report["reader_ms_per_step"], report["voice_reader"] = bench_reader(
             args.model, model.cfg.steps, model.cfg.step_s, args.repeat)
+        report["pitch_ms_per_step"] = bench_pitch(args.repeat)
     finally:
         torch.set_num_threads(torch_threads)
     comps = report["components"]

@@ -3,7 +3,7 @@
 A model folder that carries a voice reader (model/voice_reader.py) is
 adapted live as `merlb eval --adapt person` adapts it offline: each tick's
 window of T steps gives the functionals of its speech steps' newest
-`step_s` of log-mel (perception/functionals.py), z-scored with the
+`step_s` of log-mel and their pitch tracks (perception/functionals.py), z-scored with the
 person's statistics as they stand at that tick, and the reader's emotion is
 mixed into the model's calibrated one with `VoiceReader.fuse`.
 
@@ -32,9 +32,10 @@ import numpy as np
 
 from obs_merlb.labels import FACE
 from obs_merlb.model.voice_reader import VoiceReader
-from obs_merlb.perception.functionals import FRAMES_PER_S, PersonStats, Population, functionals, speech_frames
+from obs_merlb.perception.functionals import (FRAMES_PER_S, PersonStats, Population, functionals, speech_frames,
+                                             speech_pitch)
 from obs_merlb.perception.steps import VoiceStep
-from obs_merlb.perception.voice import N_MELS, SPEECH_THRESHOLD
+from obs_merlb.perception.voice import N_MELS, PITCH_FRAMES, SPEECH_THRESHOLD
 
 FACE_WEIGHT = 0.0
 _NO_STEP = np.iinfo(np.int64).min     # a slot holding no speech (step numbers start below 0: -1 is one)
@@ -78,6 +79,7 @@ class SpeechWindow:
         self.reader, self.person, self.T, self.step_s = reader, person, steps, step_s
         self.newest = max(1, int(round(step_s * FRAMES_PER_S)))
         self.frames = np.zeros((steps, N_MELS, self.newest), np.float32)
+        self.pitch = np.zeros((steps, 2, PITCH_FRAMES), np.float32)
         self.step_id = np.full(steps, _NO_STEP, np.int64)   # the speech step a slot holds
         self.speech_steps = 0
         self._cached: tuple[bytes, np.ndarray | None] | None = None
@@ -91,6 +93,7 @@ class SpeechWindow:
         if not speech:
             return
         self.frames[i] = np.asarray(step.feature, np.float32).reshape(N_MELS, -1)[:, -self.newest:]
+        self.pitch[i] = step.pitch
         self.speech_steps += 1
         if self.speech_steps % self.T == 0:
             f = self.functionals(k)
@@ -99,11 +102,12 @@ class SpeechWindow:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything later reads and additions depend on, as JSON (a resumed `merlb analyze`
-        continues from it): the ring of speech frames (raw float32, exact), the speech step count
-        and the person's statistics."""
+        continues from it): the ring of speech frames and pitch tracks (raw float32, exact), the
+        speech step count and the person's statistics."""
         return {"population": self.person.digest, "stats": self.person.stats.to_dict(),
                 "speech_steps": self.speech_steps, "step_id": self.step_id.tolist(),
-                "frames": base64.b64encode(self.frames.tobytes()).decode("ascii")}
+                "frames": base64.b64encode(self.frames.tobytes()).decode("ascii"),
+                "pitch": base64.b64encode(self.pitch.tobytes()).decode("ascii")}
 
     def restore(self, doc: dict[str, Any]) -> None:
         """Continue from what `to_dict` saved; ValueError, with nothing changed, for a state that
@@ -122,11 +126,15 @@ class SpeechWindow:
             frames = np.frombuffer(base64.b64decode(doc["frames"], validate=True), np.float32)
             if frames.size != self.frames.size or not np.isfinite(frames).all():
                 raise ValueError(f"the speech ring needs {self.frames.size} finite log-mel values")
+            pitch = np.frombuffer(base64.b64decode(doc["pitch"], validate=True), np.float32)
+            if pitch.size != self.pitch.size or not np.isfinite(pitch).all():
+                raise ValueError(f"the speech ring needs {self.pitch.size} finite pitch values")
         except (KeyError, TypeError, AttributeError, OverflowError, binascii.Error) as e:
             raise ValueError(f"not a saved speech window ({type(e).__name__}: {e})") from None
         self.person.stats = stats
         self.speech_steps, self.step_id = steps, step_id
         self.frames = frames.reshape(self.frames.shape).copy()
+        self.pitch = pitch.reshape(self.pitch.shape).copy()
         self._cached = None
 
     def functionals(self, k_last: int) -> np.ndarray | None:
@@ -137,7 +145,7 @@ class SpeechWindow:
         key = ks[sel].tobytes()
         if self._cached is None or self._cached[0] != key:    # a window changes once per step, ticks are faster
             frames = speech_frames(self.frames[idx], sel, self.step_s)
-            self._cached = (key, None if frames is None else functionals(frames))
+            self._cached = (key, None if frames is None else functionals(frames, speech_pitch(self.pitch[idx], sel)))
         return self._cached[1]
 
     def read(self, k_last: int, mask: np.ndarray) -> tuple[np.ndarray, float] | None:

@@ -13,6 +13,7 @@ from obs_merlb.capture import load_media
 from obs_merlb.perception import Perceiver, Steps, clip_steps
 from obs_merlb.perception import voice as V
 from obs_merlb.perception.scene import thumbnail
+from obs_merlb.perception.functionals import VOICED as V_VOICED
 
 from media import FIX, av_clip  # tests/media.py (pytest puts tests/ on sys.path)
 
@@ -139,6 +140,10 @@ def test_vad_silence_noise_and_speech(perceiver) -> None:
     a = _speech()
     speech = perceiver.voice_step(a[:int(1.8 * 16000)])    # RAVDESS: speech ~1.0-2.0 s
     assert speech.present and speech.speech_prob > 0.8 and speech.feature.shape == (1, 64, 100)
+    # A speech step carries its pitch track, a step without speech none (zeros, never read).
+    window = V.window_ending(a[:int(1.8 * 16000)], int(1.8 * 16000))
+    assert np.array_equal(speech.pitch, V.pitch_track(window)) and (speech.pitch[1] < V_VOICED).any()
+    assert not silence.pitch.any() and not noise.pitch.any()
 
 
 def test_key_segments_keep_the_most_salient() -> None:
@@ -267,6 +272,15 @@ def _live_steps(path: Path, n: int) -> dict[str, np.ndarray]:
     analyzer = Analyzer(_TapBackend(), body=False, contributions=False, static_perception=True,
                         reuse_unchanged=False)
     analyzer.ring = TapRing(analyzer.T, analyzer.backend.cfg.embed_dims)
+    pitch: dict[int, np.ndarray] = {}
+    voice_step = analyzer._voice_step
+
+    def tap_voice_step(k: int, window: np.ndarray):
+        step, emb = voice_step(k, window)
+        pitch[k] = step.pitch.copy()
+        return step, emb
+
+    analyzer._voice_step = tap_voice_step
     try:
         for _ in iter_file_ticks(analyzer, str(path), rate=60.0):
             pass
@@ -274,7 +288,7 @@ def _live_steps(path: Path, n: int) -> dict[str, np.ndarray]:
         analyzer.close()
     shapes = {"face": (1, 64, 64), "voice": (1, V.N_MELS, V.N_FRAMES)}
     out = {"mask": np.zeros((n, 4), np.float32), "voice_done": np.zeros(n, bool),
-           "speech_prob": np.zeros(n, np.float32)}
+           "speech_prob": np.zeros(n, np.float32), "pitch": np.zeros((n, 2, V.PITCH_FRAMES), np.float32)}
     for j, m in enumerate(("face", "voice")):
         out[m] = np.zeros((n, *shapes[m]), np.float32)
         for k, arr in kept[m].items():
@@ -285,6 +299,7 @@ def _live_steps(path: Path, n: int) -> dict[str, np.ndarray]:
         if 0 <= k < n:
             out["voice_done"][k] = True
             out["speech_prob"][k] = p
+            out["pitch"][k] = pitch[k]
     return out
 
 
@@ -314,6 +329,8 @@ def test_live_analyzer_and_preprocess_parity(tmp_path: Path) -> None:
     assert np.array_equal(live["mask"][done, 1], cached["mask"][done, 1])
     assert np.array_equal(P.stored("voice", live["voice"][done]), cached["voice"][done])
     assert np.array_equal(live["speech_prob"][done].astype(np.float16), cached["speech_prob"][done])
+    assert np.array_equal(live["pitch"][done].astype(np.float16), cached["pitch"][done])
+    assert live["pitch"][done & (live["mask"][:, 1] > 0), 1].min() < 0.2     # the speech has voiced frames
 
 
 def test_segment_steps_match_the_whole_clip(perceiver) -> None:

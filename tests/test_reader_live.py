@@ -22,7 +22,7 @@ from obs_merlb.labels import EMOTIONS, FACE
 from obs_merlb.model.config import ModelFolderError
 from obs_merlb.model.voice_reader import READER_FILE, VoiceReader, load_reader
 from obs_merlb.perception.functionals import (N_FUNCTIONALS, PersonStats, Population, functionals,
-                                              speech_frames)
+                                              speech_frames, speech_pitch)
 from obs_merlb.person_reader import population_digest
 
 from media import FIX  # tests/media.py (pytest puts tests/ on sys.path)
@@ -43,9 +43,10 @@ def _population() -> Population:
     for wav in sorted((FIX / "ravdess").glob("*.wav")):
         s = clip_steps(wav, face=False)
         for a in range(0, max(1, len(s.speech_prob) - 7)):
-            frames = speech_frames(s.voice[a:a + 8], s.speech_prob[a:a + 8] > 0.5, 0.25)
+            speech = s.speech_prob[a:a + 8] > 0.5
+            frames = speech_frames(s.voice[a:a + 8], speech, 0.25)
             if frames is not None:
-                rows.append(functionals(frames))
+                rows.append(functionals(frames, speech_pitch(s.pitch[a:a + 8], speech)))
     assert len(rows) >= 5
     return Population.of(np.stack(rows))
 
@@ -202,7 +203,8 @@ def _window_functionals(steps: dict[int, Any], k_last: int, heard_by: int | None
     voice = np.stack([steps[k].feature for k in ks])
     speech = np.array([steps[k].present and steps[k].speech_prob > 0.5 for k in ks])
     frames = speech_frames(voice, speech, 0.25)
-    return None if frames is None else functionals(frames)
+    pitch = np.stack([steps[k].pitch for k in ks])
+    return None if frames is None else functionals(frames, speech_pitch(pitch, speech))
 
 
 def test_voice_only_windows_are_read_and_face_windows_left_alone(runs: dict[str, Any],

@@ -172,6 +172,10 @@ def _damaged(saved: dict[str, Any], what: str) -> Any:
         reader["frames"] = reader["frames"][:-8]
     elif what == "frames not base64":
         reader["frames"] = "%%" + reader["frames"][2:]
+    elif what == "pitch cut":
+        reader["pitch"] = reader["pitch"][:-8]
+    elif what == "no pitch (saved before pitch tracks)":
+        del reader["pitch"]
     elif what == "a step in the wrong slot":
         reader["step_id"][0] = 1
     elif what == "ring too short":
@@ -191,7 +195,8 @@ def _damaged(saved: dict[str, Any], what: str) -> Any:
     return doc
 
 
-@pytest.mark.parametrize("what", ["frames cut", "frames not base64", "a step in the wrong slot", "ring too short",
+@pytest.mark.parametrize("what", ["frames cut", "frames not base64", "pitch cut", "no pitch (saved before pitch tracks)",
+                                  "a step in the wrong slot", "ring too short",
                                   "step count", "another reader", "a baseline for a model without a prior",
                                   "last step heard", "missing part", "not an object"])
 def test_resume_person_refuses_a_damaged_state_and_changes_nothing(reader_runs: dict[str, Any],

@@ -15,7 +15,7 @@ from obs_merlb.labels import EMOTIONS
 from obs_merlb.model.config import ModelFolderError
 from obs_merlb.model.voice_reader import READER_FILE, VoiceReader, load_reader
 from obs_merlb.perception.functionals import N_FUNCTIONALS, PRIOR_WINDOWS, Population, PersonStats
-from obs_merlb.train.fit_reader import person_zscores
+from obs_merlb.train.fit_reader import CLASSIFIERS, fit_windows, person_zscores
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 
@@ -86,6 +86,42 @@ def test_reader_file_round_trip_and_damage(tmp_path: Path) -> None:
     _reader(classes=("angry", "bored")).save(tmp_path)                  # not an emotion of the model
     with pytest.raises(ModelFolderError, match="does not hold a voice reader"):
         load_reader(tmp_path)
+
+
+def _windows(emotions: tuple[str, ...], per_person: int = 30, people: int = 4, seed: int = 0):
+    """Functionals of `people` speakers, each with their own offset (the person's baseline), where
+    each emotion moves different columns away from it."""
+    rng = np.random.default_rng(seed)
+    x, labels, who = [], [], []
+    for p in range(people):
+        offset = rng.normal(0, 3, N_FUNCTIONALS)
+        for i in range(per_person):
+            e = i % len(emotions)
+            row = offset + rng.normal(0, 1, N_FUNCTIONALS)
+            row[5 * e:5 * e + 5] += 3.0
+            x.append(row), labels.append(emotions[e]), who.append(f"p{p}")
+    return np.array(x, np.float32), np.array(labels), np.array(who)
+
+
+@pytest.mark.parametrize("classifier", CLASSIFIERS)
+@pytest.mark.parametrize("emotions", [("angry", "happy", "sad"), ("happy", "sad")])
+def test_both_classifiers_fit_a_reader_that_loads_and_reads(tmp_path: Path, classifier: str,
+                                                           emotions: tuple[str, ...]) -> None:
+    """Logistic regression and shrunk LDA both give one row of weights per emotion, two emotions
+    included (a two-class fit has one log-odds row, which the reader's softmax cannot read as is),
+    and the saved reader reads held-out windows of new people against each person's own."""
+    x, labels, who = _windows(emotions)
+    reader = fit_windows(x, labels, who, classifier=classifier)
+    assert reader.coef.shape == (len(emotions), N_FUNCTIONALS) and reader.classes == tuple(sorted(emotions))
+    reader.save(tmp_path)
+    loaded = load_reader(tmp_path)
+    tx, tlabels, twho = _windows(emotions, seed=1)
+    z = person_zscores(tx, twho, loaded.population)
+    probs = loaded.probs(z)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (np.array(EMOTIONS)[probs.argmax(1)] == tlabels).mean() > 0.9
+    with pytest.raises(ValueError, match="classifier"):
+        fit_windows(x, labels, who, classifier="svm")
 
 
 def test_fit_reader_then_eval_adapts_by_person(tiny_model, tmp_path: Path, capsys) -> None:

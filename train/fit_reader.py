@@ -23,7 +23,8 @@ import numpy as np
 from obs_merlb.cli import refuse
 from obs_merlb.labels import EMOTIONS, VOICE
 from obs_merlb.model.voice_reader import VoiceReader
-from obs_merlb.perception.functionals import N_FUNCTIONALS, Population, PersonStats, functionals, speech_frames
+from obs_merlb.perception.functionals import (N_FUNCTIONALS, Population, PersonStats, functionals, speech_frames,
+                                             speech_pitch)
 
 from .data import Records, load_records, windows_of
 from .datasets import DatasetError, detect_format
@@ -31,7 +32,9 @@ from .loop import TrainConfig
 from .preprocess import FeatureSettings, default_cache, prepare
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "default_voice_all.toml"
-C = 0.03          # chosen with WEIGHT on the validation speakers of all six sets (MODEL_CARD.md, session 16)
+CLASSIFIERS = ("logistic", "lda")
+CLASSIFIER = "logistic"   # chosen with C and WEIGHT on the validation speakers of all six sets (MODEL_CARD.md, session 17)
+C = 0.1           # the logistic regression's
 WEIGHT = 0.5
 
 
@@ -39,8 +42,9 @@ def record_functionals(arrays: dict[str, np.ndarray], step_s: float) -> np.ndarr
     """The functionals of a record's speech steps (a window's or a whole clip's); None without speech."""
     if "voice" not in arrays:
         return None
-    frames = speech_frames(arrays["voice"], (arrays["speech_prob"] > 0.5) & (arrays["mask"][:, VOICE] > 0), step_s)
-    return None if frames is None else functionals(frames)
+    speech = (arrays["speech_prob"] > 0.5) & (arrays["mask"][:, VOICE] > 0)
+    frames = speech_frames(arrays["voice"], speech, step_s)
+    return None if frames is None else functionals(frames, speech_pitch(arrays["pitch"], speech))
 
 
 def window_functionals(windows: Records, step_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -64,19 +68,27 @@ def person_zscores(x: np.ndarray, people: np.ndarray, population: Population) ->
     return z
 
 
-def fit(records: Records, steps: int, step_s: float, c: float = C, weight: float = WEIGHT) -> VoiceReader:
+def fit(records: Records, steps: int, step_s: float, c: float = C, weight: float = WEIGHT,
+        classifier: str = CLASSIFIER) -> VoiceReader:
     win, _ = windows_of(records, steps)
     x, idx = window_functionals(win, step_s)
     labels = np.array([win.items[j].labels.get("emotion") or "" for j in idx])
-    return fit_windows(x, labels, np.array([win.items[j].group for j in idx]), c, weight)
+    return fit_windows(x, labels, np.array([win.items[j].group for j in idx]), c, weight, classifier)
 
 
 def fit_windows(x: np.ndarray, labels: np.ndarray, people: np.ndarray, c: float = C,
-                weight: float = WEIGHT) -> VoiceReader:
+                weight: float = WEIGHT, classifier: str = CLASSIFIER) -> VoiceReader:
     """The reader of windows' functionals `x` (N, F), their emotion labels ("" = none; unlabelled
-    windows still count in their person's statistics) and their people."""
+    windows still count in their person's statistics) and their people.
+
+    `classifier`: "logistic" (balanced classes, inverse regularisation `c`) or "lda" (linear
+    discriminant analysis with a Ledoit-Wolf shrunk covariance and equal class priors; `c` unused).
+    Both are linear: the reader keeps one row of weights per emotion either way."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
 
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {classifier!r}")
     known = np.isin(labels, EMOTIONS)
     if known.sum() < 2 or len(set(labels[known])) < 2:
         raise DatasetError("the reader needs speech clips of at least two emotions to fit; "
@@ -84,8 +96,14 @@ def fit_windows(x: np.ndarray, labels: np.ndarray, people: np.ndarray, c: float 
     population = Population.of(x)
     z = person_zscores(x, people, population)[known]
     mean, std = z.mean(0), np.maximum(z.std(0), 1e-6)
-    clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit((z - mean) / std, labels[known])
-    return VoiceReader(population, mean, std, clf.coef_, clf.intercept_, tuple(clf.classes_), weight)
+    k = len(set(labels[known]))
+    clf = (LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto", priors=np.full(k, 1.0 / k))
+           if classifier == "lda" else LogisticRegression(C=c, max_iter=3000, class_weight="balanced"))
+    clf.fit((z - mean) / std, labels[known])
+    coef, intercept = np.atleast_2d(clf.coef_), np.atleast_1d(clf.intercept_)
+    if k == 2:      # one log-odds row for the second class; the reader's softmax wants a row per class
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    return VoiceReader(population, mean, std, coef, intercept, tuple(clf.classes_), weight)
 
 
 def training_records(recipe: Path, cache: Path, step_s: float) -> Records:
@@ -108,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "training speakers (default: every speech set's)")
     parser.add_argument("--cache", default=None, help="feature cache folder")
     parser.add_argument("--weight", type=float, default=WEIGHT, help="the reader's share of the fused emotion")
+    parser.add_argument("--classifier", choices=CLASSIFIERS, default=CLASSIFIER,
+                        help="logistic regression or shrunk linear discriminant analysis")
     parser.add_argument("--C", type=float, default=C, help="inverse regularisation of the logistic regression")
 
 
@@ -125,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(model_dir, "--model")
     try:
         records = training_records(Path(args.config), Path(args.cache) if args.cache else default_cache(), cfg.step_s)
-        reader = fit(records, cfg.steps, cfg.step_s, c=args.C, weight=args.weight)
+        reader = fit(records, cfg.steps, cfg.step_s, c=args.C, weight=args.weight, classifier=args.classifier)
     except DatasetError as e:
         return refuse("fit-reader", str(e))
     path = reader.save(model_dir)

@@ -28,8 +28,9 @@ failure is cached too, so a rerun does not decode it again; `--retry-failed`
 tries again).
 
 Storage: faces and scenes as uint8 (the crops come from 8-bit video; the
-rounding is below 1/255), voice and pose as float16 (log-mel values are
-within about +-20, where float16 keeps 3 significant digits). A modality with
+rounding is below 1/255), voice, pitch and pose as float16 (log-mel values
+are within about +-20, pitch within 0-40 semitones, where float16 keeps 3
+significant digits). A modality with
 no present step in an item is not stored at all.
 """
 from __future__ import annotations
@@ -57,17 +58,19 @@ from obs_merlb.cli import positive_float, positive_int, refuse
 from obs_merlb.config import APP_NAME
 from obs_merlb.files import check_writable, write_atomic
 from obs_merlb.labels import FACE, MODALITIES
+from obs_merlb.perception.voice import PITCH_FRAMES
 
 from .datasets import FORMATS, VOTES_HELP, DatasetError, Item, detect_format, load_items, parse_votes
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = 1          # bump when the stored features change meaning
+FEATURE_VERSION = 2          # bump when the stored features change meaning (2: voice steps carry pitch)
 IMAGE_CHUNK = 256            # images per shard: FER2013 would be 28k tiny files otherwise
 CHECKPOINT_EVERY_S = 60.0    # media seconds between checkpoints of a recording's partial shard
 STEP_SHAPES = {"face": (1, 64, 64), "voice": (1, 64, 100), "body": (132,), "scene": (3, 128, 128)}
-# Per-step scalars kept for key-segment selection per training window.
-PER_STEP = ("speech_prob", "energy")
+# Per-step voice data beside the log-mel, name -> shape of one step: speech probability and energy
+# (key-segment selection per training window) and the pitch track (the voice reader).
+PER_STEP = {"speech_prob": (), "energy": (), "pitch": (2, PITCH_FRAMES)}
 STORE_DTYPE = {"face": np.uint8, "voice": np.float16, "body": np.float16, "scene": np.uint8}
 
 
@@ -218,7 +221,7 @@ def _spool_layout(settings: FeatureSettings) -> dict[str, tuple[np.dtype, tuple[
     """Array name -> (storage dtype, shape of one step)."""
     layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
         "mask": (np.dtype(np.uint8), (len(MODALITIES),)),
-        "speech_prob": (np.dtype(np.float16), ()), "energy": (np.dtype(np.float16), ())}
+        **{k: (np.dtype(np.float16), shape) for k, shape in PER_STEP.items()}}
     for m, on in (("face", True), ("voice", True), ("body", settings.body), ("scene", settings.scene)):
         if on:
             layout[m] = (np.dtype(STORE_DTYPE[m]), STEP_SHAPES[m])
@@ -258,8 +261,7 @@ def media_shard(key: str, item: Item, settings: FeatureSettings, shard_path: Pat
                 sel &= block.times + settings.step_s <= item.end + 1e-6
             mask = (np.asarray(block.mask)[sel] > 0).astype(np.uint8)
             present |= mask.any(axis=0).astype(bool)
-            arrays = {"mask": mask, "speech_prob": np.asarray(block.speech_prob, np.float16)[sel],
-                      "energy": np.asarray(block.energy, np.float16)[sel]}
+            arrays = {"mask": mask, **{k: np.asarray(getattr(block, k), np.float16)[sel] for k in PER_STEP}}
             arrays.update({m: stored(m, np.asarray(getattr(block, m))[sel]) for m in layout if m in STEP_SHAPES})
             spools.append(arrays)
             done += len(block.times)
@@ -305,7 +307,7 @@ def _pack(keys: Sequence[str], results: Sequence[dict[str, np.ndarray]],
     }
     for k in PER_STEP:
         if any(k in r for r in results):
-            arrays[k] = np.concatenate([r[k] if k in r else np.zeros(r["mask"].shape[0], np.float16)
+            arrays[k] = np.concatenate([r[k] if k in r else np.zeros((r["mask"].shape[0], *PER_STEP[k]), np.float16)
                                         for r in results])
     for m in MODALITIES:
         if any(m in r for r in results):

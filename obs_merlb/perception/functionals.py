@@ -7,7 +7,10 @@ bands, flux, low-to-high band balance, flatness). Per window: the mean,
 spread and 10th/50th/90th percentiles of each; the skew and tail of the
 MFCCs and energy; how fast the MFCCs accelerate; each band's mean and
 spread; the energy's slope, range and share of loud frames; and the energy's
-modulation spectrum up to 7 Hz (the syllable rate): N_FUNCTIONALS numbers.
+modulation spectrum up to 7 Hz (the syllable rate). From the steps' pitch
+tracks (perception/voice.py `pitch_track`): the share of voiced frames, how
+aperiodic the frames are, and over voiced frames the pitch's level, spread,
+percentiles, range, slope and frame-to-frame change: N_FUNCTIONALS numbers.
 Each voice step holds a 1 s log-mel window and steps are `step_s` apart, so
 a window's speech frames are the newest `step_s` of each speech step's
 window, every frame once.
@@ -36,8 +39,11 @@ N_SHAPE = 5                                    # centroid, spread, flux, low/hig
 N_LLD = 2 * N_MFCC + 1 + N_SHAPE               # MFCCs, deltas, log energy, spectral shape per frame
 MOD_FFT = 256                                  # frames in the energy's modulation spectrum (2.56 s, zero-padded)
 MOD_BINS = 19                                  # its bins 1-19: 0.4-7.4 Hz
+VOICED = 0.25                                  # YIN aperiodicity under which a frame is voiced
+MIN_VOICED = 5                                 # voiced frames a window needs for pitch statistics
+N_PITCH = 1 + 2 + len(PERCENTILES) + 2 + len(PERCENTILES) + 4
 N_FUNCTIONALS = (N_LLD * (2 + len(PERCENTILES)) + 2 * (N_MFCC + 1) + N_MFCC + 2 * N_MELS + 3
-                 + MOD_BINS)                   # 442
+                 + MOD_BINS + N_PITCH)         # 457
 FRAMES_PER_S = 100                             # the log-mel hop (perception/voice.py HOP at 16 kHz)
 MIN_FRAMES = 10                                # 0.1 s of speech: fewer say nothing about a window
 PRIOR_WINDOWS = 10.0                           # pseudo-windows of the population behind a person's estimate
@@ -60,8 +66,43 @@ def speech_frames(voice: np.ndarray, speech: np.ndarray, step_s: float) -> np.nd
     return frames if len(frames) >= MIN_FRAMES else None
 
 
-def functionals(frames: np.ndarray) -> np.ndarray:
-    """(N_FUNCTIONALS,) float32 from (n, N_MELS) log-mel frames (n >= MIN_FRAMES)."""
+def speech_pitch(pitch: np.ndarray, speech: np.ndarray) -> np.ndarray:
+    """(n, 2) pitch-track frames (semitones, aperiodicity) of the speech steps, in step order.
+
+    `pitch`: (T, 2, PITCH_FRAMES) the steps' tracks; `speech`: (T,) bool.
+    """
+    p = np.asarray(pitch, np.float32).reshape(len(pitch), 2, -1)[np.asarray(speech, bool)]
+    return p.transpose(0, 2, 1).reshape(-1, 2)
+
+
+def pitch_functionals(track: np.ndarray) -> np.ndarray:
+    """(N_PITCH,) from (n, 2) pitch-track frames: voiced share; aperiodicity mean, spread and
+    percentiles; over voiced frames the pitch's mean, spread, percentiles, range (90th - 10th),
+    slope (semitones per s) and mean and median change between neighbouring voiced frames (zeros
+    under MIN_VOICED voiced frames)."""
+    track = np.asarray(track, np.float64).reshape(-1, 2)
+    semitones, aper = track[:, 0], track[:, 1]
+    voiced = aper < VOICED
+    out = [[voiced.mean() if len(track) else 0.0]]
+    out += [[aper.mean(), aper.std()], np.percentile(aper, PERCENTILES)] if len(track) else \
+        [[1.0, 0.0], np.ones(len(PERCENTILES))]
+    at = np.flatnonzero(voiced)
+    if len(at) >= MIN_VOICED:
+        st = semitones[at]
+        pct = np.percentile(st, PERCENTILES)
+        nxt = np.diff(at) == 1
+        change = np.abs(np.diff(st))[nxt]
+        out += [[st.mean(), st.std()], pct,
+                [pct[-1] - pct[0], np.polyfit(at / FRAMES_PER_S, st, 1)[0],
+                 change.mean() if len(change) else 0.0, np.median(change) if len(change) else 0.0]]
+    else:
+        out += [np.zeros(N_PITCH - 1 - 2 - len(PERCENTILES))]
+    return np.concatenate([np.ravel(o) for o in out])
+
+
+def functionals(frames: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """(N_FUNCTIONALS,) float32 from (n, N_MELS) log-mel frames (n >= MIN_FRAMES) and the same
+    steps' (m, 2) pitch-track frames (`speech_pitch`)."""
     from scipy.fft import dct
 
     frames = np.asarray(frames, np.float32)
@@ -76,7 +117,8 @@ def functionals(frames: np.ndarray) -> np.ndarray:
     modulation = np.abs(np.fft.rfft(energy - energy.mean(), n=MOD_FFT))[1:MOD_BINS + 1]
     parts = [lld.mean(0), lld.std(0), *np.percentile(lld, PERCENTILES, axis=0),
              *skew_and_kurtosis(level), np.gradient(delta, axis=0).std(0),
-             frames.mean(0), frames.std(0), contour, np.log(modulation / (modulation.sum() + 1e-9) + 1e-6)]
+             frames.mean(0), frames.std(0), contour, np.log(modulation / (modulation.sum() + 1e-9) + 1e-6),
+             pitch_functionals(track)]
     # A constant column (digital silence) has no skew: 0, not NaN, so the reader stays defined.
     return np.nan_to_num(np.concatenate([np.ravel(p) for p in parts]), nan=0.0, posinf=0.0,
                          neginf=0.0).astype(np.float32)

@@ -1,8 +1,8 @@
 """The one place where frames and audio become the model's per-step arrays.
 
 ``Perceiver`` computes one step's array per modality: ``face`` (the aligned
-crop of a frame), ``voice_step`` (log-mel, speech probability and energy of
-the audio ending at a step's end), ``body`` (pose) and ``scene`` (game
+crop of a frame), ``voice_step`` (log-mel, speech probability, energy and pitch
+track of the audio ending at a step's end), ``body`` (pose) and ``scene`` (game
 thumbnail). Training (``clip_steps`` on files, run by ``merlb preprocess``)
 and the live analyzer (obs_merlb/analyzer.py, frame by frame) both call these
 methods, so a feature is computed identically offline and live;
@@ -46,6 +46,7 @@ class Steps:
     times: np.ndarray         # (T,) step start, seconds (the source's clock)
     speech_prob: np.ndarray   # (T,) silero-vad probability of the step's 1.0 s
     energy: np.ndarray        # (T,) RMS of the step's 1.0 s
+    pitch: np.ndarray         # (T, 2, PITCH_FRAMES) voice.pitch_track of speech steps, zeros elsewhere
     face_box: np.ndarray      # (T, 4) x, y, w, h pixels; NaN where no face
     step_s: float = STEP_S
     computed: tuple[str, ...] = field(default=MODALITIES)   # modalities actually run
@@ -73,7 +74,7 @@ class Steps:
         w = Steps(take(self.face), take(self.voice), take(self.body), take(self.scene),
                   take(self.mask),
                   self.times[0] + idx * self.step_s if n else idx * self.step_s,
-                  take(self.speech_prob), take(self.energy), take(self.face_box),
+                  take(self.speech_prob), take(self.energy), take(self.pitch), take(self.face_box),
                   self.step_s, self.computed)
         w.face_box[~valid] = np.nan
         if "voice" in self.computed:
@@ -108,6 +109,7 @@ def empty_steps(T: int, t0: float = 0.0, step_s: float = STEP_S,
         times=t0 + np.arange(T) * step_s,
         speech_prob=np.zeros(T, np.float32),
         energy=np.zeros(T, np.float32),
+        pitch=np.zeros((T, 2, V.PITCH_FRAMES), np.float32),
         face_box=np.full((T, 4), np.nan, np.float32),
         step_s=step_s, computed=tuple(computed))
 
@@ -118,6 +120,7 @@ class VoiceStep:
     speech_prob: float
     energy: float
     present: bool
+    pitch: np.ndarray = field(default_factory=lambda: np.zeros((2, V.PITCH_FRAMES), np.float32))
 
 
 class Perceiver:
@@ -178,8 +181,11 @@ class Perceiver:
         out = []
         for row, p in zip(x, probs):
             present = bool(p >= self.vad_threshold)
-            feat = V.log_mel(row) if present else np.zeros((1, V.N_MELS, V.N_FRAMES), np.float32)
-            out.append(VoiceStep(feat, float(p), V.rms(row), present))
+            if present:
+                out.append(VoiceStep(V.log_mel(row), float(p), V.rms(row), True, V.pitch_track(row)))
+            else:
+                out.append(VoiceStep(np.zeros((1, V.N_MELS, V.N_FRAMES), np.float32), float(p), V.rms(row),
+                                     False))
         return out
 
     def steps(self, frames: Sequence[np.ndarray], frame_times: Sequence[float],
@@ -240,6 +246,7 @@ class Perceiver:
             out.energy[i] = step.energy
             if step.present:
                 out.voice[i] = step.feature
+                out.pitch[i] = step.pitch
                 out.mask[i, VOICE] = 1
 
     def close(self) -> None:
@@ -297,7 +304,7 @@ def _join(blocks: list[Steps]) -> Steps:
         return blocks[0]
     b0 = blocks[0]
     cat = {name: np.concatenate([getattr(b, name) for b in blocks])
-           for name in ("face", "voice", "body", "scene", "mask", "times", "speech_prob", "energy", "face_box")}
+           for name in ("face", "voice", "body", "scene", "mask", "times", "speech_prob", "energy", "pitch", "face_box")}
     return Steps(**cat, step_s=b0.step_s, computed=b0.computed)
 
 
@@ -468,6 +475,7 @@ class _ClipStepper:
                     out.energy[j] = step.energy
                     if step.present:
                         out.voice[j] = step.feature
+                        out.pitch[j] = step.pitch
                         out.mask[j, VOICE] = 1
             self.emitted = b
             yield out

@@ -8,6 +8,12 @@ the 1.0 s of audio *ending* at the step's end: 100 frames whose last frame
 ends exactly at that end, so it uses no audio from the future (live and
 offline see the same samples). The 240 samples before the second that the
 first frame reaches back into are taken when they exist, zeros otherwise.
+
+The log-mel's 25 ms frames do not resolve a low voice's harmonics, so a
+step also carries its pitch track (`pitch_track`): for each of the newest
+`PITCH_FRAMES` log-mel frames, the fundamental (YIN, de Cheveigné & Kawahara
+2002, on the audio at 8 kHz) and how aperiodic the frame is. The voice
+reader reads it against the person (perception/functionals.py).
 """
 from __future__ import annotations
 
@@ -31,6 +37,12 @@ LOG_EPS = 1e-6
 VAD_CHUNK = 512                                  # silero-vad's frame at 16 kHz
 VAD_CONTEXT = 64
 SPEECH_THRESHOLD = 0.5
+PITCH_FRAMES = 25                                # the newest 0.25 s of log-mel frames (one step)
+PITCH_SR = 8000                                  # YIN runs at half rate: voices stay under 4 kHz
+PITCH_WIN = 320                                  # 40 ms at 8 kHz: two periods of a 50 Hz voice
+PITCH_LAGS = (20, 160)                           # periods of 400 Hz .. 50 Hz at 8 kHz
+PITCH_REF_HZ = 55.0                              # pitch in semitones above A1
+PITCH_NFFT = 512                                 # >= window + longest lag: no wrap-around in the lags read
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -56,6 +68,9 @@ def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RA
 
 
 _FB = mel_filterbank()
+# 16 -> 8 kHz anti-alias filter: 31-tap Hann-windowed sinc, cut at 3.6 kHz, unit gain at DC.
+_HALF_BAND = np.sinc(0.9 * np.arange(-15, 16) / 2) * np.hanning(33)[1:-1]
+_HALF_BAND /= _HALF_BAND.sum()
 _HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
 
 
@@ -85,6 +100,51 @@ def log_mel(window: np.ndarray) -> np.ndarray:
     power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
     mel = power @ _FB                                                    # (100, 64)
     return np.log(mel.T + LOG_EPS)[None].astype(np.float32)
+
+
+def pitch_track(window: np.ndarray) -> np.ndarray:
+    """(NEEDED,) samples -> (2, PITCH_FRAMES) float32: per newest log-mel frame (each ending where
+    that frame ends), the pitch in semitones above PITCH_REF_HZ and YIN's aperiodicity (its
+    cumulative-mean-normalised difference at the chosen period: ~0 for a clean periodic voice,
+    ~1 for noise or silence).
+    """
+    x = np.asarray(window, dtype=np.float32).reshape(-1)
+    lo, hi = PITCH_LAGS
+    span = PITCH_WIN + hi                                   # samples one frame's lags read, at 8 kHz
+    hop = HOP // 2
+    need = span + (PITCH_FRAMES - 1) * hop
+    # Half rate: a low-pass FIR, then every other sample, ending on the window's last sample.
+    x16 = x[-(2 * need + len(_HALF_BAND) - 1):].astype(np.float64)
+    x8 = np.convolve(x16, _HALF_BAND, mode="valid")[::-1][::2][::-1][-need:]
+    ends = len(x8) - hop * np.arange(PITCH_FRAMES)[::-1]
+    frames = x8[(ends - span)[:, None] + np.arange(span)[None]]          # (F, span): window then lag room
+    head = frames[:, :PITCH_WIN]
+    corr = np.fft.irfft(np.fft.rfft(frames, PITCH_NFFT) * np.fft.rfft(head[:, ::-1], PITCH_NFFT),
+                        PITCH_NFFT)[:, PITCH_WIN - 1:PITCH_WIN + hi]     # sum_t head[t] x[t + lag], lag 0..hi
+    energy = np.cumsum(np.pad(frames ** 2, ((0, 0), (1, 0))), axis=1)
+    lags = np.arange(hi + 1)
+    diff = energy[:, PITCH_WIN:PITCH_WIN + 1] + energy[:, PITCH_WIN + lags] - energy[:, lags] - 2 * corr
+    diff = np.maximum(diff[:, 1:], 0.0)                                  # lags 1..hi
+    cmnd = diff * lags[1:] / np.maximum(np.cumsum(diff, axis=1), 1e-12)
+    cmnd[np.cumsum(diff, axis=1) <= 1e-12] = 1.0                         # silence: no period at all
+    c = cmnd[:, lo - 1:]
+    # YIN's rule: the first dip under the threshold (else the deepest), followed to its bottom.
+    below = c < YIN_THRESHOLD
+    k = np.where(below.any(axis=1), below.argmax(axis=1), c.argmin(axis=1))
+    rows = np.arange(len(c))
+    cols = np.arange(c.shape[1] - 1)
+    rising = (c[:, 1:] >= c[:, :-1]) & (cols[None] >= k[:, None])
+    k = np.where(rising.any(axis=1), rising.argmax(axis=1), c.shape[1] - 1)
+    # A parabola through the dip and its neighbours places the period between lags.
+    left, mid, right = c[rows, np.maximum(k - 1, 0)], c[rows, k], c[rows, np.minimum(k + 1, c.shape[1] - 1)]
+    curve = left - 2 * mid + right
+    shift = np.where(curve > 1e-9, 0.5 * (left - right) / np.where(curve > 1e-9, curve, 1.0), 0.0)
+    period = k + lo + np.clip(shift, -0.5, 0.5)
+    semitones = 12.0 * np.log2(PITCH_SR / period / PITCH_REF_HZ)
+    return np.stack([semitones, np.clip(mid, 0.0, 1.0)]).astype(np.float32)
+
+
+YIN_THRESHOLD = 0.15
 
 
 def step_window(audio: np.ndarray, step_end_s: float, audio_t0: float = 0.0) -> np.ndarray:

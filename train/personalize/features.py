@@ -57,7 +57,7 @@ def preprocess_sessions(sessions: Sequence[Session], cache: Path, settings: Any,
         prep = prepare(s.recording.parent, cache, fmt="csv", settings=settings, items=[item],
                        workers=workers, quiet=True)
         if prep.items:
-            out.append(RecordingSteps(recording_arrays(prep.shards[0], prep.keys[0], cache, PER_STEP)))
+            out.append(RecordingSteps(recording_arrays(prep.shards[0], prep.keys[0], cache, tuple(PER_STEP))))
         else:
             out.append(None)
             failed[str(s.recording)] = next(iter(prep.failed.values()), "unreadable")

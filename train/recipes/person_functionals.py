@@ -10,7 +10,8 @@ recipe on the model's own inputs, the cached log-mel steps that live computes
 too, before anything is built into the model:
 
 - per clip, the functionals of perception/functionals.py over all of its
-  speech steps (205 numbers in session 15, 442 since session 16);
+  speech steps (205 numbers in session 15, 442 in session 16, 457 with
+  the pitch since session 17);
 - z-scored per person with all of that person's clips, no labels ("person"),
   or with the training speakers' statistics ("global");
 - read by a logistic regression (balanced classes) fitted on the training
@@ -134,7 +135,7 @@ def demo_scores(model_dir: Path, reader, scaler, weights: tuple[float, ...]) -> 
     from obs_merlb.demo import _labels_at
     from obs_merlb.inference import load_backend
     from obs_merlb.labels import MODALITIES
-    from obs_merlb.perception.functionals import functionals, speech_frames
+    from obs_merlb.perception.functionals import functionals, speech_frames, speech_pitch
     from obs_merlb.perception.steps import clip_steps
     from obs_merlb.registry import shipped_path
 
@@ -148,10 +149,11 @@ def demo_scores(model_dir: Path, reader, scaler, weights: tuple[float, ...]) -> 
         w = steps.window(start, t_steps)
         idx = np.clip(np.arange(start, start + t_steps), 0, len(steps) - 1)
         probs = backend.sequence({m: e[idx] * w.mask[:, [MODALITIES.index(m)]] for m, e in embs.items()}, w.mask)
-        frames = speech_frames(steps.voice[idx], w.mask[:, VOICE] > 0, steps.step_s)
+        speech = w.mask[:, VOICE] > 0
+        frames = speech_frames(steps.voice[idx], speech, steps.step_s)
         mid = (start + t_steps / 2) * steps.step_s
         rows.append((next((lab for s, e, lab in truth if s <= mid < e), ""), probs["emotion"],
-                     None if frames is None else functionals(frames)))
+                     None if frames is None else functionals(frames, speech_pitch(steps.pitch[idx], speech))))
     spoken = [i for i, r in enumerate(rows) if r[2] is not None]
     x = zscore_by(np.stack([rows[i][2] for i in spoken]), np.zeros(len(spoken)))
     read = dict(zip(spoken, reader.predict_proba(scaler.transform(x))))

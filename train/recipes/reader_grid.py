@@ -11,11 +11,14 @@ the reader at the weight, z-scored with all of its person's windows; a
 clip's probabilities the mean of its windows'; balanced accuracy per set.
 
 - functionals: "session 15" (the 205 of MFCCs, deltas and energy: mean,
-  spread, percentiles) or "all" (perception/functionals.py's N_FUNCTIONALS);
+  spread, percentiles), "session 16" (the 442 from the log-mel alone) or
+  "all" (perception/functionals.py's N_FUNCTIONALS: those and the pitch's);
 - training speakers: "two" (RAVDESS 01-16 and EmoDB's training speakers,
   what the model's voice trained on) or "six" (every speech set's training
   speakers);
-- C (the logistic regression's inverse regularisation) and the weight.
+- the classifier: a logistic regression at C (its inverse regularisation)
+  0.01, 0.03 or 0.1, or linear discriminant analysis with a shrunk
+  covariance ("lda", no C); and the weight.
 
 Selection is on the validation speakers given: the best mean over the six
 sets (one language is not more the streamer's than another) among the
@@ -37,7 +40,7 @@ import numpy as np
 from obs_merlb.calibration import load_calibration
 from obs_merlb.jobprogress import clock
 from obs_merlb.labels import EMOTIONS
-from obs_merlb.perception.functionals import N_FUNCTIONALS, N_LLD, N_MFCC, PERCENTILES
+from obs_merlb.perception.functionals import N_FUNCTIONALS, N_LLD, N_MFCC, N_PITCH, PERCENTILES
 
 from ..evaluate import _load
 from ..fit_reader import fit_windows, person_zscores, window_functionals
@@ -48,6 +51,7 @@ RECIPES = Path(__file__).resolve().parent
 SETS = ("ravdess_speech", "emodb", "ased", "urdu", "emotiontts_kr", "nemo")
 TWO = SETS[:2]
 CS = (0.01, 0.03, 0.1)
+CLASSIFIERS = tuple(("logistic", c) for c in CS) + (("lda", None),)
 WEIGHTS = (0.25, 0.5, 0.75)
 
 
@@ -58,7 +62,8 @@ def session15_columns() -> np.ndarray:
     return np.array([b * N_LLD + j for b in range(blocks) for j in range(2 * N_MFCC + 1)])
 
 
-FEATURES = {"session 15": session15_columns(), "all": np.arange(N_FUNCTIONALS)}
+FEATURES = {"session 15": session15_columns(), "session 16": np.arange(N_FUNCTIONALS - N_PITCH),
+            "all": np.arange(N_FUNCTIONALS)}
 
 
 def windows(model, model_dir: Path, root: Path, cache: Path) -> dict[str, Any]:
@@ -106,8 +111,8 @@ def windows(model, model_dir: Path, root: Path, cache: Path) -> dict[str, Any]:
     return {k: np.concatenate(v) if isinstance(v[0], np.ndarray) else np.array(v) for k, v in cols.items()}
 
 
-def scores(w: dict[str, Any], columns: np.ndarray, train_sets: tuple[str, ...], c: float,
-           weights: tuple[float, ...]) -> dict[str, dict[str, float]]:
+def scores(w: dict[str, Any], columns: np.ndarray, train_sets: tuple[str, ...], classifier: str,
+           c: float | None, weights: tuple[float, ...]) -> dict[str, dict[str, float]]:
     """{set: {weight: balanced accuracy}} for a reader of `columns` fitted on `train_sets`' training
     speakers; weight 0 is the model alone."""
     import warnings
@@ -117,7 +122,7 @@ def scores(w: dict[str, Any], columns: np.ndarray, train_sets: tuple[str, ...], 
     warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
     x = w["x"][:, columns]
     fit = ~w["val"] & w["speech"] & np.isin(w["set"], train_sets)
-    reader = fit_windows(x[fit], w["label"][fit], w["person"][fit], c)
+    reader = fit_windows(x[fit], w["label"][fit], w["person"][fit], c or 1.0, classifier=classifier)
     out: dict[str, dict[str, float]] = {}
     for name in SETS:
         held = w["val"] & (w["set"] == name)
@@ -140,6 +145,11 @@ def scores(w: dict[str, Any], columns: np.ndarray, train_sets: tuple[str, ...], 
     return out
 
 
+def label(row: dict[str, Any]) -> str:
+    """A row's classifier in a few characters: "C 0.03" for a logistic regression, "lda"."""
+    return "lda" if row.get("classifier") == "lda" else f"C {row['C']:g}"
+
+
 def chosen(rows: list[dict[str, Any]], train: str | None = None) -> dict[str, Any] | None:
     """The best mean among the rows (of one training set) that lower no set below the model alone."""
     ok = [r for r in rows if (train is None or r["train"] == train) and all(
@@ -148,25 +158,27 @@ def chosen(rows: list[dict[str, Any]], train: str | None = None) -> dict[str, An
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Per set, the model alone, session 15's reader and the chosen reader of each training set."""
+    """Per set, the model alone, session 15's reader, and the readers the rule picks on six sets from
+    session 16's functionals and from all of them (with the pitch's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best = {t: r for t in ("two", "six") if (r := chosen([x for x in rows if x["features"] == "all"], t))}
+    best = {f: r for f in ("session 16", "all") if (r := chosen([x for x in rows if x["features"] == f], "six"))}
     s15 = next(r for r in rows if r["features"] == "session 15" and r["train"] == "two" and r["C"] == 0.01
-               and r["weight"] == 0.5)
+               and r.get("classifier", "logistic") == "logistic" and r["weight"] == 0.5)
     bars = [("model alone", {s: v["0"] for s, v in s15["per_set"].items()}),
             ("session 15 reader (205, two sets, C 0.01, w 0.5)", {s: v["0.5"] for s, v in s15["per_set"].items()})]
-    for t, r in best.items():
-        bars.append((f"all functionals, {t} sets, C {r['C']:g}, w {r['weight']:g}",
+    for f, r in best.items():
+        bars.append((f"{'all functionals' if f == 'all' else f + ' functionals'}, six sets, {label(r)}, "
+                     f"w {r['weight']:g}",
                      {s: v[f"{r['weight']:g}"] for s, v in r["per_set"].items()}))
     names = list(bars[0][1])
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(bars)
-    for i, (label, vals) in enumerate(bars):
-        ax.bar(np.arange(len(names)) + i * width, [vals[n] for n in names], width, label=label)
+    for i, (name, vals) in enumerate(bars):
+        ax.bar(np.arange(len(names)) + i * width, [vals[n] for n in names], width, label=name)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
     ax.set_ylabel("balanced accuracy (validation speakers)")
     ax.set_ylim(0, 1)
@@ -191,16 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{model_dir}: the grid reads the standard emotion classes {list(EMOTIONS)}")
     w = windows(model, model_dir, Path(args.data_root), Path(args.cache) if args.cache else default_cache())
     rows = []
-    grid = list(itertools.product(FEATURES.items(), (("two", TWO), ("six", SETS)), CS))
+    grid = list(itertools.product(FEATURES.items(), (("two", TWO), ("six", SETS)), CLASSIFIERS))
     t0 = time.monotonic()
-    for i, ((feat, cols), (train, sets), c) in enumerate(grid):
-        per_set = scores(w, cols, sets, c, WEIGHTS)
+    for i, ((feat, cols), (train, sets), (classifier, c)) in enumerate(grid):
+        per_set = scores(w, cols, sets, classifier, c, WEIGHTS)
         each = (time.monotonic() - t0) / (i + 1)
         print(f"reader_grid: reader {i + 1}/{len(grid)} fitted and scored, {each:.1f} s each, about "
               f"{clock(each * (len(grid) - i - 1))} left", file=sys.stderr, flush=True)
         for weight in WEIGHTS:
             vals = [v[f"{weight:g}"] for v in per_set.values()]
-            rows.append({"features": feat, "train": train, "C": c, "weight": weight,
+            rows.append({"features": feat, "train": train, "classifier": classifier, "C": c, "weight": weight,
                          "mean": round(float(np.mean(vals)), 3), "per_set": per_set})
     pick = chosen(rows)
     if args.plot:
@@ -209,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps({"model": str(model_dir), "rows": rows, "chosen": pick}) + "\n")
     else:
         names = list(rows[0]["per_set"])
-        print(f"{'functionals':>11} {'sets':>4} {'C':>5} {'w':>5} {'mean':>6}  " + " ".join(f"{n[:8]:>8}" for n in names))
-        print(f"{'model alone':>29} " + f"{np.mean([rows[0]['per_set'][n]['0'] for n in names]):6.3f}  "
+        print(f"{'functionals':>11} {'sets':>4} {'reader':>10} {'w':>5} {'mean':>6}  "
+              + " ".join(f"{n[:8]:>8}" for n in names))
+        print(f"{'model alone':>34} " + f"{np.mean([rows[0]['per_set'][n]['0'] for n in names]):6.3f}  "
               + " ".join(f"{rows[0]['per_set'][n]['0']:8.3f}" for n in names))
         for r in rows:
             key = f"{r['weight']:g}"
-            print(f"{r['features']:>11} {r['train']:>4} {r['C']:5g} {r['weight']:5g} {r['mean']:6.3f}  "
+            print(f"{r['features']:>11} {r['train']:>4} {label(r):>10} {r['weight']:5g} {r['mean']:6.3f}  "
                   + " ".join(f"{r['per_set'][n][key]:8.3f}" for n in names) + ("  <- chosen" if r is pick else ""))
     return 0
 
