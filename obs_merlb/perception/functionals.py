@@ -41,6 +41,8 @@ MOD_FFT = 256                                  # frames in the energy's modulati
 MOD_BINS = 19                                  # its bins 1-19: 0.4-7.4 Hz
 VOICED = 0.25                                  # YIN aperiodicity under which a frame is voiced
 MIN_VOICED = 5                                 # voiced frames a window needs for pitch statistics
+# voiced share; aperiodicity mean, spread, percentiles; pitch mean, spread, percentiles, range, slope,
+# mean and median change
 N_PITCH = 1 + 2 + len(PERCENTILES) + 2 + len(PERCENTILES) + 4
 N_FUNCTIONALS = (N_LLD * (2 + len(PERCENTILES)) + 2 * (N_MFCC + 1) + N_MFCC + 2 * N_MELS + 3
                  + MOD_BINS + N_PITCH)         # 457
@@ -81,11 +83,11 @@ def pitch_functionals(track: np.ndarray) -> np.ndarray:
     slope (semitones per s) and mean and median change between neighbouring voiced frames (zeros
     under MIN_VOICED voiced frames)."""
     track = np.asarray(track, np.float64).reshape(-1, 2)
+    if not len(track):                     # no track at all reads as one silent frame
+        track = np.array([[0.0, 1.0]])
     semitones, aper = track[:, 0], track[:, 1]
     voiced = aper < VOICED
-    out = [[voiced.mean() if len(track) else 0.0]]
-    out += [[aper.mean(), aper.std()], np.percentile(aper, PERCENTILES)] if len(track) else \
-        [[1.0, 0.0], np.ones(len(PERCENTILES))]
+    out = [[voiced.mean(), aper.mean(), aper.std()], np.percentile(aper, PERCENTILES)]
     at = np.flatnonzero(voiced)
     if len(at) >= MIN_VOICED:
         st = semitones[at]

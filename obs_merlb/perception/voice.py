@@ -43,6 +43,7 @@ PITCH_WIN = 320                                  # 40 ms at 8 kHz: two periods o
 PITCH_LAGS = (20, 160)                           # periods of 400 Hz .. 50 Hz at 8 kHz
 PITCH_REF_HZ = 55.0                              # pitch in semitones above A1
 PITCH_NFFT = 512                                 # >= window + longest lag: no wrap-around in the lags read
+YIN_THRESHOLD = 0.15                             # YIN's absolute threshold for the first dip
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -111,11 +112,12 @@ def pitch_track(window: np.ndarray) -> np.ndarray:
     x = np.asarray(window, dtype=np.float32).reshape(-1)
     lo, hi = PITCH_LAGS
     span = PITCH_WIN + hi                                   # samples one frame's lags read, at 8 kHz
-    hop = HOP // 2
+    step = SAMPLE_RATE // PITCH_SR
+    hop = HOP // step
     need = span + (PITCH_FRAMES - 1) * hop
     # Half rate: a low-pass FIR, then every other sample, ending on the window's last sample.
-    x16 = x[-(2 * need + len(_HALF_BAND) - 1):].astype(np.float64)
-    x8 = np.convolve(x16, _HALF_BAND, mode="valid")[::-1][::2][::-1][-need:]
+    low = np.convolve(x[-(step * need + len(_HALF_BAND) - 1):].astype(np.float64), _HALF_BAND, mode="valid")
+    x8 = low[(len(low) - 1) % step::step][-need:]
     ends = len(x8) - hop * np.arange(PITCH_FRAMES)[::-1]
     frames = x8[(ends - span)[:, None] + np.arange(span)[None]]          # (F, span): window then lag room
     head = frames[:, :PITCH_WIN]
@@ -142,9 +144,6 @@ def pitch_track(window: np.ndarray) -> np.ndarray:
     period = k + lo + np.clip(shift, -0.5, 0.5)
     semitones = 12.0 * np.log2(PITCH_SR / period / PITCH_REF_HZ)
     return np.stack([semitones, np.clip(mid, 0.0, 1.0)]).astype(np.float32)
-
-
-YIN_THRESHOLD = 0.15
 
 
 def step_window(audio: np.ndarray, step_end_s: float, audio_t0: float = 0.0) -> np.ndarray:
