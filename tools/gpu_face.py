@@ -58,16 +58,25 @@ def pack(data: Path) -> int:
         print(f"gpu_face pack: {', '.join(map(str, missing))} not found (name the data folder with --data)",
               file=sys.stderr)
         return 2
-    WORK.mkdir(exist_ok=True)
-    with tarfile.open(WORK / "fer_train.tar.gz", "w:gz") as t:
-        t.add(fer / "train", "train")
-        t.add(fer / "ferplus_votes.csv", "ferplus_votes.csv")
-    with tarfile.open(WORK / "fer_val.tar.gz", "w:gz") as t:
-        t.add(fer / "val", "val")
+    try:
+        WORK.mkdir(exist_ok=True)
+        with tarfile.open(WORK / "fer_train.tar.gz", "w:gz") as t:
+            t.add(fer / "train", "train")
+            t.add(fer / "ferplus_votes.csv", "ferplus_votes.csv")
+        with tarfile.open(WORK / "fer_val.tar.gz", "w:gz") as t:
+            t.add(fer / "val", "val")
+    except OSError as e:
+        print(f"gpu_face pack: could not write the tars in {WORK}: {e}", file=sys.stderr)
+        return 2
     shutil.rmtree(WHEELS, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", DEVICE_PYTHON, "--implementation", "py", "-d", str(WHEELS),
-                    *DEVICE_WHEELS], check=True)
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                          "--python-version", DEVICE_PYTHON, "--implementation", "py", "-d", str(WHEELS),
+                          *DEVICE_WHEELS], capture_output=True, text=True)
+    if got.returncode != 0:
+        last = (got.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"gpu_face pack: could not fetch the wheels {', '.join(DEVICE_WHEELS)} the machine lacks "
+              f"(pip: {last})", file=sys.stderr)
+        return 2
     tree, wheels = tree_bytes(), sum(p.stat().st_size for p in WHEELS.iterdir())
     calls = {"train": (WORK / "fer_train.tar.gz", 0), "val": (WORK / "fer_val.tar.gz", wheels)}
     for part, (tar, extra) in calls.items():
