@@ -73,11 +73,12 @@ def pair_probs(model, records: Records, n_pairs: int, seed: int = 0,
 
 def load_pair_records(model, faces: list[str], voices: list[str], cache: str | None = None,
                       votes: Path | bool = True) -> Records:
-    """`votes` (datasets.parse_votes) picks the face folders' labels: FER+ majorities or the folders'."""
+    """`votes` (datasets.parse_votes) picks the face folders' labels: FER+ majorities or the folders'
+    (voice folders have none)."""
     settings = FeatureSettings(step_s=model.cfg.step_s)
     cache_dir = Path(cache) if cache else default_cache()
     return Records.concat([load_records(prepare(p, cache_dir, settings=settings, workers=1, quiet=True,
-                                                votes=votes if p in faces else True))
+                                                votes=votes))
                            for p in faces + voices])
 
 
