@@ -43,7 +43,7 @@ from obs_merlb.labels import EMOTIONS
 from obs_merlb.perception.functionals import N_FUNCTIONALS, N_LLD, N_MFCC, N_PITCH, PERCENTILES
 
 from ..evaluate import _load
-from ..fit_reader import fit_windows, person_zscores, window_functionals
+from ..fit_reader import C, fit_windows, person_zscores, window_functionals
 from ..loop import TrainConfig
 from ..preprocess import FeatureSettings, default_cache, prepare
 
@@ -122,7 +122,8 @@ def scores(w: dict[str, Any], columns: np.ndarray, train_sets: tuple[str, ...], 
     warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
     x = w["x"][:, columns]
     fit = ~w["val"] & w["speech"] & np.isin(w["set"], train_sets)
-    reader = fit_windows(x[fit], w["label"][fit], w["person"][fit], c or 1.0, classifier=classifier)
+    reader = fit_windows(x[fit], w["label"][fit], w["person"][fit], C if c is None else c,   # LDA reads no C
+                         classifier=classifier)
     out: dict[str, dict[str, float]] = {}
     for name in SETS:
         held = w["val"] & (w["set"] == name)
