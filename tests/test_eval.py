@@ -25,6 +25,9 @@ def test_eval_json_one_object_per_head(tiny_model, tmp_path: Path, capsys) -> No
     emo = result["emotion"]
     assert emo["n"] == 14 and 0 <= emo["accuracy"] <= 1 and 0 <= emo["balanced_accuracy"] <= 1
     assert set(emo["per_class_f1"]) == {"angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"}
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):      # FER images: each its own person
+        lo, hi = emo["ci95"][key]
+        assert 0.0 <= lo <= hi <= 1.0
     assert (out / "confusion_emotion.png").exists() and (out / "table.csv").exists()
     header = (out / "table.csv").read_text().splitlines()[0].split(",")
     paper = ["Rou", "Pro", "Res", "Exp", "Fig", "Pun", "Def", "Dft", "VNeg", "VNeut", "VPos", "ALow", "ANeut", "AHigh"]
@@ -55,13 +58,15 @@ def test_card_tables_render_the_eval_json(tmp_path: Path, capsys) -> None:
 
     m = {"n": 10, "accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.3,
          "per_class_f1": {"angry": 0.25, "disgust": None}}
-    (tmp_path / "fer_val.json").write_text(json.dumps({"emotion": {**m, "ece": 0.05}, "valence": m}))
+    (tmp_path / "fer_val.json").write_text(json.dumps({"emotion": {**m, "ece": 0.05}, "valence": m,
+                                                       "arousal": {**m, "ci95": {"balanced_accuracy": [0.3, 0.52]}}}))
     (tmp_path / "pairs.json").write_text(json.dumps(
         {"pairs": 10, **{k: {"emotion": m, "valence": m, "arousal": m} for k in ("fusion", "face_only", "voice_only")}}))
     assert card_tables.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| FER2013 val (faces) | emotion | 10 | 0.500 | 0.400 | 0.300 | 0.050 |" in out
     assert "| FER2013 val (faces) | valence | 10 | 0.500 | 0.400 | 0.300 | - |" in out   # JSON without ECE
+    assert "| FER2013 val (faces) | arousal | 10 | 0.500 | 0.400 [0.30-0.52] | 0.300 | - |" in out
     assert "fer_val emotion per-class F1: angry 0.25" in out and "disgust" not in out
     assert "| face only | 0.500 |" in out and "RAVDESS" not in out
     with pytest.raises(SystemExit, match="no eval folder"):

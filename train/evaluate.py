@@ -11,8 +11,12 @@ several sets is also scored per set (`sets` in the JSON); FER2013 folders
 with FER+ votes are scored on both label kinds (`label_kinds`: the FER+
 majority of the voted images, and every image's original folder label). A clip longer than the model's
 window is scored as the mean of its windows' probabilities (consecutive,
-non-overlapping), which is what a whole-clip label asks about. Heads the
-data has no labels for are skipped, never scored as zero.
+and one more ending at the clip's end: train/data.py windows_of), which is
+what a whole-clip label asks about. Heads the data has no labels for are
+skipped, never scored as zero. Each score comes with a 95% interval
+(`ci95`) from resampling the people scored (train/metrics.py bootstrap_ci):
+four validation actors leave a wide one, and a difference inside it is not
+evidence.
 
 Writes, into --out: `metrics.json` (everything), `table.csv|md|json` (the
 paper's layout) and a confusion-matrix PNG per head.
@@ -116,16 +120,21 @@ def remap_targets(targets: np.ndarray, model_heads: dict[str, list[str]]) -> np.
     return t
 
 
-METRIC_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1", "ece", "nll")
+METRIC_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_f1", "ece", "nll", "ci95")
 
 
 def _summary(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {h: {k: m[k] for k in METRIC_KEYS} for h, m in metrics.items()}
+    return {h: {k: m[k] for k in METRIC_KEYS if k in m} for h, m in metrics.items()}
+
+
+def _people(records) -> np.ndarray:
+    return np.array([it.group for it in records.items], dtype=object)
 
 
 def _scored(probs: dict[str, np.ndarray], targets: np.ndarray, idx: np.ndarray,
-            heads: dict[str, list[str]]) -> dict[str, Any]:
-    return _summary(score({h: p[idx] for h, p in probs.items()}, remap_targets(targets[idx], heads), heads))
+            heads: dict[str, list[str]], people: np.ndarray) -> dict[str, Any]:
+    return _summary(score({h: p[idx] for h, p in probs.items()}, remap_targets(targets[idx], heads), heads,
+                          groups=people[idx]))
 
 
 def _per_set(probs: dict[str, np.ndarray], records, heads: dict[str, list[str]]) -> dict[str, Any]:
@@ -133,7 +142,7 @@ def _per_set(probs: dict[str, np.ndarray], records, heads: dict[str, list[str]])
     names = np.array([it.dataset for it in records.items])
     if len(set(names)) < 2:
         return {}
-    return {name: _scored(probs, records.targets, np.flatnonzero(names == name), heads)
+    return {name: _scored(probs, records.targets, np.flatnonzero(names == name), heads, _people(records))
             for name in sorted(set(names))}
 
 
@@ -147,8 +156,9 @@ def _label_kinds(probs: dict[str, np.ndarray], records, heads: dict[str, list[st
         emo, val, aro = L.emotion_targets(it.orig if it.orig is not None else it.labels.get("emotion"))
         for head, name in (("emotion", emo), ("valence", val), ("arousal", aro)):
             original[i, HEADS.index(head)] = IGNORE if name is None else HEAD_CLASSES[head].index(name)
-    return {"ferplus_majority": _scored(probs, records.targets, np.flatnonzero(voted), heads),
-            "original": _scored(probs, original, np.arange(len(records)), heads),
+    people = _people(records)
+    return {"ferplus_majority": _scored(probs, records.targets, np.flatnonzero(voted), heads, people),
+            "original": _scored(probs, original, np.arange(len(records)), heads, people),
             "agreement": _agreement(probs["emotion"], records, heads["emotion"]) if "emotion" in probs else {}}
 
 
@@ -182,6 +192,11 @@ def _agreement(probs: np.ndarray, records, names: list[str]) -> dict[str, Any]:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def _with_ci(m: dict[str, Any], key: str) -> str:
+    lo, hi = m["ci95"][key] if "ci95" in m else (None, None)
+    return f"{m[key]:.3f}" + ("" if lo is None else f" [{lo:.3f}-{hi:.3f}]")
 
 
 def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None = None,
@@ -247,7 +262,7 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
     probs = predict_records(model, records, device, image_steps=image_steps, key_segments=key_segments,
                             calibration=calibration, adapt_prior=adapt_prior, reader=reader)
     heads = model.cfg.active_heads
-    metrics = score(probs, remap_targets(records.targets, heads), heads)
+    metrics = score(probs, remap_targets(records.targets, heads), heads, groups=_people(records))
     result: dict[str, Any] = _summary(metrics)
     if adapt == "person":
         result["adapt"] = adapt
@@ -283,8 +298,9 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
             con = Console(stderr=True)
             con.print(rich_table([row], title=f"per-class F1: {model_dir.name} on {data_name}"), width=max(con.width, 200))
             for h, m in metrics.items():
-                con.print(f"{h:>9}: n={m['n']} accuracy {m['accuracy']:.3f}  balanced accuracy "
-                          f"{m['balanced_accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  ECE {m['ece']:.3f}")
+                con.print(f"{h:>9}: n={m['n']} accuracy {_with_ci(m, 'accuracy')}  balanced accuracy "
+                          f"{_with_ci(m, 'balanced_accuracy')}  macro-F1 {_with_ci(m, 'macro_f1')}  "
+                          f"ECE {m['ece']:.3f}")
             agreement = kinds.get("agreement")
             if agreement:
                 a, d, r = agreement["agree"], agreement["disagree"], agreement["no_majority"]
@@ -295,8 +311,9 @@ def evaluate(model_dir: str | Path, data: str | None = None, *, fmt: str | None 
             for name, part in {**by_set, **kinds}.items():
                 if "emotion" in part:
                     e = part["emotion"]
-                    con.print(f"{name:>16}: emotion n={e['n']} accuracy {e['accuracy']:.3f}  "
-                              f"balanced accuracy {e['balanced_accuracy']:.3f}  macro-F1 {e['macro_f1']:.3f}")
+                    con.print(f"{name:>16}: emotion n={e['n']} accuracy {_with_ci(e, 'accuracy')}  "
+                              f"balanced accuracy {_with_ci(e, 'balanced_accuracy')}  "
+                              f"macro-F1 {_with_ci(e, 'macro_f1')}")
             skipped = [h for h in heads if h not in metrics]
             if skipped:
                 con.print(f"not scored (no labels in the data): {', '.join(skipped)}")

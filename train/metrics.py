@@ -20,6 +20,10 @@ from obs_merlb.labels import IGNORE
 
 from .datasets import HEAD_CLASSES, HEADS
 
+# Bootstrap of the interval `merlb eval` reports around each score: resamples of the people scored
+# (clusters, since a new person is what the scores ask about), 2.5th to 97.5th percentile.
+RESAMPLES = 1000
+CI_SEED = 0
 VA_ABBREV = {("valence", "negative"): "VNeg", ("valence", "neutral"): "VNeut", ("valence", "positive"): "VPos",
              ("arousal", "low"): "ALow", ("arousal", "neutral"): "ANeut", ("arousal", "high"): "AHigh"}
 EMOTION_ABBREV = {"angry": "Ang", "disgust": "Dis", "fear": "Fea", "happy": "Hap",
@@ -67,13 +71,49 @@ def head_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
     }
 
 
+def confusion_scores(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of confusion matrices (..., K, K), true in rows,
+    as head_metrics defines them: averages over the classes present in the labels."""
+    conf = np.asarray(conf, np.float64)
+    diag = np.diagonal(conf, axis1=-2, axis2=-1)
+    true_n, pred_n = conf.sum(-1), conf.sum(-2)
+    present = true_n > 0
+    n_present = np.maximum(present.sum(-1), 1)
+    recall = np.where(present, diag / np.maximum(true_n, 1e-12), 0.0)
+    f1 = np.where(present, 2 * diag / np.maximum(true_n + pred_n, 1e-12), 0.0)
+    return {"accuracy": diag.sum(-1) / np.maximum(true_n.sum(-1), 1e-12),
+            "balanced_accuracy": recall.sum(-1) / n_present,
+            "macro_f1": f1.sum(-1) / n_present}
+
+
+def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: Sequence[str], k: int,
+                 resamples: int = RESAMPLES, seed: int = CI_SEED) -> dict[str, list[float]]:
+    """95% intervals of accuracy, balanced accuracy and macro-F1 over resamples of the people.
+
+    Each resample draws as many people as were scored, with replacement, and
+    keeps all of a drawn person's items: four validation actors give a wide
+    interval, as they should. Items without a person each count as one.
+    """
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    names, person = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    per_person = np.zeros((len(names), k * k))
+    np.add.at(per_person, (person, y_true * k + y_pred), 1.0)
+    draws = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1.0 / len(names)),
+                                                    size=resamples)
+    scores = confusion_scores((draws @ per_person).reshape(resamples, k, k))
+    return {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for name, v in scores.items()}
+
+
 def score(probs: Mapping[str, np.ndarray], targets: np.ndarray,
-          class_names: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, Any]]:
+          class_names: Mapping[str, Sequence[str]] | None = None,
+          groups: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Metrics per head that has both model outputs and labels.
 
     Besides the argmax scores: log-loss (`nll`), expected calibration error
     (`ece`) and reliability bins (mean confidence, accuracy, count), which
-    say whether a shown confidence of 0.8 is right 80% of the time.
+    say whether a shown confidence of 0.8 is right 80% of the time. With
+    each item's person (`groups`), `ci95` holds bootstrap intervals of the
+    argmax scores (bootstrap_ci).
     """
     out = {}
     for head, p in probs.items():
@@ -88,6 +128,8 @@ def score(probs: Mapping[str, np.ndarray], targets: np.ndarray,
             m["nll"] = float(-np.log(np.clip(pk[np.arange(len(yk)), yk], 1e-12, None)).mean())
             m["ece"] = ece(pk, yk)
             m["reliability"] = reliability(pk, yk)
+            if groups is not None:
+                m["ci95"] = bootstrap_ci(yk, pk.argmax(axis=1), np.asarray(groups, dtype=object)[keep], len(names))
             out[head] = m
     return out
 

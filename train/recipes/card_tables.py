@@ -21,8 +21,15 @@ def _ece(m: dict) -> str:
     return f"{m['ece']:.3f}" if "ece" in m else "-"
 
 
+def _balanced(m: dict) -> str:
+    # JSON from before session 18 has no intervals.
+    ci = m.get("ci95", {}).get("balanced_accuracy")
+    return f"{m['balanced_accuracy']:.3f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "")
+
+
 def per_set(d: Path) -> list[str]:
-    out = ["| data | head | n | accuracy | balanced acc. | macro-F1 | ECE |", "|---|---|---|---|---|---|---|"]
+    out = ["| data | head | n | accuracy | balanced acc. [95% over people] | macro-F1 | ECE |",
+           "|---|---|---|---|---|---|---|"]
     f1 = []
     for key, name in SETS:
         p = d / f"{key}.json"
@@ -32,7 +39,7 @@ def per_set(d: Path) -> list[str]:
         for h in HEADS:
             if h in doc:
                 m = doc[h]
-                out.append(f"| {name} | {h} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} "
+                out.append(f"| {name} | {h} | {m['n']} | {m['accuracy']:.3f} | {_balanced(m)} "
                            f"| {m['macro_f1']:.3f} | {_ece(m)} |")
         if "emotion" in doc:
             cls = ", ".join(f"{c} {v:.2f}" for c, v in doc["emotion"]["per_class_f1"].items() if v is not None)
