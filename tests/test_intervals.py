@@ -53,13 +53,14 @@ def test_more_people_narrow_the_interval_and_the_draw_is_fixed() -> None:
         bootstrap_ci(y, (y + (np.arange(30) % 2)) % 3, groups, 4)
 
 
-def test_score_adds_intervals_only_when_people_are_given() -> None:
+def test_score_adds_intervals_only_when_enough_people_are_given() -> None:
     y = np.array([[0], [1], [2], [0]])
     probs = np.eye(7)[[0, 1, 1, 0]]
     from obs_merlb.train.datasets import HEADS
     targets = np.full((4, len(HEADS)), -1, np.int64)
     targets[:, HEADS.index("emotion")] = y[:, 0]
     assert "ci95" not in score({"emotion": probs}, targets)["emotion"]
-    m = score({"emotion": probs}, targets, groups=["x", "x", "y", "y"])["emotion"]
+    assert "ci95" not in score({"emotion": probs}, targets, groups=["x", "x", "y", "y"])["emotion"]   # 2 people
+    m = score({"emotion": probs}, targets, groups=["w", "x", "y", "z"])["emotion"]
     lo, hi = m["ci95"]["accuracy"]
     assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0

@@ -16,7 +16,7 @@ what a whole-clip label asks about. Heads the data has no labels for are
 skipped, never scored as zero. Each score comes with a 95% interval
 (`ci95`) from resampling the people scored (train/metrics.py bootstrap_ci):
 four validation actors leave a wide one, and a difference inside it is not
-evidence.
+evidence; fewer than four people get none.
 
 Writes, into --out: `metrics.json` (everything), `table.csv|md|json` (the
 paper's layout) and a confusion-matrix PNG per head.

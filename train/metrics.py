@@ -24,6 +24,7 @@ from .datasets import HEAD_CLASSES, HEADS
 # (clusters, since a new person is what the scores ask about), 2.5th to 97.5th percentile.
 RESAMPLES = 1000
 CI_SEED = 0
+CI_MIN_PEOPLE = 4     # two people allow three distinct resamples: no interval worth the name
 VA_ABBREV = {("valence", "negative"): "VNeg", ("valence", "neutral"): "VNeut", ("valence", "positive"): "VPos",
              ("arousal", "low"): "ALow", ("arousal", "neutral"): "ANeut", ("arousal", "high"): "AHigh"}
 EMOTION_ABBREV = {"angry": "Ang", "disgust": "Dis", "fear": "Fea", "happy": "Hap",
@@ -113,7 +114,7 @@ def score(probs: Mapping[str, np.ndarray], targets: np.ndarray,
     (`ece`) and reliability bins (mean confidence, accuracy, count), which
     say whether a shown confidence of 0.8 is right 80% of the time. With
     each item's person (`groups`), `ci95` holds bootstrap intervals of the
-    argmax scores (bootstrap_ci).
+    argmax scores (bootstrap_ci) when at least CI_MIN_PEOPLE people are scored.
     """
     out = {}
     for head, p in probs.items():
@@ -128,8 +129,9 @@ def score(probs: Mapping[str, np.ndarray], targets: np.ndarray,
             m["nll"] = float(-np.log(np.clip(pk[np.arange(len(yk)), yk], 1e-12, None)).mean())
             m["ece"] = ece(pk, yk)
             m["reliability"] = reliability(pk, yk)
-            if groups is not None:
-                m["ci95"] = bootstrap_ci(yk, pk.argmax(axis=1), np.asarray(groups, dtype=object)[keep], len(names))
+            people = None if groups is None else np.asarray(groups, dtype=object)[keep]
+            if people is not None and len(set(people)) >= CI_MIN_PEOPLE:
+                m["ci95"] = bootstrap_ci(yk, pk.argmax(axis=1), people, len(names))
             out[head] = m
     return out
 
