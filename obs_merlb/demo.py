@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="saved model folder (default: the shipped model, else a freshly initialised one)")
     parser.add_argument("--hop", type=positive_int, default=2, help="steps between printed windows (0.25 s each)")
     parser.add_argument("--no-report", action="store_true", help="skip the `merlb analyze` HTML report")
+    parser.add_argument("--without", choices=("face", "voice"), default=None,
+                        help="mask one modality out of every window: what the other reads alone (no report)")
 
 
 def _labels_at(video: Path) -> list[tuple[float, float, str]]:
@@ -60,13 +62,16 @@ def _model_dir(requested: Path | None, tmp: Path) -> tuple[Path, str]:
 
 
 def window_predictions(backend, steps, embs: dict[str, np.ndarray], truth: list[tuple[float, float, str]],
-                       hop: int = 2) -> list[dict]:
-    """The model on sliding windows of the clip's steps, one row per window with the true label at its middle."""
+                       hop: int = 2, without: str | None = None) -> list[dict]:
+    """The model on sliding windows of the clip's steps, one row per window with the true label at its middle;
+    `without` (a modality) is masked out of every window, as live when the camera or mic is off."""
     T = backend.cfg.steps
     heads = backend.labels
     rows = []
     for start in range(0, max(1, len(steps) - T + 1), max(1, hop)):
         w = steps.window(start, T)
+        if without:     # after the cut: a window re-derives its voice mask from the speech (key segments)
+            w.mask[:, MODALITIES.index(without)] = 0
         idx = np.clip(np.arange(start, start + T), 0, len(steps) - 1)
         win_embs = {m: e[idx] * w.mask[:, [MODALITIES.index(m)]] for m, e in embs.items()}
         probs = backend.sequence(win_embs, w.mask)
@@ -112,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
         duration = len(steps) * steps.step_s
         console.print(f"clip: {args.video.name}, {duration:.2f} s = {len(steps)} steps of {steps.step_s} s; "
                       f"face in {int(steps.mask[:, FACE].sum())} steps, speech in {int(steps.mask[:, VOICE].sum())}")
+        if args.without:
+            console.print(f"{args.without} masked out of every window: what the "
+                          f"{'voice' if args.without == 'face' else 'face'} reads alone")
 
         t0 = time.perf_counter()
         embs = {}
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
         truth = _labels_at(args.video)
         t0 = time.perf_counter()
-        rows = window_predictions(backend, steps, embs, truth, args.hop)
+        rows = window_predictions(backend, steps, embs, truth, args.hop, args.without)
         timings[f"sequence model ({len(rows)} windows)"] = time.perf_counter() - t0
         table = Table(title="MERLB on the demo clip, sliding 2 s windows")
         for col in ("window", "true", "face", "speech", "emotion", "p", "valence", "arousal"):
@@ -147,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(steps) * steps.step_s / sum(v for k, v in timings.items() if 'load' not in k):.1f}x "
                       "faster than real time on this machine")
 
-        if args.no_report:
+        if args.no_report or args.without:
             return 0
         # The same model (shipped or fresh) goes on to the live engine's
         # offline path, which writes the HTML report.

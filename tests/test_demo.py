@@ -33,3 +33,16 @@ def test_shipped_model_follows_the_demo_clip() -> None:
     assert len(set(predicted)) >= 3, predicted
     assert hits >= len(rows) / 3, list(zip(predicted, [r["true"] for r in rows]))
     assert all(0.0 < r["p"] <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("without,reads", [("voice", "the face reads alone"), ("face", "the voice reads alone")])
+def test_demo_without_a_modality_masks_it_in_every_window(capsys, without: str, reads: str) -> None:
+    from obs_merlb.cli import main
+
+    assert main(["demo", "--without", without]) == 0       # no report: it would show both again
+    out = capsys.readouterr().out
+    assert f"{without} masked out of every window: what {reads}" in out
+    gone = {"face": "0/8", "voice": "0/8"}[without]
+    rows = [line for line in out.splitlines() if "s │" in line or "s |" in line]
+    assert rows and all(gone in line for line in rows), rows[:3]
+    assert "matches the clip's label in" in out and "report" not in out.lower().split("timings")[-1]
