@@ -25,6 +25,7 @@ from .datasets import HEAD_CLASSES, HEADS
 RESAMPLES = 1000
 CI_SEED = 0
 CI_MIN_PEOPLE = 4     # two people allow three distinct resamples: no interval worth the name
+CI_CHUNK = 100        # resamples drawn at once: 30,000 images' draws stay ~24 MB
 VA_ABBREV = {("valence", "negative"): "VNeg", ("valence", "neutral"): "VNeut", ("valence", "positive"): "VPos",
              ("arousal", "low"): "ALow", ("arousal", "neutral"): "ANeut", ("arousal", "high"): "AHigh"}
 EMOTION_ABBREV = {"angry": "Ang", "disgust": "Dis", "fear": "Fea", "happy": "Hap",
@@ -99,9 +100,10 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: Sequence[str], 
     names, person = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     per_person = np.zeros((len(names), k * k))
     np.add.at(per_person, (person, y_true * k + y_pred), 1.0)
-    draws = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1.0 / len(names)),
-                                                    size=resamples)
-    scores = confusion_scores((draws @ per_person).reshape(resamples, k, k))
+    rng, share = np.random.default_rng(seed), np.full(len(names), 1.0 / len(names))
+    conf = np.concatenate([rng.multinomial(len(names), share, size=n) @ per_person     # (n, K*K)
+                           for n in np.diff(np.r_[0:resamples:CI_CHUNK, resamples])])
+    scores = confusion_scores(conf.reshape(resamples, k, k))
     return {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for name, v in scores.items()}
 
 
