@@ -26,6 +26,7 @@ RESAMPLES = 1000
 CI_SEED = 0
 CI_MIN_PEOPLE = 4     # two people allow three distinct resamples: no interval worth the name
 CI_CHUNK = 100        # resamples drawn at once: 30,000 images' draws stay ~24 MB
+
 VA_ABBREV = {("valence", "negative"): "VNeg", ("valence", "neutral"): "VNeut", ("valence", "positive"): "VPos",
              ("arousal", "low"): "ALow", ("arousal", "neutral"): "ANeut", ("arousal", "high"): "AHigh"}
 EMOTION_ABBREV = {"angry": "Ang", "disgust": "Dis", "fear": "Fea", "happy": "Hap",
