@@ -34,6 +34,7 @@ def test_people_not_items_are_resampled() -> None:
     two = bootstrap_ci(y, p, ["right"] * 20 + ["wrong"] * 20, 4)["accuracy"]
     forty = bootstrap_ci(y, p, [str(i) for i in range(40)], 4)["accuracy"]
     assert two == pytest.approx([0.0, 1.0])
+    assert bootstrap_ci(y, p, [""] * 40, 4)["accuracy"] == forty     # unnamed items: one person each
     assert 0.2 < forty[0] < 0.5 < forty[1] < 0.8
 
 
@@ -61,6 +62,7 @@ def test_score_adds_intervals_only_when_enough_people_are_given() -> None:
     targets[:, HEADS.index("emotion")] = y[:, 0]
     assert "ci95" not in score({"emotion": probs}, targets)["emotion"]
     assert "ci95" not in score({"emotion": probs}, targets, groups=["x", "x", "y", "y"])["emotion"]   # 2 people
+    assert "ci95" in score({"emotion": probs}, targets, groups=["", "", "", ""])["emotion"]   # 4 unnamed items
     m = score({"emotion": probs}, targets, groups=["w", "x", "y", "z"])["emotion"]
     lo, hi = m["ci95"]["accuracy"]
     assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0

@@ -98,7 +98,8 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: Sequence[str], 
     interval, as they should. Items without a person each count as one.
     """
     y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    names, person = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    named = [str(g) if g else f"\0item {i}" for i, g in enumerate(groups)]    # no person: an item alone
+    names, person = np.unique(np.array(named, dtype=object).astype(str), return_inverse=True)
     per_person = np.zeros((len(names), k * k))
     np.add.at(per_person, (person, y_true * k + y_pred), 1.0)
     rng, share = np.random.default_rng(seed), np.full(len(names), 1.0 / len(names))
@@ -133,7 +134,7 @@ def score(probs: Mapping[str, np.ndarray], targets: np.ndarray,
             m["ece"] = ece(pk, yk)
             m["reliability"] = reliability(pk, yk)
             people = None if groups is None else np.asarray(groups, dtype=object)[keep]
-            if people is not None and len(set(people)) >= CI_MIN_PEOPLE:
+            if people is not None and len({g for g in people if g}) + sum(not g for g in people) >= CI_MIN_PEOPLE:
                 m["ci95"] = bootstrap_ci(yk, pk.argmax(axis=1), people, len(names))
             out[head] = m
     return out
